@@ -1,0 +1,23 @@
+# Two commands a new user needs (README):  make demo   and   make test
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/hsa: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $(BIN)/hsa
+
+.PHONY: install demo test bench docs
+install: $(BIN)/hsa
+
+demo: install  ## the whole demo pipeline: synth -> prepare -> geometry -> features -> train -> evaluate
+	$(BIN)/dvc config core.analytics false
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+test: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+docs: install
+	$(BIN)/hsa params-doc --out docs/params.md

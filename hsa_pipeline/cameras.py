@@ -1,0 +1,150 @@
+"""Camera model, sensor boxes and the box -> patch-token mask.
+
+Conventions: camera frames use OpenCV axes (z forward, x right, y down); boxes are
+(x0, y0, x1, y1) in pixels of the ORIGINAL image, half-open, x1/y1 exclusive.
+
+The image -> token-grid mapping (`GridMapping`) is the single definition used by both
+the feature stage (to resize images) and the token mask (to select tokens), so the two
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .config import CameraConfig
+from .kinematics import pose_matrix
+
+NEAR_M = 1e-3  # points closer than this to the camera plane count as behind it
+
+
+@dataclass
+class Camera:
+    name: str
+    K: np.ndarray  # (3, 3)
+    distortion: np.ndarray  # (5,) k1 k2 p1 p2 k3
+    width: int
+    height: int
+    mount: str  # "world" or an arm name
+    T_mount_cam: np.ndarray  # (4, 4) camera pose in its mount frame
+
+    @classmethod
+    def from_config(cls, name: str, cfg: CameraConfig) -> "Camera":
+        dist = np.zeros(5)
+        dist[: len(cfg.distortion)] = cfg.distortion
+        return cls(name, np.asarray(cfg.K, float), dist, cfg.width, cfg.height, cfg.mount, pose_matrix(cfg.pose))
+
+    def world_poses(self, flange_poses: dict[str, np.ndarray], n_frames: int) -> np.ndarray:
+        """(T, 4, 4) camera poses in the world; flange_poses: arm -> (T, 4, 4)."""
+        if self.mount == "world":
+            return np.broadcast_to(self.T_mount_cam, (n_frames, 4, 4))
+        return flange_poses[self.mount] @ self.T_mount_cam
+
+    def project(self, p_cam: np.ndarray) -> np.ndarray:
+        """(..., 3) points in the camera frame (z > 0) -> (..., 2) pixels, with distortion."""
+        x = p_cam[..., 0] / p_cam[..., 2]
+        y = p_cam[..., 1] / p_cam[..., 2]
+        k1, k2, p1, p2, k3 = self.distortion
+        if np.any(self.distortion):
+            r2 = x * x + y * y
+            radial = 1 + k1 * r2 + k2 * r2**2 + k3 * r2**3
+            x, y = (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+                    y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+        fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
+        return np.stack([fx * x + cx, fy * y + cy], axis=-1)
+
+
+@dataclass
+class Boxes:
+    box: np.ndarray  # (T, 4) float32, clipped to the image; zeros when not visible
+    depth: np.ndarray  # (T,) depth of the sensor centre along the optical axis (m)
+    visible: np.ndarray  # (T,) bool
+    weight: np.ndarray  # (T,) fraction of the (margin-widened) box inside the image, 0 if not visible
+
+
+def sensor_boxes(cam: Camera, T_world_cam: np.ndarray, points_world: np.ndarray, margin_px: float = 0.0) -> Boxes:
+    """Box of a sensor surface in a camera, per frame.
+
+    T_world_cam (T, 4, 4); points_world (T, P, 3) the sensor's surface points.
+    A frame is not visible when any surface point is behind the camera, or when the
+    box lies entirely outside the image.
+    """
+    T_cam_world = np.linalg.inv(T_world_cam)  # (T, 4, 4)
+    p = np.einsum("tij,tpj->tpi", T_cam_world[:, :3, :3], points_world) + T_cam_world[:, None, :3, 3]  # (T, P, 3)
+    depth = p[..., 2].mean(axis=1)  # (T,)
+    in_front = (p[..., 2] > NEAR_M).all(axis=1)
+    safe = np.where(in_front[:, None, None], p, np.array([0.0, 0.0, 1.0]))  # avoid dividing by z <= 0
+    uv = cam.project(safe)  # (T, P, 2)
+    raw = np.concatenate([uv.min(axis=1), uv.max(axis=1)], axis=1)  # (T, 4)
+    raw = raw + np.array([-margin_px, -margin_px, margin_px, margin_px])
+    clipped = np.stack([
+        np.clip(raw[:, 0], 0, cam.width), np.clip(raw[:, 1], 0, cam.height),
+        np.clip(raw[:, 2], 0, cam.width), np.clip(raw[:, 3], 0, cam.height),
+    ], axis=1)
+    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
+    raw_area, in_area = area(raw), area(clipped)
+    visible = in_front & (in_area > 0)
+    weight = np.where(visible, in_area / np.maximum(raw_area, 1e-12), 0.0)
+    box = np.where(visible[:, None], clipped, 0.0)
+    return Boxes(box.astype(np.float32), depth, visible, weight.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- token grid
+@dataclass(frozen=True)
+class GridMapping:
+    """How an (orig_w x orig_h) image becomes the encoder's (size x size) input and its
+    (grid x grid) patch tokens. Stored in the feature store's attributes."""
+
+    orig_w: int
+    orig_h: int
+    size: int  # square encoder input side
+    patch: int  # patch side in input pixels
+    mode: str  # "stretch" | "letterbox"
+    new_w: int  # resized image inside the input (before padding)
+    new_h: int
+    pad_x: int  # left padding (letterbox)
+    pad_y: int  # top padding
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.patch
+
+    @classmethod
+    def create(cls, mode: str, orig_w: int, orig_h: int, size: int, patch: int) -> "GridMapping":
+        if mode == "stretch":
+            return cls(orig_w, orig_h, size, patch, mode, size, size, 0, 0)
+        if mode == "letterbox":
+            s = size / max(orig_w, orig_h)
+            new_w, new_h = max(1, round(orig_w * s)), max(1, round(orig_h * s))
+            return cls(orig_w, orig_h, size, patch, mode, new_w, new_h, (size - new_w) // 2, (size - new_h) // 2)
+        raise ValueError(f"resize mode must be 'stretch' or 'letterbox', got {mode!r}")
+
+    def to_input(self, box: np.ndarray) -> np.ndarray:
+        """(..., 4) boxes in original pixels -> input pixels."""
+        sx, sy = self.new_w / self.orig_w, self.new_h / self.orig_h
+        return box * np.array([sx, sy, sx, sy]) + np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def box_token_mask(box: np.ndarray, mapping: GridMapping) -> np.ndarray:
+    """(..., 4) boxes in original pixels -> (..., G, G) bool: tokens whose patch centre is
+    inside the box. A non-empty box that contains no patch centre selects the token under
+    its own centre. Empty boxes (not visible) select nothing."""
+    g, p = mapping.grid, mapping.patch
+    b = mapping.to_input(np.asarray(box, dtype=float))  # (..., 4)
+    centres = (np.arange(g) + 0.5) * p  # (G,)
+    in_x = (centres >= b[..., 0:1]) & (centres < b[..., 2:3])  # (..., G)
+    in_y = (centres >= b[..., 1:2]) & (centres < b[..., 3:4])  # (..., G)
+    mask = in_y[..., :, None] & in_x[..., None, :]  # (..., G, G)
+    nonempty = (b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])
+    lonely = nonempty & ~mask.any(axis=(-1, -2))
+    if lonely.any():
+        cx = np.clip(((b[..., 0] + b[..., 2]) / 2 // p).astype(int), 0, g - 1)
+        cy = np.clip(((b[..., 1] + b[..., 3]) / 2 // p).astype(int), 0, g - 1)
+        idx = np.nonzero(lonely)
+        mask[idx + (cy[idx], cx[idx])] = True
+    return mask

@@ -1,0 +1,88 @@
+"""The rig: arms, tactile sensors and cameras built from params, and the per-frame
+geometry of an episode (sensor poses and boxes). Used by the `geometry` stage, the demo
+renderer and `hsa preview`, so all three see the same world."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cameras import Boxes, Camera, sensor_boxes
+from .config import Params, SensorConfig
+from .kinematics import Arm, LimitViolation, claw_width, pose_matrix
+
+
+@dataclass
+class Sensor:
+    name: str
+    arm: str
+    T_flange_sensor: np.ndarray  # (4, 4)
+    size: tuple[float, float]
+    finger_offset: str  # none | left | right
+
+    @classmethod
+    def from_config(cls, name: str, cfg: SensorConfig) -> "Sensor":
+        return cls(name, cfg.arm, pose_matrix(cfg.mount), (cfg.size[0], cfg.size[1]), cfg.finger_offset)
+
+    def surface_points(self) -> np.ndarray:
+        """(4, 3) corners of the sensing surface in the sensor frame (its x-y plane)."""
+        hx, hy = self.size[0] / 2, self.size[1] / 2
+        return np.array([[-hx, -hy, 0], [hx, -hy, 0], [hx, hy, 0], [-hx, hy, 0]], dtype=float)
+
+    def world_poses(self, flange: np.ndarray, gripper: np.ndarray | None) -> np.ndarray:
+        """flange (T, 4, 4), gripper command (T,) -> (T, 4, 4) sensor poses in the world."""
+        poses = flange @ self.T_flange_sensor
+        if self.finger_offset != "none":
+            if gripper is None:
+                raise ValueError(f"sensors.{self.name}.finger_offset needs robot.arms.{self.arm}.gripper_index")
+            sign = 1.0 if self.finger_offset == "left" else -1.0
+            shift = np.zeros((len(flange), 4, 4))
+            shift[:] = np.eye(4)
+            shift[:, 1, 3] = sign * claw_width(gripper) / 2  # along flange y, before the fixed mount
+            poses = flange @ shift @ self.T_flange_sensor
+        return poses
+
+
+@dataclass
+class EpisodeGeometry:
+    flange: dict[str, np.ndarray]  # arm -> (T, 4, 4)
+    sensor_pose: dict[str, np.ndarray]  # sensor -> (T, 4, 4)
+    camera_pose: dict[str, np.ndarray]  # camera -> (T, 4, 4)
+    boxes: dict[str, dict[str, Boxes]]  # camera -> sensor -> Boxes
+    violations: list[LimitViolation] = field(default_factory=list)
+
+
+class Rig:
+    def __init__(self, params: Params, base_dir: Path | str = "."):
+        self.arms = {n: Arm(n, a, base_dir) for n, a in params.robot.arms.items()}
+        self.sensors = {n: Sensor.from_config(n, s) for n, s in params.sensors.items()}
+        self.cameras = {n: Camera.from_config(n, c) for n, c in params.cameras.items()}
+        self.margin_px = params.geometry.margin_px
+
+    def qpos_width(self) -> int:
+        ends = [a.cfg.qpos_start + a.n_joints for a in self.arms.values()]
+        ends += [a.cfg.gripper_index + 1 for a in self.arms.values() if a.cfg.gripper_index is not None]
+        return max(ends)
+
+    def episode_geometry(self, qpos: np.ndarray, where: str = "qpos", margin_px: float | None = None) -> EpisodeGeometry:
+        """All per-frame geometry of one episode from its (T, D) qpos."""
+        margin = self.margin_px if margin_px is None else margin_px
+        n = len(qpos)
+        flange, violations, grip = {}, [], {}
+        for name, arm in self.arms.items():
+            q = arm.joints(qpos, where)
+            violations += arm.check_limits(q)
+            flange[name] = arm.flange_poses(q)
+            grip[name] = arm.gripper(qpos)
+        sensor_pose = {s.name: s.world_poses(flange[s.arm], grip[s.arm]) for s in self.sensors.values()}
+        camera_pose = {c.name: c.world_poses(flange, n) for c in self.cameras.values()}
+        boxes: dict[str, dict[str, Boxes]] = {}
+        for c in self.cameras.values():
+            boxes[c.name] = {}
+            for s in self.sensors.values():
+                pts = sensor_pose[s.name][:, None, :3, :3] @ s.surface_points()[None, :, :, None]  # (T, 4, 3, 1)
+                pts = pts[..., 0] + sensor_pose[s.name][:, None, :3, 3]  # (T, 4, 3)
+                boxes[c.name][s.name] = sensor_boxes(c, camera_pose[c.name], pts, margin)
+        return EpisodeGeometry(flange, sensor_pose, camera_pose, boxes, violations)
