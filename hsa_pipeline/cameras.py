@@ -145,6 +145,8 @@ def box_token_mask(box: np.ndarray, mapping: GridMapping) -> np.ndarray:
     if lonely.any():
         cx = np.clip(((b[..., 0] + b[..., 2]) / 2 // p).astype(int), 0, g - 1)
         cy = np.clip(((b[..., 1] + b[..., 3]) / 2 // p).astype(int), 0, g - 1)
-        idx = np.nonzero(lonely)
-        mask[idx + (cy[idx], cx[idx])] = True
+        flat, lonely_flat = mask.reshape(-1, g, g), lonely.reshape(-1)
+        n = np.nonzero(lonely_flat)[0]
+        flat[n, cy.reshape(-1)[n], cx.reshape(-1)[n]] = True
+        mask = flat.reshape(mask.shape)
     return mask

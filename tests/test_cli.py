@@ -1,0 +1,43 @@
+"""The `hsa` command as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from conftest import REPO
+
+
+def hsa(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "hsa_pipeline.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_help_lists_every_stage_and_tool():
+    out = hsa("--help").stdout
+    for name in ("synth", "prepare", "geometry", "features", "train", "evaluate", "preview", "check-params", "params-doc"):
+        assert name in out
+
+
+def test_bad_override_is_one_line_and_exit_1():
+    r = hsa("check-params", "--set", "hsa.temperature=-1")
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "hsa.temperature: must be > 0.0, got -1" in r.stderr
+    assert hsa("check-params", "--set", "hsa.weight=1.5").returncode == 0
+
+
+def test_stage_with_missing_data_fails_clearly(tmp_path):
+    r = hsa("prepare", "--set", f"data.episodes_dir={tmp_path}/nothing")
+    assert r.returncode == 1 and "episode directory not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_preview_draws_boxes_on_demo_frames(demo_dir, tmp_path):
+    r = hsa("preview", str(demo_dir / "episode_0.hdf5"), "--out", str(tmp_path), "--frames", "3")
+    assert r.returncode == 0, r.stderr
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.width == 3 * 256
+    pngs = sorted(tmp_path.glob("episode_0_wrist_*.png"))
+    assert len(pngs) == 3
+    img = __import__("numpy").asarray(Image.open(pngs[0])).astype(int)
+    assert ((img[..., 0] > 200) & (img[..., 1] < 80) & (img[..., 2] < 80)).sum() > 50  # the red box
