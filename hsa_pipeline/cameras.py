@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .config import CameraConfig
-from .kinematics import pose_matrix
+from .kinematics import invert_rigid, pose_matrix
 
 NEAR_M = 1e-3  # points closer than this to the camera plane count as behind it
 
@@ -71,8 +71,8 @@ def sensor_boxes(cam: Camera, T_world_cam: np.ndarray, points_world: np.ndarray,
     A frame is not visible when any surface point is behind the camera, or when the
     box lies entirely outside the image.
     """
-    T_cam_world = np.linalg.inv(T_world_cam)  # (T, 4, 4)
-    p = np.einsum("tij,tpj->tpi", T_cam_world[:, :3, :3], points_world) + T_cam_world[:, None, :3, 3]  # (T, P, 3)
+    T_cam_world = invert_rigid(T_world_cam)  # (T, 4, 4)
+    p = points_world @ np.swapaxes(T_cam_world[:, :3, :3], 1, 2) + T_cam_world[:, None, :3, 3]  # (T, P, 3)
     depth = p[..., 2].mean(axis=1)  # (T,)
     in_front = (p[..., 2] > NEAR_M).all(axis=1)
     safe = np.where(in_front[:, None, None], p, np.array([0.0, 0.0, 1.0]))  # avoid dividing by z <= 0

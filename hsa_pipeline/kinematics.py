@@ -99,45 +99,60 @@ class BatchedChain:
         self.tail = const  # constant after the last joint
         self.n_joints = sum(1 for s in self.steps if s[0] == "joint")
 
-    @staticmethod
-    def _joint(axis: str, q: np.ndarray) -> np.ndarray:
-        n = q.shape[0]
-        m = np.zeros((n, 4, 4))
-        m[:, 3, 3] = 1.0
-        if axis[0] == "R":
-            c, s = np.cos(q), np.sin(q)
-            i, j = {"Rx": (1, 2), "Ry": (2, 0), "Rz": (0, 1)}[axis]
-            k = 3 - i - j
-            m[:, k, k] = 1.0
-            m[:, i, i] = c
-            m[:, j, j] = c
-            m[:, i, j] = -s
-            m[:, j, i] = s
-        else:  # prismatic tx / ty / tz
-            m[:, 0, 0] = m[:, 1, 1] = m[:, 2, 2] = 1.0
-            m[:, "xyz".index(axis[1]), 3] = q
-        return m
+    # Column pairs a joint rotation mixes: T @ R_axis(q) rewrites only these two columns.
+    _ROT_COLUMNS = {"Rx": (1, 2), "Ry": (2, 0), "Rz": (0, 1)}
 
     def fkine(self, q: np.ndarray, all_joints: bool = False) -> np.ndarray:
         """q (N, n_joints) -> (N, 4, 4) end poses, or (N, n_joints + 1, 4, 4) frames
-        (base-side of each joint, then the end) with all_joints=True."""
+        (base-side of each joint, then the end) with all_joints=True.
+
+        Works on the top 3 rows only: a constant transform is one (3N, 4) @ (4, 4) product,
+        a revolute joint mixes two columns elementwise, a prismatic joint shifts column 3.
+        """
         q = np.asarray(q, dtype=float)
         n = q.shape[0]
-        t = np.broadcast_to(np.eye(4), (n, 4, 4)).copy()
+        t = np.zeros((n, 3, 4))
+        t[:, 0, 0] = t[:, 1, 1] = t[:, 2, 2] = 1.0
         frames = []
         for step in self.steps:
             if step[0] == "const":
-                t = t @ step[1]
-            else:
-                _, axis, jindex, sign = step
-                if all_joints:
-                    frames.append(t)
-                t = t @ self._joint(axis, sign * q[:, jindex])
-        t = t @ self.tail
+                t = (t.reshape(-1, 4) @ step[1]).reshape(n, 3, 4)
+                continue
+            _, axis, jindex, sign = step
+            if all_joints:
+                frames.append(t.copy())
+            qj = sign * q[:, jindex, None]  # (N, 1)
+            if axis[0] == "R":
+                i, j = self._ROT_COLUMNS[axis]
+                c, s = np.cos(qj), np.sin(qj)
+                ci, cj = t[:, :, i].copy(), t[:, :, j].copy()
+                t[:, :, i] = ci * c + cj * s
+                t[:, :, j] = cj * c - ci * s
+            else:  # prismatic tx / ty / tz
+                t[:, :, 3] += qj * t[:, :, "xyz".index(axis[1])]
+        t = (t.reshape(-1, 4) @ self.tail).reshape(n, 3, 4)
         if all_joints:
             frames.append(t)
-            return np.stack(frames, axis=1)
-        return t
+            return _homogeneous(np.stack(frames, axis=1))
+        return _homogeneous(t)
+
+
+def _homogeneous(top: np.ndarray) -> np.ndarray:
+    """(..., 3, 4) -> (..., 4, 4) with the last row 0 0 0 1."""
+    out = np.zeros((*top.shape[:-2], 4, 4))
+    out[..., :3, :] = top
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def invert_rigid(T: np.ndarray) -> np.ndarray:
+    """(..., 4, 4) rigid transforms -> their inverses (R^T, -R^T t), cheaper than inv()."""
+    out = np.zeros_like(T)
+    rt = np.swapaxes(T[..., :3, :3], -1, -2)
+    out[..., :3, :3] = rt
+    out[..., :3, 3] = -(rt @ T[..., :3, 3:4])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
 
 
 def claw_width(command: np.ndarray) -> np.ndarray:

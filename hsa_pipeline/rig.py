@@ -31,6 +31,10 @@ class Sensor:
         hx, hy = self.size[0] / 2, self.size[1] / 2
         return np.array([[-hx, -hy, 0], [hx, -hy, 0], [hx, hy, 0], [-hx, hy, 0]], dtype=float)
 
+    def surface_world(self, poses: np.ndarray) -> np.ndarray:
+        """(T, 4, 4) sensor poses -> (T, P, 3) surface points in the world."""
+        return np.einsum("tij,pj->tpi", poses[:, :3, :3], self.surface_points()) + poses[:, None, :3, 3]
+
     def world_poses(self, flange: np.ndarray, gripper: np.ndarray | None) -> np.ndarray:
         """flange (T, 4, 4), gripper command (T,) -> (T, 4, 4) sensor poses in the world."""
         poses = flange @ self.T_flange_sensor
@@ -78,11 +82,10 @@ class Rig:
             grip[name] = arm.gripper(qpos)
         sensor_pose = {s.name: s.world_poses(flange[s.arm], grip[s.arm]) for s in self.sensors.values()}
         camera_pose = {c.name: c.world_poses(flange, n) for c in self.cameras.values()}
+        surface = {s.name: s.surface_world(sensor_pose[s.name]) for s in self.sensors.values()}  # (T, P, 3)
         boxes: dict[str, dict[str, Boxes]] = {}
         for c in self.cameras.values():
             boxes[c.name] = {}
             for s in self.sensors.values():
-                pts = sensor_pose[s.name][:, None, :3, :3] @ s.surface_points()[None, :, :, None]  # (T, 4, 3, 1)
-                pts = pts[..., 0] + sensor_pose[s.name][:, None, :3, 3]  # (T, 4, 3)
-                boxes[c.name][s.name] = sensor_boxes(c, camera_pose[c.name], pts, margin)
+                boxes[c.name][s.name] = sensor_boxes(c, camera_pose[c.name], surface[s.name], margin)
         return EpisodeGeometry(flange, sensor_pose, camera_pose, boxes, violations)

@@ -272,9 +272,7 @@ def render_episode(params: Params, rig: Rig, index: int) -> dict:
 
     geo = rig.episode_geometry(qpos, margin_px=0.0)
     sensor = rig.sensors[sensor_name]
-    pad_local = sensor.surface_points()
-    pad_world = np.einsum("tij,pj->tpi", geo.sensor_pose[sensor_name][:, :3, :3], pad_local) + \
-        geo.sensor_pose[sensor_name][:, None, :3, 3]  # (T, 4, 3)
+    pad_world = sensor.surface_world(geo.sensor_pose[sensor_name])  # (T, 4, 3)
     joints_world = (arm.base @ arm.chain.fkine(q, all_joints=True))[..., :3, 3]  # (T, J+1, 3)
     sensor_z = geo.sensor_pose[sensor_name][:, 2, 3]
     depth = np.clip((CONTACT_M - sensor_z) / (CONTACT_M + PRESS_M), 0, 1)
