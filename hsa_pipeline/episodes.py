@@ -66,6 +66,8 @@ class Episode:
             layout = "xtrainer" if self.compressed or "compress_len" in self.h5 else "act"
         self.layout = layout
         self._cam_order = [str(n) for n in self.h5.attrs.get("camera_names", [])]
+        self._streams: dict[str, Stream] = {}
+        self._lengths: np.ndarray | None = None  # /compress_len, read once
 
     def __enter__(self) -> "Episode":
         return self
@@ -108,6 +110,11 @@ class Episode:
         return self.array("action")
 
     def stream(self, name: str) -> Stream:
+        if name not in self._streams:
+            self._streams[name] = self._find_stream(name)
+        return self._streams[name]
+
+    def _find_stream(self, name: str) -> Stream:
         for key in (f"observations/images/{name}", f"observations/{name}"):
             if key in self.h5:
                 ds = self._dataset(key)
@@ -144,7 +151,9 @@ class Episode:
         if not s.compressed:
             return row
         if s.length_row is not None and "compress_len" in self.h5:
-            n = int(self.h5["compress_len"][s.length_row, t])
+            if self._lengths is None:
+                self._lengths = self.h5["compress_len"][()]
+            n = int(self._lengths[s.length_row, t])
             if not 0 < n <= len(row):
                 raise EpisodeError(f"{where}: compress_len {n} outside 1..{len(row)}")
             row = row[:n]

@@ -163,7 +163,7 @@ def corrupt(kind: str, path: Path) -> str:
         with h5py.File(path, "a") as f:
             row = f["observations/images/wrist"][5]
             n = int(f["compress_len"][1, 5])
-            row[n // 2: n - 2] = 7  # entropy-coded data destroyed, markers kept at both ends
+            row[n // 2:] = 0  # the second half of the JPEG lost (an interrupted write)
             f["observations/images/wrist"][5] = row
         return "/observations/images/wrist frame 5: JPEG does not decode"
     if kind == "too_short":

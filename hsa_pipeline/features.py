@@ -1,0 +1,200 @@
+"""The `features` stage: the CLIP patch-token grid of every frame of every stream with a
+role (third-person, wrist, tactile), once, into one Zarr store.
+
+Store layout (rows are global frame indices, as in geometry.zarr):
+  <stream>   (N, G, G, C) float16, chunk = 1 frame, shard = `shard_frames` frames
+  attrs      model, pretrained, block, resize, grid, width, fingerprint,
+             mapping[stream] (cameras.GridMapping), offsets, episodes, complete
+
+Atomic and resumable: work happens in `features.zarr.partial`; each finished shard leaves
+a marker file there; a rerun with the same fingerprint skips finished shards; only a
+complete store is renamed into place (the previous complete store survives until then).
+Whole shards are written at once (writing frame by frame rewrites the shard each time).
+Under torchrun, shards are divided among ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .atomic import commit, partial_path, remove
+from .config import FeaturesConfig
+from .encoder import Encoder, preprocess
+from .episodes import Episode, EpisodeError
+from .prepare import Manifest
+
+SHARD_BYTES = 64 * 2**20  # target shard size: tens of files per store, not one per frame
+
+
+class FrameImages(Dataset):
+    """Decoded, resized frames of one stream; runs in DataLoader workers. Errors are
+    returned, not raised, so the main process can report them in one line."""
+
+    def __init__(self, manifest: Manifest, stream: str, rows: range, mapping):
+        self.paths = [str(manifest.path(e)) for e in manifest.episodes]
+        self.layouts = [e["layout"] for e in manifest.episodes]
+        self.offsets = manifest.offsets
+        self.stream, self.rows, self.mapping = stream, rows, mapping
+        self._open: dict[int, Episode] = {}  # per worker process
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        e = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        t = row - int(self.offsets[e])
+        try:
+            if e not in self._open:
+                self._open[e] = Episode(self.paths[e], self.layouts[e])
+            img = self._open[e].frame(self.stream, t)
+            return row, torch.from_numpy(preprocess(img, self.mapping)), ""
+        except (EpisodeError, ValueError) as err:
+            return row, torch.zeros(self.mapping.size, self.mapping.size, 3, dtype=torch.uint8), f"{err}"
+
+
+def fingerprint(cfg: FeaturesConfig, manifest: Manifest) -> str:
+    """What the cached numbers depend on: encoder settings and exactly which frames."""
+    key = {"model": cfg.model, "pretrained": cfg.pretrained, "block": cfg.block, "resize": cfg.resize,
+           "episodes": [(e["file"], e["length"]) for e in manifest.episodes], "dir": manifest.raw["episodes_dir"]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dist() -> tuple[int, int]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def run_features(cfg: FeaturesConfig, prepare_dir: str | Path, out: str | Path, max_shards: int | None = None) -> dict:
+    """Encode every frame; returns the store's attributes. With `max_shards`, stop after
+    that many shards and leave the partial store for a later run to finish (as if killed)."""
+    out = Path(out)
+    tmp = partial_path(out)
+    manifest = Manifest.load(prepare_dir)
+    rank, world = _dist()
+    if rank == 0 and cfg.device == "auto" and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if world > 1 and torch.cuda.is_available() else None
+    enc = Encoder(cfg, device=device, quiet=rank != 0)
+    fp = fingerprint(cfg, manifest)
+    streams = manifest.streams
+    shapes = {**{n: c["shape"] for n, c in manifest.raw["cameras"].items()},
+              **{n: c["shape"] for n, c in manifest.raw["tactile"].items()}}
+    N = manifest.n_frames
+    frame_bytes = enc.grid * enc.grid * enc.width * 2
+    shard_frames = max(1, min(N, SHARD_BYTES // frame_bytes))
+    attrs = {"model": cfg.model, "pretrained": cfg.pretrained, "block": cfg.block, "resize": cfg.resize,
+             "image_size": enc.size, "patch": enc.patch, "grid": enc.grid, "width": enc.width,
+             "streams": streams, "mapping": {n: enc.mapping(shapes[n][1], shapes[n][0]).to_dict() for n in streams},
+             "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
+             "shard_frames": shard_frames, "fingerprint": fp, "complete": False}
+
+    if rank == 0:
+        existing = _read_attrs(tmp)
+        if existing is None or existing.get("fingerprint") != fp:
+            remove(tmp)
+            root = zarr.open_group(str(tmp), mode="w")
+            for n in streams:
+                root.create_array(n, shape=(N, enc.grid, enc.grid, enc.width), dtype="float16",
+                                  chunks=(1, enc.grid, enc.grid, enc.width),
+                                  shards=(shard_frames, enc.grid, enc.grid, enc.width))
+            root.attrs.update(attrs)
+            (tmp / "done").mkdir()
+        else:
+            print(f"features: resuming {tmp} ({len(list((tmp / 'done').iterdir()))} shards already done)")
+    _barrier()
+    root = zarr.open_group(str(tmp), mode="r+")
+    todo = [(n, k) for n in streams for k in range(-(-N // shard_frames))]
+    mine = [(n, k) for i, (n, k) in enumerate(todo) if i % world == rank and not (tmp / "done" / f"{n}.{k}").exists()]
+    bar = tqdm(total=sum(min(N, (k + 1) * shard_frames) - k * shard_frames for _, k in mine), unit="img",
+               desc="features", disable=rank != 0)
+    for done_count, (name, k) in enumerate(mine):
+        if max_shards is not None and done_count >= max_shards:
+            bar.close()
+            print(f"features: stopped after {max_shards} shards; rerun to finish")
+            return attrs
+        rows = range(k * shard_frames, min(N, (k + 1) * shard_frames))
+        buf = _encode_rows(enc, manifest, name, rows, attrs["mapping"][name], cfg, bar)
+        root[name][rows.start: rows.stop] = buf  # one whole shard
+        (tmp / "done" / f"{name}.{k}").touch()
+    bar.close()
+    _barrier()
+    if rank == 0:
+        missing = [f"{n}.{k}" for n, k in todo if not (tmp / "done" / f"{n}.{k}").exists()]
+        if missing:
+            raise RuntimeError(f"features: shards {missing[:5]} were not written; rerun to resume")
+        root.attrs["complete"] = True
+        remove(tmp / "done")
+        commit(tmp, out)
+        print(f"features: {N} frames x {len(streams)} streams, grid {enc.grid}x{enc.grid}x{enc.width} -> {out}")
+    return {**attrs, "complete": True}
+
+
+def _encode_rows(enc: Encoder, manifest: Manifest, name: str, rows: range, mapping: dict, cfg: FeaturesConfig,
+                 bar: tqdm) -> np.ndarray:
+    from .cameras import GridMapping
+
+    ds = FrameImages(manifest, name, rows, GridMapping(**mapping))
+    loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=enc.device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+    buf = np.empty((len(rows), enc.grid, enc.grid, enc.width), np.float16)
+    t0, n = time.perf_counter(), 0
+    for idx, images, errors in loader:
+        bad = [e for e in errors if e]
+        if bad:
+            raise EpisodeError(bad[0])
+        buf[idx.numpy() - rows.start] = enc.encode(images).cpu().numpy().astype(np.float16)
+        n += len(idx)
+        bar.update(len(idx))
+        bar.set_postfix_str(f"{name}, {n / (time.perf_counter() - t0):.0f} img/s")
+    return buf
+
+
+def _read_attrs(path: Path) -> dict | None:
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs) if (path / "zarr.json").exists() else None
+    except Exception:  # a half-created store: start over
+        return None
+
+
+class FeatureStore:
+    """Read side of features.zarr."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise FileNotFoundError(f"{path}: feature store not found; run `dvc repro features`")
+        self.root = zarr.open_group(str(path), mode="r")
+        self.attrs = dict(self.root.attrs)
+        if not self.attrs.get("complete"):
+            raise ValueError(f"{path}: feature store is incomplete; rerun `dvc repro features`")
+        self.streams: dict[str, str] = self.attrs["streams"]
+
+    def grid(self, stream: str, row: int) -> np.ndarray:
+        return self.root[stream][row]
+
+    def load(self, stream: str) -> np.ndarray:
+        return self.root[stream][...]
+

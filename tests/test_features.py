@@ -1,0 +1,176 @@
+"""The feature cache: real open_clip models (the small shipped config), real Zarr stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_params
+from hsa_pipeline import features as features_mod
+from hsa_pipeline.cameras import GridMapping, box_token_mask
+from hsa_pipeline.config import ConfigError, FeaturesConfig
+from hsa_pipeline.encoder import Encoder, preprocess
+from hsa_pipeline.episodes import Episode, EpisodeError
+from hsa_pipeline.features import FeatureStore, run_features
+from hsa_pipeline.prepare import Manifest, run_prepare
+
+CFG = FeaturesConfig(batch_size=16, workers=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(demo_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("feat")
+    p = make_params([f"data.episodes_dir={demo_dir}"])
+    run_prepare(p.data, p.act.chunk_size, tmp / "prepare")
+    return tmp / "prepare"
+
+
+@pytest.fixture(scope="module")
+def store(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "features.zarr"
+    torch.manual_seed(0)
+    run_features(FeaturesConfig(batch_size=16, workers=2), prepared, out)
+    return out
+
+
+def test_cached_grid_equals_a_fresh_encoder_call_on_the_raw_frame(store, prepared):
+    fs = FeatureStore(store)
+    m = Manifest.load(prepared)
+    torch.manual_seed(0)  # random weights of the demo model: the same seed gives the same model
+    enc = Encoder(CFG, quiet=True)
+    for stream in ("top", "wrist", "tactile"):
+        for e, t in ((0, 3), (2, 11)):
+            with Episode(m.path(m.episodes[e])) as ep:
+                frame = ep.frame(stream, t)
+            fresh = enc.encode_frames([frame])[0].numpy()
+            cached = fs.grid(stream, int(m.offsets[e]) + t).astype(np.float32)
+            assert cached.shape == (8, 8, 128)
+            np.testing.assert_allclose(cached, fresh, atol=2e-2, rtol=1e-2)  # float16 storage
+
+
+def test_store_attributes_round_trip_and_stay_small(store, prepared):
+    fs = FeatureStore(store)
+    m = Manifest.load(prepared)
+    assert fs.attrs["grid"] == 8 and fs.attrs["patch"] == 16 and fs.attrs["width"] == 128
+    assert fs.streams == {"top": "third_person", "wrist": "wrist", "tactile": "tactile"}
+    assert fs.attrs["offsets"] == m.offsets.tolist()
+    mp = GridMapping(**fs.attrs["mapping"]["top"])
+    assert mp == GridMapping.create("stretch", 256, 192, 128, 16)
+    assert fs.root["top"].dtype == np.float16 and fs.root["top"].shape == (m.n_frames, 8, 8, 128)
+    assert len([f for f in store.rglob("*") if f.is_file()]) < 40
+    assert not Path(str(store) + ".partial").exists()
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox"])
+def test_box_token_mask_agrees_with_the_preprocessing(mode):
+    """Paint the box white on a 640x480 image, preprocess it exactly as the cache does, and
+    read the pixel at every patch centre: white exactly where the mask says."""
+    m = GridMapping.create(mode, 640, 480, 224, 16)
+    for box in ([100.0, 50.0, 400.0, 300.0], [13.0, 201.0, 77.0, 470.0], [500.0, 0.0, 640.0, 60.0]):
+        img = np.zeros((480, 640, 3), np.uint8)
+        x0, y0, x1, y1 = map(int, box)
+        img[y0:y1, x0:x1] = 255
+        pre = preprocess(img, m)
+        centres = ((np.arange(m.grid) + 0.5) * m.patch).astype(int)
+        bright = pre[centres][:, centres, 0] > 127
+        np.testing.assert_array_equal(bright, box_token_mask(np.array(box), m))
+
+
+def test_resume_after_an_interruption_finishes_the_same_store(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(features_mod, "SHARD_BYTES", 40 * 8 * 8 * 128 * 2)  # 40 frames a shard
+    out = tmp_path / "features.zarr"
+    torch.manual_seed(0)
+    run_features(CFG, prepared, out, max_shards=2)
+    partial = tmp_path / "features.zarr.partial"
+    assert not out.exists() and partial.exists()
+    done = sorted(p.name for p in (partial / "done").iterdir())
+    assert done == ["top.0", "top.1"]
+    first = (partial / "top" / "c" / "0" / "0" / "0" / "0").stat().st_mtime_ns
+    calls = []
+    real = Encoder.encode
+    monkeypatch.setattr(Encoder, "encode", lambda self, x: calls.append(len(x)) or real(self, x))
+    torch.manual_seed(0)
+    run_features(CFG, prepared, out)
+    fs = FeatureStore(out)
+    n = fs.root["top"].shape[0]
+    assert n == 100 and sum(calls) == 3 * n - 80  # only the frames not done before
+    assert (out / "top" / "c" / "0" / "0" / "0" / "0").stat().st_mtime_ns == first  # finished shard untouched
+    torch.manual_seed(0)
+    ref = tmp_path / "ref.zarr"
+    run_features(CFG, prepared, ref)
+    np.testing.assert_array_equal(FeatureStore(ref).load("wrist"), fs.load("wrist"))
+
+
+def test_changed_settings_restart_instead_of_mixing(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(features_mod, "SHARD_BYTES", 100 * 8 * 8 * 128 * 2)
+    out = tmp_path / "features.zarr"
+    run_features(CFG, prepared, out, max_shards=1)
+    run_features(FeaturesConfig(batch_size=16, workers=0, resize="letterbox"), prepared, out)
+    assert FeatureStore(out).attrs["resize"] == "letterbox"
+
+
+def test_weights_from_a_local_file(tmp_path):
+    import open_clip
+
+    from hsa_pipeline.encoder import register_shipped_configs
+
+    register_shipped_configs()
+    torch.manual_seed(123)
+    model = open_clip.create_model("hsa-tiny-vit", pretrained=None)
+    torch.save(model.state_dict(), tmp_path / "tiny.bin")
+    enc = Encoder(FeaturesConfig(pretrained=str(tmp_path / "tiny.bin")), quiet=True)
+    for a, b in zip(enc.visual.state_dict().values(), model.visual.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    other = open_clip.create_model("ViT-S-32" if "ViT-S-32" in open_clip.list_models() else "RN50", pretrained=None)
+    torch.save(other.state_dict(), tmp_path / "other.bin")
+    with pytest.raises(ConfigError, match="other.bin does not match model hsa-tiny-vit"):
+        Encoder(FeaturesConfig(pretrained=str(tmp_path / "other.bin")), quiet=True)
+    with pytest.raises(ConfigError, match="weights file .*missing.bin not found"):
+        Encoder(FeaturesConfig(pretrained=str(tmp_path / "missing.bin")), quiet=True)
+
+
+def test_offline_pretrained_tag_says_how_to_use_a_local_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    with pytest.raises(ConfigError, match="not in the local cache.*features.pretrained to that local file path"):
+        Encoder(FeaturesConfig(model="ViT-B-32", pretrained="openai"), quiet=True)
+
+
+def test_bad_model_settings_are_named():
+    with pytest.raises(ConfigError, match="unknown model 'ViT-B-61'; did you mean"):
+        Encoder(FeaturesConfig(model="ViT-B-61"), quiet=True)
+    with pytest.raises(ConfigError, match="features.block: 9 outside -1..3"):
+        Encoder(FeaturesConfig(block=9), quiet=True)
+    with pytest.raises(ConfigError, match="not a known tag"):
+        Encoder(FeaturesConfig(model="ViT-B-32", pretrained="imagenet-1k"), quiet=True)
+
+
+def test_intermediate_block_gives_a_grid_too():
+    enc = Encoder(FeaturesConfig(block=1), quiet=True)
+    out = enc.encode_frames([np.zeros((100, 150, 3), np.uint8)])
+    assert out.shape == (1, 8, 8, 128)
+
+
+def test_undecodable_frame_is_named_and_the_old_store_survives(store, demo_dir, tmp_path):
+    import shutil
+
+    bad_dir = tmp_path / "eps"
+    shutil.copytree(demo_dir, bad_dir)
+    p = make_params([f"data.episodes_dir={bad_dir}"])
+    run_prepare(p.data, p.act.chunk_size, tmp_path / "prepare")
+    with h5py.File(bad_dir / "episode_1.hdf5", "a") as f:  # corrupt after prepare validated it
+        row = f["observations/images/wrist"][4]
+        n = int(f["compress_len"][list(f.attrs["camera_names"]).index("wrist"), 4])
+        row[n // 2:] = 0  # the second half of the JPEG lost (an interrupted write)
+        f["observations/images/wrist"][4] = row
+    out = tmp_path / "features.zarr"
+    shutil.copytree(store, out)
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    with pytest.raises(EpisodeError, match=r"episode_1.hdf5: /observations/images/wrist frame 4: JPEG does not decode"):
+        run_features(CFG, tmp_path / "prepare", out)
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
