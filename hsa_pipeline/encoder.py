@@ -86,7 +86,10 @@ class Encoder:
             if not quiet:
                 print(f"WARNING: features.pretrained is null: {cfg.model} has RANDOM weights. Fine for the demo "
                       f"and tests; for real data set features.pretrained to a weights file or tag.", file=sys.stderr)
-            with _quiet_logging():
+            # Random weights from a FIXED seed: the cache and online inference (policy.py)
+            # then build the very same encoder.
+            with _quiet_logging(), torch.random.fork_rng():
+                torch.manual_seed(0)
                 return open_clip.create_model(cfg.model, pretrained=None)
         if Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors") or os.sep in pretrained:
             path = Path(pretrained)

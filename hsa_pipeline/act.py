@@ -1,0 +1,134 @@
+"""ACT (Action Chunking with Transformers) on cached CLIP token grids.
+
+  CVAE encoder (training only): [CLS, qpos, a_1..a_k] -> mu, logvar of z (latent_dim)
+  encoder:  [z, qpos, tokens of every stream] -> memory
+  decoder:  chunk_size learned queries attend to memory -> k actions
+Camera and tactile grids enter through trainable per-stream adapters (LayerNorm + Linear
+on the frozen CLIP tokens), plus a learned 2-D position and a stream embedding. The HSA
+loss is computed on the same adapter outputs, so alignment shapes what the policy sees.
+Every decoder layer is used (the original ACT built 7 and used the first).
+At inference the CVAE encoder is skipped and z = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ActConfig
+
+
+@dataclass
+class ActShapes:
+    """Data-dependent sizes the model is built for (saved with checkpoints)."""
+
+    qpos_dim: int
+    action_dim: int
+    streams: list[str]  # cameras then tactile, in cache order
+    grid: int  # G of the cached G x G grids
+    token_dim: int  # C of the cached tokens
+
+
+class Adapter(nn.Module):
+    """Frozen CLIP tokens (B, G, G, C) -> (B, G*G, H): LayerNorm + Linear, trained."""
+
+    def __init__(self, c: int, h: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+        self.proj = nn.Linear(c, h)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(grid.flatten(1, 2)))
+
+
+def pool_tokens(x: torch.Tensor, grid: int, pool: int) -> torch.Tensor:
+    """(B, G*G, H) -> (B, (G/pool)^2, H) by average pooling on the grid (speed only: the
+    HSA loss sees the full-resolution adapter outputs)."""
+    if pool == 1:
+        return x
+    B, _, H = x.shape
+    g = x.transpose(1, 2).reshape(B, H, grid, grid)
+    return F.avg_pool2d(g, pool).flatten(2).transpose(1, 2)
+
+
+class ACTPolicy(nn.Module):
+    def __init__(self, cfg: ActConfig, shapes: ActShapes):
+        super().__init__()
+        self.cfg, self.shapes = cfg, shapes
+        H = cfg.hidden_dim
+        g = shapes.grid // cfg.grid_pool
+        self.n_tokens = g * g
+        self.adapters = nn.ModuleDict({s: Adapter(shapes.token_dim, H) for s in shapes.streams})
+        self.grid_pos = nn.Parameter(torch.randn(self.n_tokens, H) * 0.02)  # 2-D position, flattened
+        self.stream_emb = nn.Parameter(torch.randn(len(shapes.streams), H) * 0.02)
+        self.qpos_in = nn.Linear(shapes.qpos_dim, H)
+        self.latent_in = nn.Linear(cfg.latent_dim, H)
+        self.special_pos = nn.Parameter(torch.randn(2, H) * 0.02)  # [z, qpos] positions
+
+        def encoder(layers: int) -> nn.TransformerEncoder:
+            layer = nn.TransformerEncoderLayer(H, cfg.heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
+            return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+        # CVAE encoder over [CLS, qpos, actions]
+        self.vae_cls = nn.Parameter(torch.randn(1, 1, H) * 0.02)
+        self.vae_action_in = nn.Linear(shapes.action_dim, H)
+        self.vae_qpos_in = nn.Linear(shapes.qpos_dim, H)
+        self.vae_pos = nn.Parameter(torch.randn(2 + cfg.chunk_size, H) * 0.02)
+        self.vae_encoder = encoder(cfg.vae_enc_layers)
+        self.vae_out = nn.Linear(H, 2 * cfg.latent_dim)
+
+        self.encoder = encoder(cfg.enc_layers)
+        dec_layer = nn.TransformerDecoderLayer(H, cfg.heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(dec_layer, cfg.dec_layers)  # output of the LAST layer is used
+        self.queries = nn.Parameter(torch.randn(cfg.chunk_size, H) * 0.02)
+        self.action_out = nn.Linear(H, shapes.action_dim)
+
+    def stream_tokens(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adapter outputs per stream (B, G*G, H): what the policy sees (pooled) and HSA aligns."""
+        return {s: self.adapters[s](tokens[s]) for s in self.shapes.streams}
+
+    def encode_latent(self, qpos: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor):
+        """(B, Dq), (B, k, Da), (B, k) -> mu, logvar (B, latent)."""
+        B = qpos.shape[0]
+        x = torch.cat([self.vae_cls.expand(B, -1, -1), self.vae_qpos_in(qpos)[:, None], self.vae_action_in(actions)], 1)
+        x = x + self.vae_pos  # (B, 2 + k, H)
+        pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool, device=qpos.device), is_pad], 1)
+        h = self.vae_encoder(x, src_key_padding_mask=pad)[:, 0]  # (B, H) at CLS
+        mu, logvar = self.vae_out(h).chunk(2, dim=-1)
+        return mu, logvar
+
+    def forward(self, qpos: torch.Tensor, tokens: dict[str, torch.Tensor], actions: torch.Tensor | None = None,
+                is_pad: torch.Tensor | None = None, adapted: dict[str, torch.Tensor] | None = None):
+        """Returns predicted actions (B, k, Da), (mu, logvar) or None, adapter outputs."""
+        B = qpos.shape[0]
+        if actions is not None:
+            mu, logvar = self.encode_latent(qpos, actions, is_pad)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
+            latent = (mu, logvar)
+        else:
+            z = qpos.new_zeros(B, self.cfg.latent_dim)  # inference: the prior's mean
+            latent = None
+        adapted = adapted if adapted is not None else self.stream_tokens(tokens)
+        seq = [self.latent_in(z)[:, None] + self.special_pos[0], self.qpos_in(qpos)[:, None] + self.special_pos[1]]
+        for i, s in enumerate(self.shapes.streams):
+            pooled = pool_tokens(adapted[s], self.shapes.grid, self.cfg.grid_pool)  # (B, n_tokens, H)
+            seq.append(pooled + self.grid_pos + self.stream_emb[i])
+        memory = self.encoder(torch.cat(seq, 1))  # (B, 2 + S * n_tokens, H)
+        h = self.decoder(self.queries.expand(B, -1, -1), memory)  # (B, k, H)
+        return self.action_out(h), latent, adapted
+
+
+def act_losses(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor, latent) -> dict[str, torch.Tensor]:
+    """L1 averaged over valid (non-padded) positions only; KL summed over latent dims,
+    averaged over the batch (as ACT)."""
+    valid = (~is_pad).unsqueeze(-1).to(pred.dtype)  # (B, k, 1)
+    l1 = ((pred - target).abs() * valid).sum() / (valid.sum() * pred.shape[-1]).clamp(min=1)
+    if latent is None:
+        kl = pred.new_zeros(())
+    else:
+        mu, logvar = latent
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1).mean()
+    return {"l1": l1, "kl": kl}

@@ -1,0 +1,83 @@
+"""Run an exported policy on a robot: raw camera images + qpos -> an action chunk, with
+features computed by the same encoder code as the cache, and temporal ensembling.
+
+    policy = Policy.load("outputs/train/policy", weights="/weights/vit_b16.bin")
+    ens = TemporalEnsembler(policy.chunk_size, k=0.01)
+    for each control step:
+        chunk = policy.predict_chunk({"top": img, "wrist": img, "tactile": img}, qpos)  # (k, Da), joint units
+        action = ens.step(chunk)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .act import ACTPolicy, ActShapes
+from .config import ActConfig, FeaturesConfig
+from .encoder import Encoder
+
+
+class Policy:
+    def __init__(self, model: ACTPolicy, encoder: Encoder, meta: dict, device: torch.device):
+        self.model, self.encoder, self.meta, self.device = model.eval(), encoder, meta, device
+        self.streams: list[str] = meta["shapes"]["streams"]
+        self.chunk_size = meta["act"]["chunk_size"]
+        s = meta["stats"]
+        self.q_mean, self.q_std = np.asarray(s["qpos"]["mean"]), np.asarray(s["qpos"]["std"])
+        self.a_mean, self.a_std = np.asarray(s["action"]["mean"]), np.asarray(s["action"]["std"])
+
+    @classmethod
+    def load(cls, directory: str | Path, weights: str | None = None, device: str = "auto") -> "Policy":
+        """`weights` overrides the encoder's weight file (the path on this machine)."""
+        directory = Path(directory)
+        meta = json.loads((directory / "policy.json").read_text())
+        f = meta["features"]
+        enc = Encoder(FeaturesConfig(model=f["model"], pretrained=weights or f["pretrained"], block=f["block"],
+                                     resize=f["resize"], device=device), quiet=True)
+        model = ACTPolicy(ActConfig(**meta["act"]), ActShapes(**meta["shapes"]))
+        model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        return cls(model.to(enc.device), enc, meta, enc.device)
+
+    @torch.no_grad()
+    def features(self, images: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Raw (H, W, 3) uint8 RGB images -> (1, G, G, C) grids, exactly as the cache."""
+        missing = [s for s in self.streams if s not in images]
+        if missing:
+            raise KeyError(f"images for streams {missing} are missing; the policy needs {self.streams}")
+        return {s: self.encoder.encode_frames([images[s]]).to(self.device) for s in self.streams}
+
+    @torch.no_grad()
+    def predict_chunk(self, images: dict[str, np.ndarray] | None, qpos: np.ndarray,
+                      tokens: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        """(Da,) qpos in joint units + images (or precomputed (1, G, G, C) tokens) ->
+        (chunk, Da) actions in joint units."""
+        tokens = tokens if tokens is not None else self.features(images)
+        q = torch.as_tensor((np.asarray(qpos) - self.q_mean) / self.q_std, dtype=torch.float32, device=self.device)[None]
+        pred, _, _ = self.model(q, {s: t.float() for s, t in tokens.items()})
+        return pred[0].cpu().numpy() * self.a_std + self.a_mean
+
+
+class TemporalEnsembler:
+    """ACT's temporal ensembling: the action for time t is the weighted mean of every chunk
+    prediction that covers t, with weights exp(-k * i), i = 0 for the OLDEST prediction."""
+
+    def __init__(self, chunk_size: int, k: float = 0.01):
+        self.chunk_size, self.k = chunk_size, k
+        self.history: list[tuple[int, np.ndarray]] = []  # (time the chunk was predicted, chunk)
+        self.t = 0
+
+    @staticmethod
+    def weights(n: int, k: float) -> np.ndarray:
+        w = np.exp(-k * np.arange(n))  # index 0 = oldest prediction
+        return w / w.sum()
+
+    def step(self, chunk: np.ndarray) -> np.ndarray:
+        self.history.append((self.t, np.asarray(chunk)))
+        self.history = [(t0, c) for t0, c in self.history if self.t - t0 < self.chunk_size]
+        preds = np.stack([c[self.t - t0] for t0, c in self.history])  # oldest first
+        self.t += 1
+        return (self.weights(len(preds), self.k)[:, None] * preds).sum(0)
