@@ -244,7 +244,7 @@ def run_train(p: Params, max_steps: int | None = None) -> dict:
             total, terms, stats, _ = fwd(batch, step)
         for name, value in terms.items():
             if not torch.isfinite(value):
-                raise NonFiniteLoss(f"train: loss term '{name}' is {float(value)} at step {step + 1}; the last good "
+                raise NonFiniteLoss(f"train: loss term '{name}' is {float(value.detach())} at step {step + 1}; the last good "
                                     f"checkpoint is {last if last.exists() else 'none (no checkpoint yet)'}. "
                                     f"See docs/guide.md#troubleshooting (NaN loss)")
         opt.zero_grad(set_to_none=True)

@@ -36,3 +36,50 @@ def demo_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("demo")
     return run_synth(make_params(), out)
+
+
+TINY_TRAIN = ["act.hidden_dim=32", "act.dim_feedforward=64", "act.heads=2", "act.enc_layers=1", "act.dec_layers=2",
+              "act.vae_enc_layers=1", "act.latent_dim=8", "hsa.proj_dim=16", "train.batch_size=8", "train.steps=20",
+              "train.val_every=10", "train.log_every=5", "train.ckpt_every=10", "train.warmup_steps=2",
+              "features.batch_size=32", "features.workers=0"]
+
+
+def tiny_pipeline_params(extra: list[str] | None = None) -> Params:
+    return make_params(TINY_TRAIN + (extra or []))
+
+
+@pytest.fixture(scope="session")
+def cached_dir(tmp_path_factory) -> Path:
+    """A working directory holding the tiny demo's episodes, prepare, geometry and features
+    outputs (as `dvc repro` leaves them), built once per session."""
+    import os
+
+    from hsa_pipeline.features import run_features
+    from hsa_pipeline.geometry import run_geometry
+    from hsa_pipeline.paths import FEATURES, GEOMETRY, PREPARE
+    from hsa_pipeline.prepare import run_prepare
+    from hsa_pipeline.synth import run_synth
+
+    root = tmp_path_factory.mktemp("pipeline")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        p = tiny_pipeline_params()
+        run_synth(p)
+        run_prepare(p.data, p.act.chunk_size, PREPARE)
+        run_geometry(p, PREPARE, GEOMETRY)
+        run_features(p.features, PREPARE, FEATURES)
+    finally:
+        os.chdir(old)
+    return root
+
+
+@pytest.fixture
+def work_dir(cached_dir, tmp_path, monkeypatch) -> Path:
+    """A private copy of `cached_dir` as the current directory (stages write outputs/)."""
+    import shutil
+
+    dst = tmp_path / "work"
+    shutil.copytree(cached_dir, dst, symlinks=True)
+    monkeypatch.chdir(dst)
+    return dst

@@ -1,0 +1,206 @@
+"""The ACT model and the train stage: real training runs on the tiny demo caches."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch.utils.data import default_collate
+
+from conftest import REPO, TINY, TINY_TRAIN, tiny_pipeline_params
+from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
+from hsa_pipeline.config import ActConfig
+from hsa_pipeline.data import Caches, ChunkSamples
+from hsa_pipeline.paths import FEATURES, GEOMETRY, PREPARE, TRAIN
+from hsa_pipeline.policy import Policy, TemporalEnsembler
+from hsa_pipeline.train import NonFiniteLoss, RUN, build, run_train
+
+
+def caches_for(p) -> Caches:
+    return Caches(PREPARE, GEOMETRY, FEATURES, 1.0, {n: c.mount for n, c in p.cameras.items()},
+                  {n: s.arm for n, s in p.sensors.items()})
+
+
+def read_tsv(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_samples_have_the_contract_shapes_and_padding(work_dir):
+    p = tiny_pipeline_params()
+    c = caches_for(p)
+    ds = ChunkSamples(c, c.rows("train"), p.act.chunk_size)
+    s = ds[0]
+    assert s["qpos"].shape == (7,) and s["actions"].shape == (5, 7) and s["is_pad"].shape == (5,)
+    assert s["tokens"]["wrist"].shape == (8, 8, 128) and s["box"]["wrist/tactile"].shape == (8, 8)
+    # the last frame of an episode: one real action, the rest padding
+    e = c.manifest.split("train")[0]
+    last = int(c.manifest.offsets[e + 1]) - 1
+    end = ChunkSamples(c, np.array([last]), 5)[0]
+    assert end["is_pad"].tolist() == [False, True, True, True, True]
+    np.testing.assert_allclose(end["actions"][0].numpy(), c.action[last], atol=1e-6)
+    assert not end["actions"][1:].any()
+    # action_shift = 1 pairs observation t with action t-1 onward
+    c.manifest.raw["action_shift"] = 1
+    shifted = ChunkSamples(c, np.array([last]), 5)[0]
+    np.testing.assert_allclose(shifted["actions"][:2].numpy(), c.action[last - 1: last + 1], atol=1e-6)
+    # boxes: the wrist camera on the flange sees the sensor in the same tokens every frame
+    assert s["box"]["wrist/tactile"].sum() >= 1
+
+
+def test_l1_ignores_padding_and_kl_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    pred, target = torch.tensor(rng.normal(size=(2, 4, 3))), torch.tensor(rng.normal(size=(2, 4, 3)))
+    is_pad = torch.tensor([[False, False, True, True], [False, False, False, True]])
+    garbage = target.clone()
+    garbage[is_pad] = 1e6
+    valid = ~is_pad.numpy()
+    expected = np.abs(pred.numpy() - target.numpy())[valid].mean()
+    assert float(act_losses(pred, garbage, is_pad, None)["l1"]) == pytest.approx(expected)
+    mu, logvar = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.2, -0.3]])
+    kl = 0.5 * np.sum(mu.numpy() ** 2 + np.exp(logvar.numpy()) - 1 - logvar.numpy())
+    assert float(act_losses(pred[:1], target[:1], is_pad[:1], (mu, logvar))["kl"]) == pytest.approx(kl, rel=1e-6)
+
+
+def test_every_decoder_layer_receives_gradient():
+    cfg = ActConfig(hidden_dim=16, dim_feedforward=32, heads=2, enc_layers=1, dec_layers=3, vae_enc_layers=1,
+                    latent_dim=4, chunk_size=5)
+    model = ACTPolicy(cfg, ActShapes(7, 7, ["cam", "tac"], grid=4, token_dim=8))
+    B = 3
+    tokens = {"cam": torch.randn(B, 4, 4, 8), "tac": torch.randn(B, 4, 4, 8)}
+    pred, latent, _ = model(torch.randn(B, 7), tokens, torch.randn(B, 5, 7), torch.zeros(B, 5, dtype=torch.bool))
+    assert pred.shape == (B, 5, 7)
+    loss = sum(act_losses(pred, torch.randn(B, 5, 7), torch.zeros(B, 5, dtype=torch.bool), latent).values())
+    loss.backward()
+    for i, layer in enumerate(model.decoder.layers):
+        grads = [p.grad for p in layer.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), f"decoder layer {i} got no gradient"
+
+
+def test_tiny_run_learns_logs_and_checkpoints(work_dir):
+    p = tiny_pipeline_params(["train.steps=60", "train.val_every=30", "train.log_every=5", "train.lr=0.002"])
+    final = run_train(p)
+    rows = read_tsv(RUN / "curves" / "train.tsv")
+    l1 = [float(r["l1"]) for r in rows]
+    assert np.mean(l1[-3:]) < 0.8 * np.mean(l1[:2])
+    assert all(r["hsa_w"] not in ("", "nan") for r in rows[-3:]) and float(rows[-1]["chance_w"]) > 0
+    # checkpoints are plain tensors + data
+    ck = torch.load(RUN / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == 60 and ck["config"]["train"]["steps"] == 60 and "rng" in ck
+    assert (RUN / "checkpoints" / "best.pt").exists()
+    # TensorBoard event files read back
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(RUN / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("loss/l1", "loss/kl", "loss/hsa_w", "loss/hsa_tp", "loss/total", "hsa/chance_w", "hsa/top1_w",
+                "hsa/loc_acc_w", "train/lr", "train/grad_norm", "train/samples_per_s", "val/l1_prior"):
+        assert tag in tags, tag
+    assert [e.step for e in acc.Scalars("loss/l1")][-1] == 60
+    assert any(t.startswith("boxes/") for t in acc.Tags()["images"])
+    metrics = json.loads((TRAIN / "metrics.json").read_text())
+    assert metrics["step"] == 60 and metrics["best_val_l1_prior"] == pytest.approx(final["best_val_l1_prior"])
+    assert (TRAIN / "policy" / "weights.pt").exists()
+
+
+def test_resume_matches_the_uninterrupted_run(work_dir):
+    p = tiny_pipeline_params()
+    run_train(p)
+    straight = read_tsv(RUN / "curves" / "train.tsv")
+    import shutil
+
+    shutil.rmtree(RUN)
+    stopped = run_train(p, max_steps=10)
+    assert stopped["stopped"]
+    run_train(p)  # resumes from step 10
+    resumed = read_tsv(RUN / "curves" / "train.tsv")
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    for a, b in zip(straight, resumed):
+        for k in ("total", "l1", "kl", "hsa"):
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-5, abs=1e-6), (a["step"], k)
+
+
+def test_hsa_disabled_is_plain_act(work_dir):
+    p = tiny_pipeline_params(["hsa.enabled=false", "train.steps=6", "train.val_every=6"])
+    c = caches_for(p)
+    module = build(p, c, torch.device("cpu"))
+    assert module.hsa is None
+    run_train(p)
+    row = read_tsv(RUN / "curves" / "train.tsv")[-1]
+    assert row["hsa"] == "" and float(row["total"]) == pytest.approx(float(row["l1"]) + 10 * float(row["kl"]), rel=1e-4)
+
+
+def test_non_finite_loss_stops_with_the_step_and_term(work_dir, monkeypatch):
+    import hsa_pipeline.train as train_mod
+
+    real = train_mod.act_losses
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        out = real(*args)
+        calls["n"] += 1
+        if calls["n"] > 12:
+            out["kl"] = out["kl"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "act_losses", poisoned)
+    p = tiny_pipeline_params(["train.steps=20", "train.ckpt_every=5", "train.val_every=100"])
+    with pytest.raises(NonFiniteLoss, match=r"loss term 'kl' is nan at step 13.*last.pt"):
+        run_train(p)
+    assert torch.load(RUN / "checkpoints" / "last.pt", weights_only=True)["step"] == 10  # last good one kept
+
+
+def test_online_features_equal_cached_and_policy_predicts_joint_units(work_dir):
+    p = tiny_pipeline_params(["train.steps=4", "train.val_every=4"])
+    run_train(p)
+    policy = Policy.load(TRAIN / "policy")
+    c = caches_for(p)
+    from hsa_pipeline.episodes import Episode
+
+    ep = c.manifest.episodes[1]
+    row = int(c.manifest.offsets[1]) + 7
+    with Episode(c.manifest.path(ep)) as f:
+        images = {s: f.frame(s, 7) for s in policy.streams}
+    online = policy.features(images)
+    for s in policy.streams:
+        np.testing.assert_allclose(online[s][0].numpy(), c.tokens[s][row].astype(np.float32), atol=2e-2, rtol=1e-2)
+    chunk = policy.predict_chunk(images, c.qpos_raw[row])
+    cached = policy.predict_chunk(None, c.qpos_raw[row], {s: torch.from_numpy(c.tokens[s][row:row + 1].astype(np.float32)) for s in policy.streams})
+    assert chunk.shape == (5, 7)
+    np.testing.assert_allclose(chunk, cached, atol=5e-3)
+
+
+def test_temporal_ensembling_weights_the_oldest_prediction_most():
+    w = TemporalEnsembler.weights(3, 0.5)
+    assert w[0] > w[1] > w[2] and w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, np.exp(-0.5 * np.arange(3)) / np.exp(-0.5 * np.arange(3)).sum())
+    ens = TemporalEnsembler(chunk_size=3, k=0.5)
+    a = ens.step(np.array([[1.0], [2.0], [3.0]]))  # t=0: only chunk 0
+    b = ens.step(np.array([[10.0], [20.0], [30.0]]))  # t=1: chunk0[1]=2 (oldest), chunk1[0]=10
+    assert a[0] == 1.0
+    assert b[0] == pytest.approx((2.0 * 1 + 10.0 * np.exp(-0.5)) / (1 + np.exp(-0.5)))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu(work_dir):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    from hsa_pipeline.config import apply_overrides
+
+    raw = apply_overrides(raw, TINY + TINY_TRAIN + ["train.steps=6", "train.val_every=6", "train.log_every=2"])
+    (work_dir / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "hsa_pipeline.cli", "train"], cwd=work_dir, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_tsv(work_dir / RUN / "curves" / "train.tsv")
+    assert [r["step"] for r in rows] == ["2", "4", "6"]  # one writer: rank 0
+    assert torch.load(work_dir / RUN / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
