@@ -44,8 +44,10 @@ class HsaPair:
         return f"{camera}/{self.sensor}"
 
 
-def hsa_pairs(manifest: Manifest, geometry_attrs: dict, camera_mounts: dict[str, str], sensor_arms: dict[str, str]) -> list[HsaPair]:
+def hsa_pairs(manifest: Manifest, geometry_attrs: dict) -> list[HsaPair]:
+    """For each tactile sensor: the wrist camera on its arm and the (first) third-person camera."""
     cams = manifest.raw["cameras"]
+    camera_mounts, sensor_arms = geometry_attrs["camera_mounts"], geometry_attrs["sensor_arms"]
     pairs = []
     for sensor in manifest.raw["tactile"]:
         if sensor not in geometry_attrs["sensors"]:
@@ -61,7 +63,7 @@ class Caches:
     """Everything training reads, opened once."""
 
     def __init__(self, prepare_dir: Path, geometry_path: Path, features_path: Path, memory_budget_gb: float,
-                 camera_mounts: dict[str, str], sensor_arms: dict[str, str], contact_threshold: float | None = None):
+                 contact_threshold: float | None = None):
         self.manifest = Manifest.load(prepare_dir)
         self.stats = json.loads((Path(prepare_dir) / "stats.json").read_text())
         contact = json.loads((Path(prepare_dir) / "contact.json").read_text())
@@ -77,7 +79,8 @@ class Caches:
             raise ValueError(f"{geometry_path}: built for other episodes than the manifest; rerun `dvc repro`")
         self.streams: dict[str, str] = self.feat_attrs["streams"]
         self.grid, self.width = self.feat_attrs["grid"], self.feat_attrs["width"]
-        self.pairs = hsa_pairs(self.manifest, geo.attrs, camera_mounts, sensor_arms)
+        self.geo_attrs = geo.attrs
+        self.pairs = hsa_pairs(self.manifest, geo.attrs)
         N = self.manifest.n_frames
         threshold = self.manifest.raw["contact_threshold"] if contact_threshold is None else contact_threshold
         self.contact = {s: np.concatenate([np.asarray(contact[s][e["id"]]) for e in self.manifest.episodes]) > threshold

@@ -81,6 +81,10 @@ def run_geometry(params: Params, prepare_dir: str | Path, out: str | Path, base_
             "camera_sizes": {c: [rig.cameras[c].width, rig.cameras[c].height] for c in cameras},
             "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
             "margin_px": params.geometry.margin_px, "limit_violations": violations,
+            # what later stages need to know about the rig, so they need not read its params
+            "camera_mounts": {c: rig.cameras[c].mount for c in cameras},
+            "sensor_arms": {s: rig.sensors[s].arm for s in sensors},
+            "angle_columns": sorted(i for a in rig.arms.values() for i in range(a.cfg.qpos_start, a.cfg.qpos_start + a.n_joints)),
             "visible_fraction": {c: per_cam[c]["visible"].mean(axis=0).round(4).tolist() for c in cameras},
         }
         root.attrs.update({**summary, "complete": True})

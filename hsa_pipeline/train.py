@@ -166,9 +166,7 @@ def run_train(p: Params, max_steps: int | None = None) -> dict:
     set_seed(p.train.seed + rank)
     main = rank == 0
 
-    mounts = {n: c.mount for n, c in p.cameras.items()}
-    arms = {n: s.arm for n, s in p.sensors.items()}
-    caches = Caches(PREPARE, GEOMETRY, FEATURES, p.train.memory_budget_gb, mounts, arms)
+    caches = Caches(PREPARE, GEOMETRY, FEATURES, p.train.memory_budget_gb)
     train_rows, val_rows = caches.rows("train"), caches.rows("val")
     if len(val_rows) > VAL_ROWS:
         val_rows = val_rows[np.linspace(0, len(val_rows) - 1, VAL_ROWS).round().astype(int)]

@@ -24,8 +24,7 @@ from hsa_pipeline.train import NonFiniteLoss, RUN, build, run_train
 
 
 def caches_for(p) -> Caches:
-    return Caches(PREPARE, GEOMETRY, FEATURES, 1.0, {n: c.mount for n, c in p.cameras.items()},
-                  {n: s.arm for n, s in p.sensors.items()})
+    return Caches(PREPARE, GEOMETRY, FEATURES, 1.0)
 
 
 def read_tsv(path) -> list[dict]:

@@ -1,0 +1,283 @@
+"""The `evaluate` stage: does the policy act right, and does touch line up with sight?
+
+On the held-out (val) episodes, from the caches and the exported policy:
+1. action error in joint units (degrees for arm joints, the gripper's own unit), first
+   action and whole chunk, per joint and per horizon, for the policy and two baselines:
+   hold the current qpos, and constant-velocity extrapolation;
+2. open-loop replay along each episode with and without temporal ensembling;
+3. alignment: tactile -> wrist / third-person retrieval (top-1, top-5) over frames where
+   the sensor is visible and in contact, and in-image localisation, each with its chance;
+outputs: metrics.json, plots/*.csv and a self-contained report.html.
+
+Retrieval counts a hit when the retrieved frame belongs to the SAME CONTACT EVENT (same
+episode, same uninterrupted run of contact frames): frames of one press are near copies
+of each other, so asking for the exact frame would measure noise. The chance level uses
+the same rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .act import ACTPolicy, ActShapes
+from .atomic import atomic_dir, write_json
+from .config import ActConfig, Params
+from .data import Caches
+from .hsa import HSALoss, masked_mean
+from .paths import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN
+from .policy import TemporalEnsembler
+
+BATCH = 64
+
+
+# --------------------------------------------------------------------------- action metrics
+def joint_units(x: np.ndarray, angle_columns: list[int]) -> np.ndarray:
+    """(..., D) radians -> degrees on the arm-joint columns; other columns unchanged."""
+    out = np.array(x, dtype=float, copy=True)
+    if angle_columns:
+        out[..., angle_columns] = np.rad2deg(out[..., angle_columns])
+    return out
+
+
+def chunk_targets(action: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray, chunk: int, shift: int):
+    """Ground-truth chunks (R, k, D) and validity (R, k) for global rows, per episode bounds."""
+    R, D = len(rows), action.shape[1]
+    target = np.zeros((R, chunk, D))
+    valid = np.zeros((R, chunk), bool)
+    for i, (row, s, e) in enumerate(zip(rows, starts, ends)):
+        a0 = max(s, row - shift)
+        n = min(chunk, e - a0)
+        target[i, :n] = action[a0: a0 + n]
+        valid[i, :n] = True
+    return target, valid
+
+
+def baselines(qpos: np.ndarray, rows: np.ndarray, starts: np.ndarray, chunk: int) -> dict[str, np.ndarray]:
+    """hold: qpos[t] at every horizon; constant velocity: qpos[t] + (h + 1) * (qpos[t] - qpos[t-1])."""
+    q = qpos[rows]  # (R, D)
+    prev = qpos[np.maximum(rows - 1, starts)]
+    h = np.arange(1, chunk + 1)[None, :, None]
+    return {"hold": np.repeat(q[:, None], chunk, axis=1), "const_vel": q[:, None] + h * (q - prev)[:, None]}
+
+
+def action_errors(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict:
+    """pred/target (R, k, D) in joint units -> first-action and chunk L1 per joint and mean,
+    and L1 by horizon."""
+    err = np.abs(pred - target)  # (R, k, D)
+    v = valid[..., None]
+    per_joint_chunk = (err * v).sum((0, 1)) / np.maximum(v.sum((0, 1)), 1)
+    first = err[:, 0][valid[:, 0]]
+    per_joint_first = first.mean(0) if len(first) else np.full(err.shape[-1], np.nan)
+    horizon = (err.mean(-1) * valid).sum(0) / np.maximum(valid.sum(0), 1)
+    return {"first_l1": float(per_joint_first.mean()), "chunk_l1": float(per_joint_chunk.mean()),
+            "per_joint_first": per_joint_first.tolist(), "per_joint_chunk": per_joint_chunk.tolist(),
+            "horizon": horizon.tolist()}
+
+
+def replay(chunks: np.ndarray, k: float, ensemble: bool) -> np.ndarray:
+    """Executed actions (T, D) of an open-loop replay from per-step chunk predictions (T, c, D):
+    with ensembling, every step averages all chunks covering it; without, a new chunk is
+    taken every c steps and executed in full (ACT without ensembling)."""
+    T, c, _ = chunks.shape
+    if ensemble:
+        ens = TemporalEnsembler(c, k)
+        return np.stack([ens.step(chunks[t]) for t in range(T)])
+    return np.stack([chunks[t - t % c][t % c] for t in range(T)])
+
+
+# --------------------------------------------------------------------------- alignment
+def contact_events(rows: np.ndarray, contact: np.ndarray, episode_of) -> np.ndarray:
+    """An id per row: rows of one uninterrupted contact run in one episode share an id."""
+    ids = np.full(len(rows), -1)
+    current, prev_row, prev_ep = -1, None, None
+    for i, r in enumerate(rows):
+        ep = episode_of(int(r))
+        if contact[r] and (prev_row is None or r != prev_row + 1 or ep != prev_ep or not contact[prev_row]):
+            current += 1
+        ids[i] = current if contact[r] else -1
+        prev_row, prev_ep = r, ep
+    return ids
+
+
+def retrieval(q: np.ndarray, p: np.ndarray, events: np.ndarray, ks=(1, 5)) -> dict[str, float]:
+    """Tactile queries q (n, P) against candidates p (n, P); a hit is a candidate of the
+    query's own event among the top k. Chance: the same for a random ranking."""
+    n = len(q)
+    if n < 2:
+        return {}
+    sim = q @ p.T
+    order = np.argsort(-sim, axis=1)
+    out = {"n": float(n)}
+    for k in ks:
+        kk = min(k, n)
+        hits = (events[order[:, :kk]] == events[:, None]).any(1)
+        same = (events[None, :] == events[:, None]).sum(1)  # candidates of the query's event
+        # P(at least one of kk random candidates is from the event) = 1 - C(n-m, kk) / C(n, kk)
+        chance = np.array([1 - math.comb(n - m, kk) / math.comb(n, kk) for m in same])
+        out[f"top{k}"] = float(hits.mean())
+        out[f"top{k}_chance"] = float(chance.mean())
+    return out
+
+
+@torch.no_grad()
+def alignment(caches: Caches, policy: ACTPolicy, hsa: HSALoss | None, rows: np.ndarray, device) -> dict:
+    """Retrieval and localisation over held-out frames where the sensor is visible and in contact."""
+    out = {}
+    for pair in caches.pairs:
+        contact = caches.contact[pair.sensor]
+        for cam in (pair.wrist, pair.third_person):
+            if cam is None:
+                continue
+            key = pair.key(cam)
+            use = rows[(caches.visible[key][rows]) & contact[rows] & caches.box[key][rows].any((1, 2))]
+            if len(use) < 2:
+                continue
+            qs, ps, hits = [], [], []
+            for s in range(0, len(use), BATCH):
+                r = use[s: s + BATCH]
+                tok = {n: torch.from_numpy(caches.tokens[n][r].astype(np.float32)).to(device) for n in (pair.sensor, cam)}
+                adapted = {n: policy.adapters[n](t) for n, t in tok.items()}  # (B, G*G, H)
+                box = torch.from_numpy(caches.box[key][r].reshape(len(r), -1)).to(device)
+                t_mean = adapted[pair.sensor].mean(1)
+                if hsa is not None:  # the model's own alignment: its projection heads
+                    q = hsa.head_tactile(t_mean)
+                    p = hsa.head_vision(masked_mean(adapted[cam], box))
+                    tok_emb = hsa.head_vision(adapted[cam])
+                else:  # no heads (plain ACT): cosine between adapter outputs
+                    q = torch.nn.functional.normalize(t_mean, dim=-1)
+                    p = torch.nn.functional.normalize(masked_mean(adapted[cam], box), dim=-1)
+                    tok_emb = torch.nn.functional.normalize(adapted[cam], dim=-1)
+                best = torch.einsum("bp,bnp->bn", q, tok_emb).argmax(1)
+                hits.append(box.gather(1, best[:, None])[:, 0].cpu().numpy())
+                qs.append(q.cpu().numpy())
+                ps.append(p.cpu().numpy())
+            events = contact_events(use, contact, caches.episode_of)
+            role = "wrist" if cam == pair.wrist else "tp"
+            res = retrieval(np.concatenate(qs), np.concatenate(ps), events)
+            res["loc_acc"] = float(np.concatenate(hits).mean())
+            res["loc_chance"] = float(caches.box[key][use].mean())
+            out[f"{pair.sensor}_to_{role}"] = res
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+def load_trained(p: Params, caches: Caches, device):
+    meta = json.loads((TRAIN / "policy" / "policy.json").read_text())
+    policy = ACTPolicy(ActConfig(**meta["act"]), ActShapes(**meta["shapes"]))
+    policy.load_state_dict(torch.load(TRAIN / "policy" / "weights.pt", map_location="cpu", weights_only=True))
+    hsa = None
+    best = TRAIN / "run" / "checkpoints" / "best.pt"
+    ck = torch.load(best, map_location="cpu", weights_only=True) if best.exists() else None
+    if ck is not None and any(k.startswith("hsa.") for k in ck["module"]):
+        from .config import HsaConfig
+
+        hsa = HSALoss(meta["act"]["hidden_dim"], HsaConfig(**ck["config"]["hsa"]))
+        hsa.load_state_dict({k.removeprefix("hsa."): v for k, v in ck["module"].items() if k.startswith("hsa.")})
+    return policy.to(device).eval(), (hsa.to(device).eval() if hsa else None), meta
+
+
+@torch.no_grad()
+def predict_chunks(policy: ACTPolicy, caches: Caches, rows: np.ndarray, device) -> np.ndarray:
+    """(R, k, D) normalised chunk predictions with z = 0 (deployment mode)."""
+    out = []
+    for s in range(0, len(rows), BATCH):
+        r = rows[s: s + BATCH]
+        tok = {n: torch.from_numpy(caches.tokens[n][r].astype(np.float32)).to(device) for n in caches.streams}
+        pred, _, _ = policy(torch.from_numpy(caches.qpos[r]).to(device), tok)
+        out.append(pred.cpu().numpy())
+    return np.concatenate(out)
+
+
+def run_evaluate(p: Params) -> dict:
+    device = torch.device("cpu")
+    caches = Caches(PREPARE, GEOMETRY, FEATURES, memory_budget_gb=1e9)  # evaluation reads every val frame anyway
+    rows = caches.rows("val")
+    if not len(rows):
+        raise ValueError("evaluate: no validation episodes (data.train_ratio is 1.0?); nothing held out to evaluate on")
+    policy, hsa, meta = load_trained(p, caches, device)
+    stats = caches.stats
+    a_mean, a_std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
+    angles = caches.geo_attrs["angle_columns"]
+    k = meta["act"]["chunk_size"]
+    shift = caches.manifest.raw["action_shift"]
+    offs = caches.manifest.offsets
+    eps = np.array([caches.episode_of(int(r)) for r in rows])
+    starts, ends = offs[eps], offs[eps + 1]
+
+    pred = predict_chunks(policy, caches, rows, device) * a_std + a_mean  # (R, k, D) raw units
+    target, valid = chunk_targets(caches.action_raw, starts, ends, rows, k, shift)
+    to_units = lambda x: joint_units(x, angles)  # noqa: E731
+    results = {"policy": action_errors(to_units(pred), to_units(target), valid)}
+    if caches.qpos_raw.shape[1] == caches.action_raw.shape[1]:  # baselines need actions in qpos space
+        for name, b in baselines(caches.qpos_raw, rows, starts, k).items():
+            results[name] = action_errors(to_units(b), to_units(target), valid)
+
+    replay_err = {"ensembled": [], "chunked": []}
+    for e in caches.manifest.split("val"):
+        ep_rows = np.arange(offs[e], offs[e + 1])
+        sel = np.isin(rows, ep_rows)
+        recorded = to_units(target[sel][:, 0])
+        for mode, ens in (("ensembled", True), ("chunked", False)):
+            executed = to_units(replay(pred[sel], p.eval.ensemble_k, ens))
+            replay_err[mode].append(np.abs(executed - recorded)[valid[sel][:, 0]].mean())
+    align = alignment(caches, policy, hsa, rows, device)
+
+    metrics = {
+        "chunk_l1": results["policy"]["chunk_l1"], "first_l1": results["policy"]["first_l1"],
+        **{f"{b}_chunk_l1": results[b]["chunk_l1"] for b in ("hold", "const_vel") if b in results},
+        **{f"{b}_first_l1": results[b]["first_l1"] for b in ("hold", "const_vel") if b in results},
+        "replay_l1_ensembled": float(np.mean(replay_err["ensembled"])),
+        "replay_l1_chunked": float(np.mean(replay_err["chunked"])),
+        "hsa_enabled": hsa is not None,
+        "alignment": align,
+        "units": "degrees for arm joints, raw units for other columns",
+        "val_frames": int(len(rows)),
+    }
+    if "hold" in results:
+        metrics["chunk_l1_vs_hold"] = metrics["chunk_l1"] / max(metrics["hold_chunk_l1"], 1e-12)
+    write_outputs(EVAL, metrics, results, align, caches, policy, hsa, rows, p, device)
+    print(f"evaluate: chunk L1 {metrics['chunk_l1']:.3f} (hold {metrics.get('hold_chunk_l1', float('nan')):.3f}, "
+          f"const-vel {metrics.get('const_vel_chunk_l1', float('nan')):.3f}); alignment "
+          + ", ".join(f"{k}: top1 {v.get('top1', float('nan')):.2f} (chance {v.get('top1_chance', float('nan')):.2f}), "
+                      f"loc {v['loc_acc']:.2f} (chance {v['loc_chance']:.2f})" for k, v in align.items()))
+    return metrics
+
+
+# --------------------------------------------------------------------------- outputs
+def write_outputs(out: Path, metrics: dict, results: dict, align: dict, caches: Caches, policy, hsa, rows, p: Params,
+                  device) -> None:
+    from .report import render_report
+
+    names = list(results)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", _round(metrics))
+        plots = tmp / "plots"
+        plots.mkdir()
+        horizon = np.array([results[n]["horizon"] for n in names]).T
+        _csv(plots / "horizon.csv", ["horizon"] + names, [[h + 1, *row] for h, row in enumerate(horizon)])
+        per_joint = np.array([results[n]["per_joint_chunk"] for n in names]).T
+        _csv(plots / "per_joint.csv", ["joint"] + names, [[j, *row] for j, row in enumerate(per_joint)])
+        _csv(plots / "retrieval.csv", ["query", "metric", "value", "chance"],
+             [[q, m, v[m], v.get(f"{m}_chance", v.get("loc_chance"))] for q, v in align.items()
+              for m in ("top1", "top5", "loc_acc") if m in v])
+        render_report(tmp / "report.html", metrics, results, align, caches, policy, hsa, rows, p, device)
+
+
+def _csv(path: Path, header: list[str], rows: list[list]) -> None:
+    lines = [",".join(header)] + [",".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in r) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _round(x):
+    if isinstance(x, float):
+        return round(x, 6) if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v) for v in x]
+    return x
