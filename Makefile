@@ -16,7 +16,8 @@ demo: install  ## the whole demo pipeline: synth -> prepare -> geometry -> featu
 	$(BIN)/dvc config core.analytics false
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-test: install
+test: install  ## lint the Dockerfile, then every test (the end-to-end dvc tests included)
+	$(BIN)/hadolint Dockerfile
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
 docs: install

@@ -1,0 +1,111 @@
+"""Training steps/s at the X-Trainer configuration (batch 16, chunk 45, hidden 512,
+feed-forward 3200, 4 encoder / 7 decoder layers, 8 heads; three cameras + one tactile
+stream), in one run on one machine:
+
+1. this trainer: ACT + HSA on cached ViT-B-16 token grids (14 x 14 x 768 per stream);
+2. the original recipe: the same ACT fed raw 480x640 images through a trainable
+   ResNet18 backbone (torchvision, random weights), its 15x20 feature maps as tokens.
+
+    python benchmarks/bench_train.py [--steps 3] [--grid-pool 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
+from hsa_pipeline.config import ActConfig, HsaConfig
+from hsa_pipeline.hsa import HSALoss, HsaInputs
+
+B, K, D = 16, 45, 14
+CAMS = ["top", "left_wrist", "right_wrist"]
+
+
+def xtrainer_act(grid_pool: int) -> ActConfig:
+    return ActConfig(chunk_size=K, hidden_dim=512, dim_feedforward=3200, enc_layers=4, dec_layers=7, heads=8,
+                     dropout=0.1, latent_dim=32, vae_enc_layers=4, kl_weight=10.0, grid_pool=grid_pool)
+
+
+class RawImageACT(nn.Module):
+    """The original recipe: ResNet18 on raw images -> 512-channel maps -> tokens -> the same ACT."""
+
+    def __init__(self, cfg: ActConfig, grid: int):
+        super().__init__()
+        r = torchvision.models.resnet18(weights=None)
+        self.backbone = nn.Sequential(*list(r.children())[:-2])  # (B, 512, 15, 20) for 480x640
+        self.act = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=grid, token_dim=512))
+        self.grid = grid
+
+    def forward(self, qpos, images, actions, is_pad):
+        tokens = {}
+        for name, img in images.items():
+            f = self.backbone(img)  # (B, 512, h, w)
+            f = nn.functional.adaptive_avg_pool2d(f, self.grid)  # square grid for the shared position table
+            tokens[name] = f.permute(0, 2, 3, 1)
+        return self.act(qpos, tokens, actions, is_pad)
+
+
+def time_steps(step_fn, steps: int) -> float:
+    step_fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    return steps / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--grid-pool", type=int, default=2, help="act.grid_pool for the cached trainer")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    qpos, actions = torch.randn(B, D), torch.randn(B, K, D)
+    is_pad = torch.zeros(B, K, dtype=torch.bool)
+
+    cfg = xtrainer_act(args.grid_pool)
+    policy = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=14, token_dim=768))
+    hsa = HSALoss(512, HsaConfig(proj_dim=128), 1000)
+    opt = torch.optim.AdamW(list(policy.parameters()) + list(hsa.parameters()), lr=1e-5)
+    grids = {s: torch.randn(B, 14, 14, 768) for s in CAMS + ["tactile"]}
+    box = torch.zeros(B, 196, dtype=torch.bool)
+    box[:, 90:94] = True
+
+    def cached_step():
+        pred, latent, adapted = policy(qpos, grids, actions, is_pad)
+        losses = act_losses(pred, actions, is_pad, latent)
+        x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
+                      valid=torch.ones(B, dtype=torch.bool), tp=adapted["top"], tp_box=box, tp_alpha=torch.ones(B))
+        loss = losses["l1"] + 10 * losses["kl"] + hsa(x)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    raw = RawImageACT(xtrainer_act(1), grid=15)
+    opt_raw = torch.optim.AdamW(raw.parameters(), lr=1e-5)
+    images = {s: torch.randn(B, 3, 480, 640) for s in CAMS + ["tactile"]}
+
+    def raw_step():
+        pred, latent, _ = raw(qpos, images, actions, is_pad)
+        losses = act_losses(pred, actions, is_pad, latent)
+        loss = losses["l1"] + 10 * losses["kl"]
+        opt_raw.zero_grad()
+        loss.backward()
+        opt_raw.step()
+
+    fast = time_steps(cached_step, args.steps)
+    slow = time_steps(raw_step, args.steps)
+    print(f"machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"X-Trainer config: batch {B}, chunk {K}, hidden 512, 3 cameras + 1 tactile")
+    print(f"cached ViT-B-16 grids + HSA (grid_pool {args.grid_pool}): {fast:.3f} steps/s")
+    print(f"raw 480x640 images + ResNet18 (original ACT recipe): {slow:.3f} steps/s")
+    print(f"speed-up: {fast / slow:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
