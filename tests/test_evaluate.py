@@ -1,0 +1,104 @@
+"""The evaluate stage: metrics on hand-made cases with known answers, and the real stage
+on the tiny demo (metrics.json, plot files, a report with no external references)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from conftest import tiny_pipeline_params
+from hsa_pipeline.evaluate import (action_errors, baselines, chunk_targets, contact_events, joint_units, replay,
+                                   retrieval, run_evaluate)
+from hsa_pipeline.paths import EVAL
+
+
+def test_perfect_policy_scores_zero_and_hold_scores_what_numpy_says():
+    rng = np.random.default_rng(0)
+    qpos = np.cumsum(rng.normal(size=(30, 3)), axis=0)
+    action = np.concatenate([qpos[1:], qpos[-1:]])
+    rows = np.arange(30)
+    starts, ends = np.zeros(30, int), np.full(30, 30)
+    target, valid = chunk_targets(action, starts, ends, rows, 4, 0)
+    assert action_errors(target, target, valid)["chunk_l1"] == 0.0
+    hold = baselines(qpos, rows, starts, 4)["hold"]
+    got = action_errors(hold, target, valid)
+    # numpy, by hand: |qpos[t] - action[t + h]| over valid (t, h)
+    errs = [np.abs(qpos[t] - action[t + h]) for t in range(30) for h in range(4) if t + h < 30]
+    assert got["chunk_l1"] == pytest.approx(np.mean(errs))
+    firsts = [np.abs(qpos[t] - action[t]) for t in range(30)]
+    assert got["first_l1"] == pytest.approx(np.mean(firsts))
+    assert got["horizon"][0] == pytest.approx(np.mean(firsts))
+
+
+def test_constant_velocity_is_exact_on_a_straight_line():
+    qpos = np.outer(np.arange(20), [0.1, -0.2])
+    action = np.concatenate([qpos[1:], qpos[-1:] + [0.1, -0.2]])
+    rows = np.arange(1, 15)
+    starts = np.zeros(len(rows), int)
+    target, valid = chunk_targets(action, starts, np.full(len(rows), 20), rows, 3, 0)
+    cv = baselines(qpos, rows, starts, 3)["const_vel"]
+    assert action_errors(cv, target, valid)["chunk_l1"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_chunk_targets_pad_at_the_episode_end_and_apply_the_shift():
+    action = np.arange(10, dtype=float)[:, None]
+    target, valid = chunk_targets(action, np.array([0, 0]), np.array([10, 10]), np.array([8, 3]), 4, 1)
+    np.testing.assert_array_equal(valid[0], [True, True, True, False])  # actions 7, 8, 9
+    np.testing.assert_array_equal(target[0, :3, 0], [7, 8, 9])
+    np.testing.assert_array_equal(target[1, :, 0], [2, 3, 4, 5])
+
+
+def test_joint_units_converts_arm_joints_only():
+    x = np.array([[np.pi, np.pi / 2, 0.7]])
+    np.testing.assert_allclose(joint_units(x, [0, 1]), [[180.0, 90.0, 0.7]])
+
+
+def test_replay_with_perfect_chunks_reproduces_the_recording():
+    T, c = 12, 4
+    recorded = np.linspace(0, 1, T + c)[:, None]
+    chunks = np.stack([recorded[t: t + c] for t in range(T)])
+    for ens in (True, False):
+        np.testing.assert_allclose(replay(chunks, 0.01, ens), recorded[:T])
+    # without ensembling a chunk is taken every c steps and executed in full
+    noisy = chunks.copy()
+    noisy[1:4] += 100  # never executed: steps 1..3 use the chunk from step 0
+    np.testing.assert_allclose(replay(noisy, 0.01, False)[:4], recorded[:4])
+
+
+def test_contact_events_and_retrieval_chance():
+    contact = np.array([0, 1, 1, 0, 1, 1, 1, 0], bool)
+    rows = np.arange(8)
+    ids = contact_events(rows, contact, lambda r: 0 if r < 6 else 1)
+    np.testing.assert_array_equal(ids, [-1, 0, 0, -1, 1, 1, 2, -1])  # an episode boundary splits an event
+    q = np.eye(4)
+    events = np.array([0, 0, 1, 1])
+    perfect = retrieval(q, q, events)
+    assert perfect["top1"] == 1.0
+    assert perfect["top1_chance"] == pytest.approx(1 - math.comb(2, 1) / math.comb(4, 1))  # 0.5
+    swapped = retrieval(q, q[[2, 3, 0, 1]], events)  # every query retrieves the other event
+    assert swapped["top1"] == 0.0 and swapped["top5"] == 1.0  # top-5 of 4 candidates holds everything
+
+
+def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_dir):
+    from hsa_pipeline.train import run_train
+
+    p = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.report_frames=2"])
+    run_train(p)
+    m = run_evaluate(p)
+    saved = json.loads((EVAL / "metrics.json").read_text())
+    for key in ("chunk_l1", "hold_chunk_l1", "const_vel_chunk_l1", "replay_l1_ensembled", "replay_l1_chunked"):
+        assert isinstance(saved[key], float) and saved[key] >= 0, key
+    assert saved["hsa_enabled"] is True and "tactile_to_wrist" in saved["alignment"]
+    a = saved["alignment"]["tactile_to_wrist"]
+    assert 0 <= a["top1"] <= 1 and 0 < a["top1_chance"] < 1 and 0 < a["loc_chance"] < 1
+    assert m["chunk_l1"] == pytest.approx(saved["chunk_l1"], rel=1e-5)
+    horizon = (EVAL / "plots" / "horizon.csv").read_text().splitlines()
+    assert horizon[0] == "horizon,policy,hold,const_vel" and len(horizon) == 1 + 5
+    page = (EVAL / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 + 2 * 3  # 3 charts + 2 frames x (tactile, wrist, top)
+    assert not re.search(r"(src|href)\s*=\s*['\"](?!data:)", page), "the report must not load anything external"
+    assert "<script" not in page and "http" not in page
