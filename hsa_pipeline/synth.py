@@ -176,47 +176,56 @@ def table_background(cam, T_world_cam: np.ndarray) -> Image.Image:
 # --------------------------------------------------------------------------- motion
 @dataclass
 class EpisodePlan:
-    tiles: list[tuple[float, float, int]]  # (x, y, class) touched tiles, in visiting order
+    """One arm's tiles, in WORLD coordinates: touched (visiting order) and distractors."""
+
+    tiles: list[tuple[float, float, int]]  # (x, y, class)
     distractors: list[tuple[float, float, int]]
 
 
-def plan_episode(params: Params, rng: np.random.Generator) -> EpisodePlan:
+def plan_episode(params: Params, rng: np.random.Generator, base: np.ndarray | None = None) -> EpisodePlan:
+    """Tiles on the table cells in front of an arm (cells are in the arm's base frame)."""
     cfg = params.synth
+    base = np.eye(4) if base is None else base
     n = cfg.touches + cfg.distractors
     cells = [(x, y) for x in GRID_X for y in GRID_Y]
     if n > len(cells):
         raise ValueError(f"synth.touches + synth.distractors = {n}, the table has {len(cells)} tile places")
     chosen = rng.choice(len(cells), size=n, replace=False)
-    pos = [(cells[i][0] + rng.uniform(-0.012, 0.012), cells[i][1] + rng.uniform(-0.012, 0.012)) for i in chosen]
+    local = [(cells[i][0] + rng.uniform(-0.012, 0.012), cells[i][1] + rng.uniform(-0.012, 0.012)) for i in chosen]
+    pos = [tuple((base @ np.array([x, y, -base[2, 3], 1.0]))[:2]) for x, y in local]  # onto the table, z = 0
     classes = rng.permutation(cfg.object_classes)
-    touched = [(*pos[i], int(classes[i % cfg.object_classes])) for i in range(cfg.touches)]
-    others = [c for c in range(cfg.object_classes) if c not in {t[2] for t in touched}] or list(range(cfg.object_classes))
+    touched = [(*local[i], *pos[i], int(classes[i % cfg.object_classes])) for i in range(cfg.touches)]
+    others = [c for c in range(cfg.object_classes) if c not in {t[4] for t in touched}] or list(range(cfg.object_classes))
     distract = [(*pos[cfg.touches + i], int(rng.choice(others))) for i in range(cfg.distractors)]
-    return EpisodePlan(sorted(touched, key=lambda t: t[0]), distract)
+    order = sorted(touched, key=lambda t: t[0])  # left to right along the arm's own x axis
+    return EpisodePlan([(t[2], t[3], t[4]) for t in order], distract)
 
 
 class _IK:
-    """Joint targets for 'sensor at (x, y, z), pointing down', seeded from the last solution
-    so the arm stays in one branch."""
+    """Joint targets for 'sensor at world (x, y, z), pointing down', seeded from the last
+    solution so the arm stays in one branch."""
 
-    def __init__(self, rig: Rig, arm_name: str, sensor_name: str):
+    def __init__(self, rig: Rig, arm_name: str, sensor_name: str, gripper: float | None):
         from spatialmath import SE3
 
         self.SE3 = SE3
         self.arm = rig.arms[arm_name]
-        self.sensor = rig.sensors[sensor_name]
+        sensor = rig.sensors[sensor_name]
+        self.mount = sensor.world_poses(np.eye(4)[None], None if gripper is None else np.array([gripper]))[0] \
+            if sensor.finger_offset != "none" else sensor.T_flange_sensor  # the finger offset while pressing
         self.q = np.array([1.3, 0.6, 1.7, -0.8, -1.57, 2.9])[: self.arm.n_joints]
 
     def solve(self, x: float, y: float, z: float) -> np.ndarray:
         target = np.eye(4)
         target[:3, :3] = np.diag([1.0, -1.0, -1.0])  # tool z pointing down
         target[:3, 3] = [x, y, z]
-        flange = np.linalg.inv(self.arm.base) @ target @ np.linalg.inv(self.sensor.T_flange_sensor)
+        flange = np.linalg.inv(self.arm.base) @ target @ np.linalg.inv(self.mount)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sol = self.arm.robot.ikine_LM(self.SE3(flange, check=False), q0=self.q, seed=0, ilimit=200, slimit=20)
         if not sol.success or np.abs(sol.q - self.q).max() > 2.0:
-            raise RuntimeError(f"synth: no smooth IK solution for the sensor at ({x:.3f}, {y:.3f}, {z:.3f})")
+            raise RuntimeError(f"synth: no smooth IK solution for the sensor of arm '{self.arm.name}' at "
+                               f"({x:.3f}, {y:.3f}, {z:.3f}); move robot.arms.{self.arm.name}.base or the cameras")
         self.q = np.asarray(sol.q, dtype=float)
         return self.q.copy()
 
@@ -226,12 +235,16 @@ def _min_jerk(n: int) -> np.ndarray:
     return 10 * s**3 - 15 * s**4 + 6 * s**5
 
 
+GRIP_HOVER, GRIP_PRESS = 0.3, 0.6  # normalised gripper commands: squeeze a little while pressing
+
+
 def plan_motion(rig: Rig, arm_name: str, sensor_name: str, plan: EpisodePlan, frames_per_touch: int,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(T, n_joints) joint trajectory and (T,) tile index in contact (-1 for none)."""
-    ik = _IK(rig, arm_name, sensor_name)
+    """(T, n_joints) joint trajectory and (T,) index of the tile in contact (-1 for none)."""
+    ik = _IK(rig, arm_name, sensor_name, GRIP_PRESS)
     hover = 0.10
-    start = ik.solve(0.0, -0.40, 0.20)
+    home = rig.arms[arm_name].base @ np.array([0.0, -0.40, 0.0, 1.0])
+    start = ik.solve(home[0], home[1], 0.20)
     # one touch = move above the tile, press down, hold, lift (fractions of frames_per_touch)
     n_down = max(1, frames_per_touch // 6)
     n_hold = max(1, frames_per_touch // 5)
@@ -254,53 +267,61 @@ def plan_motion(rig: Rig, arm_name: str, sensor_name: str, plan: EpisodePlan, fr
 
 # --------------------------------------------------------------------------- episodes
 def render_episode(params: Params, rig: Rig, index: int) -> dict:
-    """Everything of one demo episode: qpos, action, images, tactile, truth."""
+    """Everything of one demo episode: qpos, action, images, tactile and the truth
+    (`contact_class`: sensor -> (T,) class of the touched object, -1 without contact).
+    Every arm that carries a sensor runs its own touch plan (bimanual rigs too)."""
     cfg = params.synth
     rng = np.random.default_rng([cfg.seed, index])
-    arm_name = next(iter(rig.arms))
-    arm = rig.arms[arm_name]
-    sensor_name = next(s for s in rig.sensors if rig.sensors[s].arm == arm_name)
-    plan = plan_episode(params, rng)
-    q, touching = plan_motion(rig, arm_name, sensor_name, plan, cfg.frames_per_touch, rng)
-    T = len(q)
-    width = rig.qpos_width()
-    qpos = np.zeros((T, width))
-    qpos[:, arm.cfg.qpos_start: arm.cfg.qpos_start + arm.n_joints] = q
-    if arm.cfg.gripper_index is not None:
-        qpos[:, arm.cfg.gripper_index] = 0.3 + 0.3 * (touching >= 0)  # squeeze a little while pressing
+    workers = [(a, next(s for s in rig.sensors if rig.sensors[s].arm == a))
+               for a in rig.arms if any(s.arm == a for s in rig.sensors.values())]
+    if not workers:
+        raise ValueError("synth: no sensor is mounted on any arm (sensors.<name>.arm)")
+    T = 1 + cfg.frames_per_touch * cfg.touches
+    qpos = np.zeros((T, rig.qpos_width()))
+    plans, touching = {}, {}
+    for arm_name, sensor_name in workers:
+        arm = rig.arms[arm_name]
+        plans[sensor_name] = plan_episode(params, rng, arm.base)
+        q, touching[sensor_name] = plan_motion(rig, arm_name, sensor_name, plans[sensor_name], cfg.frames_per_touch, rng)
+        qpos[:, arm.cfg.qpos_start: arm.cfg.qpos_start + arm.n_joints] = q
+        if arm.cfg.gripper_index is not None:
+            qpos[:, arm.cfg.gripper_index] = np.where(touching[sensor_name] >= 0, GRIP_PRESS, GRIP_HOVER)
     action = np.concatenate([qpos[1:], qpos[-1:]])  # teleoperation target: the next commanded qpos
 
     geo = rig.episode_geometry(qpos, margin_px=0.0)
-    sensor = rig.sensors[sensor_name]
-    pad_world = sensor.surface_world(geo.sensor_pose[sensor_name])  # (T, 4, 3)
-    joints_world = (arm.base @ arm.chain.fkine(q, all_joints=True))[..., :3, 3]  # (T, J+1, 3)
-    sensor_z = geo.sensor_pose[sensor_name][:, 2, 3]
-    depth = np.clip((CONTACT_M - sensor_z) / (CONTACT_M + PRESS_M), 0, 1)
+    pads = {s: rig.sensors[s].surface_world(geo.sensor_pose[s]) for _, s in workers}  # (T, 4, 3)
+    links = {a: (rig.arms[a].base @ rig.arms[a].chain.fkine(rig.arms[a].joints(qpos), all_joints=True))[..., :3, 3]
+             for a, _ in workers}  # (T, J+1, 3)
     textures = {c: object_texture(c) for c in range(cfg.object_classes)}
-    all_tiles = [(x, y, c, True) for x, y, c in plan.tiles] + [(x, y, c, False) for x, y, c in plan.distractors]
+    all_tiles = [t for plan in plans.values() for t in plan.tiles + plan.distractors]
 
     images = {name: np.empty((T, cam.height, cam.width, 3), np.uint8) for name, cam in rig.cameras.items()}
     backgrounds = {name: table_background(cam, geo.camera_pose[name][0]) for name, cam in rig.cameras.items()}
     for t in range(T):
         for name, cam in rig.cameras.items():
             canvas = Canvas(cam, geo.camera_pose[name][t], backgrounds[name])
-            for x, y, c, _ in all_tiles:
+            for x, y, c in all_tiles:
                 canvas.quad(tile_corners(x, y), textures[c])
-            if cam.mount == "world":
-                canvas.polyline(np.vstack([joints_world[t], geo.sensor_pose[sensor_name][t, :3, 3]]), 5, (200, 200, 205))
-            k = touching[t]
-            if k >= 0:
-                canvas.quad(pad_world[t], textures[plan.tiles[k][2]], outline=(20, 20, 20))
-            else:
-                canvas.quad(pad_world[t], None, fill=PAD_RGB, outline=(230, 230, 230))
+            for arm_name, sensor_name in workers:
+                if cam.mount == "world":
+                    canvas.polyline(np.vstack([links[arm_name][t], geo.sensor_pose[sensor_name][t, :3, 3]]), 5,
+                                    (200, 200, 205))
+                k = touching[sensor_name][t]
+                if k >= 0:
+                    canvas.quad(pads[sensor_name][t], textures[plans[sensor_name].tiles[k][2]], outline=(20, 20, 20))
+                else:
+                    canvas.quad(pads[sensor_name][t], None, fill=PAD_RGB, outline=(230, 230, 230))
             img = np.asarray(canvas.img, dtype=np.int16) + rng.integers(-4, 5, (cam.height, cam.width, 3))
             images[name][t] = np.clip(img, 0, 255).astype(np.uint8)
-    size = cfg.tactile_size
-    tactile = np.stack([tactile_image(plan.tiles[touching[t]][2] if touching[t] >= 0 else None,
-                                      float(depth[t]) if touching[t] >= 0 else 0.0, size, rng) for t in range(T)])
-    contact_class = np.array([plan.tiles[k][2] if k >= 0 else -1 for k in touching])
-    return {"qpos": qpos, "action": action, "images": images, "tactile": {sensor_name: tactile},
-            "contact_class": contact_class, "plan": plan}
+    tactile, contact_class = {}, {}
+    for _, s in workers:
+        sensor_z = geo.sensor_pose[s][:, 2, 3]
+        depth = np.clip((CONTACT_M - sensor_z) / (CONTACT_M + PRESS_M), 0, 1)
+        contact_class[s] = np.array([plans[s].tiles[k][2] if k >= 0 else -1 for k in touching[s]])
+        tactile[s] = np.stack([tactile_image(contact_class[s][t] if contact_class[s][t] >= 0 else None,
+                                             float(depth[t]), cfg.tactile_size, rng) for t in range(T)])
+    return {"qpos": qpos, "action": action, "images": images, "tactile": tactile,
+            "contact_class": contact_class, "plans": plans}
 
 
 def run_synth(params: Params, out_dir: str | Path | None = None) -> Path:

@@ -288,6 +288,6 @@ def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
     from hsa_pipeline.rig import Rig
     from hsa_pipeline.synth import render_episode
 
-    truth = render_episode(p, Rig(p), 0)["contact_class"] >= 0
+    truth = render_episode(p, Rig(p), 0)["contact_class"]["tactile"] >= 0
     predicted = np.array(contact["episode_0"]) > cfg.contact_threshold
     np.testing.assert_array_equal(predicted, truth)

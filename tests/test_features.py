@@ -174,3 +174,29 @@ def test_undecodable_frame_is_named_and_the_old_store_survives(store, demo_dir, 
     with pytest.raises(EpisodeError, match=r"episode_1.hdf5: /observations/images/wrist frame 4: JPEG does not decode"):
         run_features(CFG, tmp_path / "prepare", out)
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_shards_the_work_and_matches_one_process(work_dir):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import TINY, TINY_TRAIN
+    from hsa_pipeline.config import apply_overrides
+
+    raw = apply_overrides(yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text()), TINY + TINY_TRAIN)
+    (work_dir / "params.yaml").write_text(yaml.safe_dump(raw))
+    single = FeatureStore(work_dir / "outputs" / "features.zarr")
+    ref = {s: single.load(s) for s in single.streams}
+    import shutil
+
+    shutil.rmtree(work_dir / "outputs" / "features.zarr")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "hsa_pipeline.cli", "features"], cwd=work_dir, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = FeatureStore(work_dir / "outputs" / "features.zarr")
+    for s, grid in ref.items():
+        np.testing.assert_array_equal(two.load(s), grid)

@@ -71,7 +71,7 @@ def test_drawn_sensor_pad_lies_inside_the_geometry_box(rendered):
     for ep in eps:
         geo = rig.episode_geometry(ep["qpos"], margin_px=1.0)  # 1 px for polygon rasterisation
         for cam in ("top", "wrist"):
-            for t in np.nonzero(ep["contact_class"] < 0)[0]:
+            for t in np.nonzero(ep["contact_class"]["tactile"] < 0)[0]:
                 img = ep["images"][cam][t].astype(int)
                 pad = (np.abs(img - PAD_RGB) <= 6).all(axis=-1)
                 ys, xs = np.nonzero(pad)
@@ -86,11 +86,11 @@ def test_pad_shows_the_touched_texture_while_pressing(rendered):
     p, rig, eps = rendered
     ep = eps[0]
     geo = rig.episode_geometry(ep["qpos"], margin_px=0.0)
-    t = int(np.nonzero(ep["contact_class"] >= 0)[0][1])
+    t = int(np.nonzero(ep["contact_class"]["tactile"] >= 0)[0][1])
     b = geo.boxes["wrist"]["tactile"].box[t].astype(int)
     x0, y0, x1, y1 = b[0] + 4, b[1] + 4, b[2] - 4, b[3] - 4
     inside = ep["images"]["wrist"][t][y0:y1, x0:x1].reshape(-1, 3).mean(0)
-    tex = object_texture(int(ep["contact_class"][t])).reshape(-1, 3).mean(0)
+    tex = object_texture(int(ep["contact_class"]["tactile"][t])).reshape(-1, 3).mean(0)
     assert np.abs(inside - tex).max() < 25
     assert np.abs(inside - PAD_RGB).max() > 25
 
@@ -112,7 +112,53 @@ def test_tactile_frames_follow_contact_in_the_episode(rendered):
     _, _, eps = rendered
     ep = eps[1]
     tac = ep["tactile"]["tactile"].astype(float)
-    rest = tac[ep["contact_class"] < 0]
+    rest = tac[ep["contact_class"]["tactile"] < 0]
     ref = np.median(rest, axis=0)
     dist = np.abs(tac - ref).mean(axis=(1, 2, 3))
-    assert dist[ep["contact_class"] >= 0].min() > 3 * dist[ep["contact_class"] < 0].max()
+    assert dist[ep["contact_class"]["tactile"] >= 0].min() > 3 * dist[ep["contact_class"]["tactile"] < 0].max()
+
+
+BIMANUAL = [
+    "robot.arms={left: {model: nova2, qpos_start: 0, gripper_index: 6, base: {xyz: [-0.35, 0.0, 0.0]}},"
+    " right: {model: nova2, qpos_start: 7, gripper_index: 13, base: {xyz: [0.35, 0.0, 0.0]}}}",
+    "sensors={tactile_left: {arm: left, mount: {xyz: [0.0, 0.0, 0.12]}},"
+    " tactile_right: {arm: right, mount: {xyz: [0.0, 0.0, 0.12]}}}",
+    "cameras.left_wrist={mount: left, width: 192, height: 144, K: [[120.0, 0.0, 96.0], [0.0, 120.0, 72.0], [0.0, 0.0, 1.0]],"
+    " pose: {xyz: [0.0, 0.06, 0.03], rpy_deg: [-24.775, 0.0, 180.0]}}",
+    "cameras.right_wrist={mount: right, width: 192, height: 144, K: [[120.0, 0.0, 96.0], [0.0, 120.0, 72.0], [0.0, 0.0, 1.0]],"
+    " pose: {xyz: [0.0, 0.06, 0.03], rpy_deg: [-24.775, 0.0, 180.0]}}",
+    "cameras.wrist=null",
+    "data.cameras={top: third_person, left_wrist: wrist, right_wrist: wrist}",
+    "data.tactile=[tactile_left, tactile_right]",
+]
+
+
+def test_bimanual_option_renders_both_arms_and_both_sensors(tmp_path):
+    from conftest import make_params
+    from hsa_pipeline.config import apply_overrides, params_from_dict
+    import yaml
+
+    from conftest import REPO, TINY
+
+    raw = apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), TINY + BIMANUAL)
+    raw["cameras"] = {k: v for k, v in raw["cameras"].items() if v is not None}
+    p = params_from_dict(raw)
+    rig = Rig(p)
+    ep = render_episode(p, rig, 0)
+    assert ep["qpos"].shape[1] == 14 and set(ep["tactile"]) == {"tactile_left", "tactile_right"}
+    geo = rig.episode_geometry(ep["qpos"], margin_px=1.0)
+    for side in ("left", "right"):
+        sensor, cam = f"tactile_{side}", f"{side}_wrist"
+        assert (ep["contact_class"][sensor] >= 0).sum() >= 2  # each arm presses its own tiles
+        for t in np.nonzero(ep["contact_class"][sensor] < 0)[0][::3]:
+            ys, xs = np.nonzero((np.abs(ep["images"][cam][t].astype(int) - PAD_RGB) <= 6).all(-1))
+            b = geo.boxes[cam][sensor].box[t]
+            assert len(xs) > 100 and ((xs >= b[0]) & (xs < b[2]) & (ys >= b[1]) & (ys < b[3])).all()
+    out = tmp_path / "bi"
+    from hsa_pipeline.synth import run_synth
+
+    p.synth.episodes = 2
+    run_synth(p, out)
+    with Episode(out / "episodes" / "episode_0.hdf5") as f:
+        assert f.qpos.shape[1] == 14 and f.frame("right_wrist", 3).shape == (144, 192, 3)
+        assert f.frame("tactile_right", 0).shape == (96, 96, 3)
