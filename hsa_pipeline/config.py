@@ -61,7 +61,7 @@ class SynthConfig:
     episodes: int = param(12, "number of episodes", ge=2)
     touches: int = param(3, "objects touched per episode", ge=1)
     frames_per_touch: int = param(20, "frames for one approach-press-leave cycle", ge=6)
-    object_classes: int = param(6, "number of distinct object textures / imprint shapes", ge=2, le=8)
+    object_classes: int = param(12, "number of distinct object textures / imprint shapes", ge=2, le=12)
     distractors: int = param(3, "distractor texture patches per image (in-image hard negatives)", ge=0)
     layout: Literal["xtrainer", "act"] = param("xtrainer", "HDF5 layout written: X-Trainer JPEG or ACT raw")
     jpeg_quality: int = param(90, "JPEG quality for the xtrainer layout", ge=1, le=100)

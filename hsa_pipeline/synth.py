@@ -58,6 +58,10 @@ def object_texture(cls: int, size: int = 32) -> np.ndarray:
         np.sin(2 * np.pi * 5 * np.hypot(x - 0.5, y - 0.5)) > 0,  # rings
         (np.sin(2 * np.pi * 4 * x) > 0.6) | (np.sin(2 * np.pi * 4 * y) > 0.6),  # grid lines
         (np.abs(x - 0.5) < 0.3) & (np.abs(y - 0.5) < 0.3),  # centred square
+        np.sin(2 * np.pi * 2 * y) > 0,  # wide horizontal bands
+        np.sin(2 * np.pi * 3 * (x - y)) > 0,  # anti-diagonal
+        np.maximum(np.abs(x - 0.5), np.abs(y - 0.5)) % 0.2 < 0.1,  # concentric squares
+        x < 0.5,  # two halves
     ]
     fg = np.array(PALETTE[cls % len(PALETTE)], dtype=float)
     bg = 0.35 * fg + 60
@@ -78,6 +82,10 @@ def imprint_height(cls: int, size: int) -> np.ndarray:
         (np.abs(np.abs(y) - 0.15) < 0.07) & (np.abs(x) < 0.32),  # two bars
         np.abs(x) + np.abs(y) < 0.32,  # diamond
         ((x * 5) % 1 - 0.5) ** 2 + ((y * 5) % 1 - 0.5) ** 2 < 0.06,  # dot array
+        (x / 0.34) ** 2 + (y / 0.16) ** 2 < 1,  # flat ellipse
+        (np.abs(np.abs(x) - 0.15) < 0.07) & (np.abs(y) < 0.32),  # two upright bars
+        ((np.abs(x + 0.12) < 0.09) & (np.abs(y) < 0.3)) | ((np.abs(y - 0.21) < 0.09) & (np.abs(x) < 0.3)),  # L
+        (y < 0.25) & (y > -0.3) & (np.abs(x) < (y + 0.3) * 0.55),  # inverted triangle
     ]
     ridges = 0.75 + 0.25 * np.sin(2 * np.pi * (3 + cls) * (x * np.cos(cls) + y * np.sin(cls)))
     h = shapes[cls % len(shapes)].astype(float) * ridges
@@ -182,7 +190,19 @@ class EpisodePlan:
     distractors: list[tuple[float, float, int]]
 
 
-def plan_episode(params: Params, rng: np.random.Generator, base: np.ndarray | None = None) -> EpisodePlan:
+def episode_classes(params: Params, index: int, arm: int = 0, n_arms: int = 1) -> list[int]:
+    """The object classes episode `index` touches: consecutive entries of one seeded
+    permutation of all classes, so every class is touched equally often and consecutive
+    episodes touch different objects (held-out contact events are then rarely of the
+    same class, which touch and sight could not tell apart)."""
+    cfg = params.synth
+    perm = np.random.default_rng([cfg.seed, 7]).permutation(cfg.object_classes)
+    first = (index * n_arms + arm) * cfg.touches
+    return [int(perm[(first + j) % cfg.object_classes]) for j in range(cfg.touches)]
+
+
+def plan_episode(params: Params, rng: np.random.Generator, base: np.ndarray | None = None,
+                 classes: list[int] | None = None) -> EpisodePlan:
     """Tiles on the table cells in front of an arm (cells are in the arm's base frame)."""
     cfg = params.synth
     base = np.eye(4) if base is None else base
@@ -193,8 +213,8 @@ def plan_episode(params: Params, rng: np.random.Generator, base: np.ndarray | No
     chosen = rng.choice(len(cells), size=n, replace=False)
     local = [(cells[i][0] + rng.uniform(-0.012, 0.012), cells[i][1] + rng.uniform(-0.012, 0.012)) for i in chosen]
     pos = [tuple((base @ np.array([x, y, -base[2, 3], 1.0]))[:2]) for x, y in local]  # onto the table, z = 0
-    classes = rng.permutation(cfg.object_classes)
-    touched = [(*local[i], *pos[i], int(classes[i % cfg.object_classes])) for i in range(cfg.touches)]
+    classes = classes if classes is not None else [int(c) for c in rng.permutation(cfg.object_classes)[: cfg.touches]]
+    touched = [(*local[i], *pos[i], int(classes[i % len(classes)])) for i in range(cfg.touches)]
     others = [c for c in range(cfg.object_classes) if c not in {t[4] for t in touched}] or list(range(cfg.object_classes))
     distract = [(*pos[cfg.touches + i], int(rng.choice(others))) for i in range(cfg.distractors)]
     order = sorted(touched, key=lambda t: t[0])  # left to right along the arm's own x axis
@@ -279,9 +299,9 @@ def render_episode(params: Params, rig: Rig, index: int) -> dict:
     T = 1 + cfg.frames_per_touch * cfg.touches
     qpos = np.zeros((T, rig.qpos_width()))
     plans, touching = {}, {}
-    for arm_name, sensor_name in workers:
+    for i, (arm_name, sensor_name) in enumerate(workers):
         arm = rig.arms[arm_name]
-        plans[sensor_name] = plan_episode(params, rng, arm.base)
+        plans[sensor_name] = plan_episode(params, rng, arm.base, episode_classes(params, index, i, len(workers)))
         q, touching[sensor_name] = plan_motion(rig, arm_name, sensor_name, plans[sensor_name], cfg.frames_per_touch, rng)
         qpos[:, arm.cfg.qpos_start: arm.cfg.qpos_start + arm.n_joints] = q
         if arm.cfg.gripper_index is not None:
