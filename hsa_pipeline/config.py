@@ -167,6 +167,8 @@ class ActConfig:
     vae_enc_layers: int = param(2, "CVAE encoder layers (ACT: 4)", ge=1)
     kl_weight: float = param(10.0, "weight of the KL term", ge=0.0)
     grid_pool: int = param(1, "average-pool camera token grids by this factor before the transformer", ge=1)
+    relative_actions: bool = param(
+        False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A sample is one frame t of one episode (the typed contract between data and model):
 
   qpos       (Dq,)            normalised
-  actions    (chunk, Da)      normalised action[t - shift : t - shift + chunk], zero-padded
+  actions    (chunk, Da)      normalised action[t - shift : t - shift + chunk] (ActionCodec), zero-padded
   is_pad     (chunk,)         True where the episode ended before the chunk did
   tokens     {stream: (G, G, C)} cached CLIP grids (float32)
   box        {pair: (G, G)}   tokens inside the sensor box, per (camera, sensor) pair
@@ -30,6 +30,34 @@ from torch.utils.data import Dataset
 from .cameras import GridMapping, box_token_mask
 from .geometry import GeometryStore
 from .prepare import Manifest
+
+
+@dataclass
+class ActionCodec:
+    """How action chunks are normalised for the model, and back: per-dimension z-score of
+    the action, either absolute (ACT) or relative to the current qpos."""
+
+    mean: np.ndarray  # (Da,)
+    std: np.ndarray  # (Da,)
+    relative: bool
+
+    @classmethod
+    def from_stats(cls, stats: dict, relative: bool, qpos_dim: int | None = None) -> "ActionCodec":
+        mean, std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
+        if relative and qpos_dim is not None and qpos_dim != len(mean):
+            raise ValueError(f"act.relative_actions needs actions in qpos space, but qpos has {qpos_dim} "
+                             f"dimensions and actions {len(mean)}")
+        return cls(mean, std, relative)
+
+    def encode(self, actions: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+        """(..., k, Da) raw actions, (..., Dq) raw qpos -> normalised."""
+        ref = qpos[..., None, :] if self.relative else self.mean
+        return ((actions - ref) / self.std).astype(np.float32)
+
+    def decode(self, pred: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+        """(..., k, Da) model output, (..., Dq) raw qpos -> raw actions."""
+        ref = qpos[..., None, :] if self.relative else self.mean
+        return pred * self.std + ref
 
 
 @dataclass(frozen=True)
@@ -108,7 +136,6 @@ class Caches:
                 a.append(ep.action)
         self.qpos_raw, self.action_raw = np.concatenate(q), np.concatenate(a)
         self.qpos = ((self.qpos_raw - self.stats["qpos"]["mean"]) / self.stats["qpos"]["std"]).astype(np.float32)
-        self.action = ((self.action_raw - self.stats["action"]["mean"]) / self.stats["action"]["std"]).astype(np.float32)
         nbytes = N * len(self.streams) * self.grid * self.grid * self.width * 2
         self.in_memory = nbytes <= memory_budget_gb * 2**30
         self.tokens = {s: root[s][...] for s in self.streams} if self.in_memory else None
@@ -124,8 +151,8 @@ class Caches:
 
 
 class ChunkSamples(Dataset):
-    def __init__(self, caches: Caches, rows: np.ndarray, chunk_size: int):
-        self.c, self.rows, self.chunk = caches, np.asarray(rows), chunk_size
+    def __init__(self, caches: Caches, rows: np.ndarray, chunk_size: int, codec: ActionCodec):
+        self.c, self.rows, self.chunk, self.codec = caches, np.asarray(rows), chunk_size, codec
         self.shift = caches.manifest.raw["action_shift"]
         self._zarr = None
 
@@ -145,8 +172,8 @@ class ChunkSamples(Dataset):
         start, end = int(self.c.manifest.offsets[e]), int(self.c.manifest.offsets[e + 1])
         a0 = max(start, row - self.shift)  # observation t pairs with action t - shift onward
         n = min(self.chunk, end - a0)
-        actions = np.zeros((self.chunk, self.c.action.shape[1]), np.float32)
-        actions[:n] = self.c.action[a0: a0 + n]
+        actions = np.zeros((self.chunk, self.c.action_raw.shape[1]), np.float32)
+        actions[:n] = self.codec.encode(self.c.action_raw[a0: a0 + n], self.c.qpos_raw[row])
         is_pad = np.arange(self.chunk) >= n
         return {
             "row": torch.tensor(row),

@@ -27,7 +27,7 @@ import torch
 from .act import ACTPolicy, ActShapes
 from .atomic import atomic_dir, write_json
 from .config import ActConfig, Params
-from .data import Caches
+from .data import ActionCodec, Caches
 from .hsa import HSALoss, masked_mean
 from .paths import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN
 from .policy import TemporalEnsembler
@@ -201,7 +201,7 @@ def run_evaluate(p: Params) -> dict:
         raise ValueError("evaluate: no validation episodes (data.train_ratio is 1.0?); nothing held out to evaluate on")
     policy, hsa, meta = load_trained(p, caches, device)
     stats = caches.stats
-    a_mean, a_std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
+    codec = ActionCodec.from_stats(stats, meta["act"].get("relative_actions", False))
     angles = caches.geo_attrs["angle_columns"]
     k = meta["act"]["chunk_size"]
     shift = caches.manifest.raw["action_shift"]
@@ -209,7 +209,7 @@ def run_evaluate(p: Params) -> dict:
     eps = np.array([caches.episode_of(int(r)) for r in rows])
     starts, ends = offs[eps], offs[eps + 1]
 
-    pred = predict_chunks(policy, caches, rows, device) * a_std + a_mean  # (R, k, D) raw units
+    pred = codec.decode(predict_chunks(policy, caches, rows, device), caches.qpos_raw[rows])  # (R, k, D) raw units
     target, valid = chunk_targets(caches.action_raw, starts, ends, rows, k, shift)
     to_units = lambda x: joint_units(x, angles)  # noqa: E731
     results = {"policy": action_errors(to_units(pred), to_units(target), valid)}

@@ -94,10 +94,21 @@ def run_features(cfg: FeaturesConfig, prepare_dir: str | Path, out: str | Path, 
     tmp = partial_path(out)
     manifest = Manifest.load(prepare_dir)
     rank, world = _dist()
-    if rank == 0 and cfg.device == "auto" and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if world > 1 and torch.cuda.is_available() else None
     enc = Encoder(cfg, device=device, quiet=rank != 0)
+    threads = torch.get_num_threads()
+    if enc.device.type == "cpu" and cfg.workers:
+        # On a CPU the decode workers and the encoder share the cores: oversubscribing them
+        # is slower than leaving each worker a core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world - cfg.workers))
+    try:
+        return _run(cfg, manifest, enc, tmp, out, rank, world, max_shards)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: Path, rank: int, world: int,
+         max_shards: int | None) -> dict:
     fp = fingerprint(cfg, manifest)
     streams = manifest.streams
     shapes = {**{n: c["shape"] for n, c in manifest.raw["cameras"].items()},

@@ -18,6 +18,7 @@ import torch
 
 from .act import ACTPolicy, ActShapes
 from .config import ActConfig, FeaturesConfig
+from .data import ActionCodec
 from .encoder import Encoder
 
 
@@ -28,7 +29,7 @@ class Policy:
         self.chunk_size = meta["act"]["chunk_size"]
         s = meta["stats"]
         self.q_mean, self.q_std = np.asarray(s["qpos"]["mean"]), np.asarray(s["qpos"]["std"])
-        self.a_mean, self.a_std = np.asarray(s["action"]["mean"]), np.asarray(s["action"]["std"])
+        self.codec = ActionCodec.from_stats(s, meta["act"].get("relative_actions", False))
 
     @classmethod
     def load(cls, directory: str | Path, weights: str | None = None, device: str = "auto") -> "Policy":
@@ -58,7 +59,7 @@ class Policy:
         tokens = tokens if tokens is not None else self.features(images)
         q = torch.as_tensor((np.asarray(qpos) - self.q_mean) / self.q_std, dtype=torch.float32, device=self.device)[None]
         pred, _, _ = self.model(q, {s: t.float() for s, t in tokens.items()})
-        return pred[0].cpu().numpy() * self.a_std + self.a_mean
+        return self.codec.decode(pred[0].cpu().numpy(), np.asarray(qpos, dtype=float))
 
 
 class TemporalEnsembler:

@@ -27,7 +27,7 @@ from torch.utils.data import default_collate
 from .act import ACTPolicy, ActShapes, act_losses
 from .atomic import atomic_dir, remove, write_json
 from .config import Params, to_dict
-from .data import Caches, ChunkSamples, HsaPair
+from .data import ActionCodec, Caches, ChunkSamples, HsaPair
 from .hsa import HSALoss, HsaInputs
 from .paths import FEATURES, GEOMETRY, PREPARE, TRAIN
 
@@ -140,7 +140,7 @@ VAL_COLUMNS = ["step", "l1", "l1_prior", "kl", "hsa", "hsa_w", "chance_w", "top1
 
 # --------------------------------------------------------------------------- the loop
 def build(p: Params, caches: Caches, device: torch.device) -> TrainModule:
-    shapes = ActShapes(qpos_dim=caches.qpos.shape[1], action_dim=caches.action.shape[1],
+    shapes = ActShapes(qpos_dim=caches.qpos.shape[1], action_dim=caches.action_raw.shape[1],
                        streams=list(caches.streams), grid=caches.grid, token_dim=caches.width)
     if shapes.grid % p.act.grid_pool:
         raise ValueError(f"act.grid_pool: {p.act.grid_pool} does not divide the {shapes.grid}x{shapes.grid} feature grid")
@@ -170,8 +170,9 @@ def run_train(p: Params, max_steps: int | None = None) -> dict:
     train_rows, val_rows = caches.rows("train"), caches.rows("val")
     if len(val_rows) > VAL_ROWS:
         val_rows = val_rows[np.linspace(0, len(val_rows) - 1, VAL_ROWS).round().astype(int)]
-    train_ds = ChunkSamples(caches, train_rows, p.act.chunk_size)
-    val_ds = ChunkSamples(caches, val_rows, p.act.chunk_size)
+    codec = ActionCodec.from_stats(caches.stats, p.act.relative_actions, caches.qpos.shape[1])
+    train_ds = ChunkSamples(caches, train_rows, p.act.chunk_size, codec)
+    val_ds = ChunkSamples(caches, val_rows, p.act.chunk_size, codec)
 
     module = build(p, caches, device)
     params = [q for q in module.parameters() if q.requires_grad]

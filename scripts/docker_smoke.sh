@@ -21,6 +21,8 @@ if ! docker image inspect "$BASE" > /dev/null 2>&1; then
     rootfs=$(mktemp -d)
     debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,git,ca-certificates \
         bookworm "$rootfs" http://deb.debian.org/debian
+    # a base made here trusts what this machine trusts (e.g. a TLS-inspecting proxy's CA)
+    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
     tar -C "$rootfs" -c . | docker import - hsa-local-python
     rm -rf "$rootfs"
 fi
