@@ -132,8 +132,9 @@ def _fmt(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-TRAIN_COLUMNS = ["step", "total", "l1", "kl", "hsa", "hsa_w", "hsa_tp", "chance_w", "top1_w", "loc_acc_w",
-                 "loc_chance_w", "chance_tp", "top1_tp", "loc_acc_tp", "lr", "grad_norm", "samples_per_s"]
+TRAIN_COLUMNS = ["step", "total", "l1", "kl", "hsa", "hsa_w", "hsa_tp", "chance_w", "n_w", "top1_w", "top1_chance_w",
+                 "loc_acc_w", "loc_chance_w", "chance_tp", "top1_tp", "loc_acc_tp", "kappa", "lr", "grad_norm",
+                 "samples_per_s"]
 VAL_COLUMNS = ["step", "l1", "l1_prior", "kl", "hsa", "hsa_w", "chance_w", "top1_w", "loc_acc_w", "loc_chance_w",
                "top1_tp", "loc_acc_tp"]
 
