@@ -101,3 +101,16 @@ def test_calibration_change_with_real_data_reruns_geometry_train_evaluate(repo):
     # synth is a no-op without the demo: its output is unchanged, so prepare and features are skipped
     assert ran(out) == ["synth", "geometry", "train", "evaluate"]
     assert (repo / "data/demo/episodes/SYNTH_DISABLED").exists()
+
+
+def test_the_readme_ablation_line_compares_hsa_on_and_off(repo):
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "after repro"], repo)
+    out = run([DVC, "exp", "run", "-n", "hsa-off", "-S", "hsa.enabled=false"], repo)
+    assert ran(out) == ["train", "evaluate"]
+    text = run([DVC, "exp", "show", "--json"], repo)
+    assert "hsa-off" in text
+    # both the committed run and the experiment carry their evaluation metrics
+    assert text.count('"chunk_l1"') >= 2
+    status = run(["git", "status", "--porcelain"], repo)
+    assert "outputs/features.zarr" not in status and "episode_0.hdf5" not in status  # DVC keeps its outputs out of git
