@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_params
 from hsa_pipeline.cameras import Camera, GridMapping, box_token_mask, sensor_boxes
 from hsa_pipeline.rig import Rig
 

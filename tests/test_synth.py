@@ -11,7 +11,7 @@ import pytest
 from conftest import make_params
 from hsa_pipeline.episodes import Episode
 from hsa_pipeline.rig import Rig
-from hsa_pipeline.synth import PAD_RGB, imprint_height, object_texture, render_episode, tactile_image
+from hsa_pipeline.synth import PAD_RGB, object_texture, render_episode, tactile_image
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,6 @@ BIMANUAL = [
 
 
 def test_bimanual_option_renders_both_arms_and_both_sensors(tmp_path):
-    from conftest import make_params
     from hsa_pipeline.config import apply_overrides, params_from_dict
     import yaml
 

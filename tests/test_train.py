@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch.utils.data import default_collate
 
 from conftest import REPO, TINY, TINY_TRAIN, tiny_pipeline_params
 from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
