@@ -211,7 +211,7 @@ class HSALoss(nn.Module):
             stats["hsa_tp"] = _mean_over(loss_tp, usable_tp)
         if self.bank is not None and self.training:
             self.bank.push(pos_w[usable_w].detach())
-        stats["kappa"] = float(kappa)
+        stats["kappa"] = float(kappa.detach())
         return total, stats
 
     def _reduce(self, loss: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:

@@ -144,7 +144,7 @@ def test_temperature_modes():
     assert learn.log_kappa.requires_grad
     with torch.no_grad():
         learn.log_kappa.fill_(math.log(0.001))
-    assert float(learn.kappa()) == pytest.approx(0.03)  # clamped
+    assert float(learn.kappa().detach()) == pytest.approx(0.03)  # clamped
 
 
 def test_memory_bank_is_fifo_and_topk_picks_the_hardest():
