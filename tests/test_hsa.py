@@ -200,7 +200,7 @@ def test_learns_a_separable_toy_and_stays_at_chance_on_noise(separable):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         chance.append(stats["chance_w"])
         top1.append(stats["top1_w"])
     final = np.mean(losses[-30:])
