@@ -28,6 +28,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from .cameras import GridMapping, box_token_mask
+from .features import FeatureStore
 from .geometry import GeometryStore
 from .prepare import Manifest
 
@@ -90,16 +91,13 @@ def hsa_pairs(manifest: Manifest, geometry_attrs: dict) -> list[HsaPair]:
 class Caches:
     """Everything training reads, opened once."""
 
-    def __init__(self, prepare_dir: Path, geometry_path: Path, features_path: Path, memory_budget_gb: float,
-                 contact_threshold: float | None = None):
+    def __init__(self, prepare_dir: Path, geometry_path: Path, features_path: Path, memory_budget_gb: float):
         self.manifest = Manifest.load(prepare_dir)
         self.stats = json.loads((Path(prepare_dir) / "stats.json").read_text())
         contact = json.loads((Path(prepare_dir) / "contact.json").read_text())
         self.features_path = Path(features_path)
-        root = zarr.open_group(str(features_path), mode="r")
-        self.feat_attrs = dict(root.attrs)
-        if not self.feat_attrs.get("complete"):
-            raise ValueError(f"{features_path}: feature store is incomplete; rerun `dvc repro features`")
+        store = FeatureStore(features_path)  # checks that the store exists and is complete
+        self.feat_attrs = store.attrs
         if self.feat_attrs["offsets"] != self.manifest.offsets.tolist():
             raise ValueError(f"{features_path}: built for other episodes than {prepare_dir}/manifest.json; rerun `dvc repro`")
         geo = GeometryStore(geometry_path)
@@ -110,7 +108,7 @@ class Caches:
         self.geo_attrs = geo.attrs
         self.pairs = hsa_pairs(self.manifest, geo.attrs)
         N = self.manifest.n_frames
-        threshold = self.manifest.raw["contact_threshold"] if contact_threshold is None else contact_threshold
+        threshold = self.manifest.raw["contact_threshold"]
         self.contact = {s: np.concatenate([np.asarray(contact[s][e["id"]]) for e in self.manifest.episodes]) > threshold
                         for s in contact}
         # box -> token masks for every frame, with the feature store's exact image -> grid mapping
@@ -138,7 +136,7 @@ class Caches:
         self.qpos = ((self.qpos_raw - self.stats["qpos"]["mean"]) / self.stats["qpos"]["std"]).astype(np.float32)
         nbytes = N * len(self.streams) * self.grid * self.grid * self.width * 2
         self.in_memory = nbytes <= memory_budget_gb * 2**30
-        self.tokens = {s: root[s][...] for s in self.streams} if self.in_memory else None
+        self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None
         self.cache_bytes = nbytes
 
     def episode_of(self, row: int) -> int:
