@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 $(BIN)/hsa: pyproject.toml constraints.txt
+	@# torch 2.14.1 is a CUDA build: the venv takes ~6.5 GiB. Say so before pip fails with ENOSPC.
+	@df -Pk . | awk 'NR==2 && $$4 < 7*1024*1024 {printf "install: warning: %.1f GiB free here; the venv needs ~6.5 GiB\n", $$4/1048576 > "/dev/stderr"}'
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-cache-dir -c constraints.txt -e '.[test]'
 	touch $(BIN)/hsa
 
 .PHONY: install demo test bench docs

@@ -6,12 +6,15 @@ stream), in one run on one machine:
 2. the original recipe: the same ACT fed raw 480x640 images through a trainable
    ResNet18 backbone (torchvision, random weights), its 15x20 feature maps as tokens.
 
-    python benchmarks/bench_train.py [--steps 3] [--grid-pool 2]
+    python benchmarks/bench_train.py [--steps 3] [--grid-pool 2] [--device auto]
+
+On CUDA both run under bf16 autocast with TF32, as the train stage does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import time
 
@@ -21,6 +24,7 @@ import torchvision
 
 from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
 from hsa_pipeline.config import ActConfig, HsaConfig
+from hsa_pipeline.encoder import pick_device
 from hsa_pipeline.hsa import HSALoss, HsaInputs
 
 B, K, D = 16, 45, 14
@@ -51,11 +55,15 @@ class RawImageACT(nn.Module):
         return self.act(qpos, tokens, actions, is_pad)
 
 
-def time_steps(step_fn, steps: int) -> float:
-    step_fn()  # warm-up
+def time_steps(step_fn, steps: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step_fn()  # warm-up (cuDNN autotuning, allocator)
+    step_fn()
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step_fn()
+    sync()
     return steps / (time.perf_counter() - t)
 
 
@@ -63,44 +71,57 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--grid-pool", type=int, default=2, help="act.grid_pool for the cached trainer")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = ap.parse_args()
+    dev = pick_device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
     torch.manual_seed(0)
-    qpos, actions = torch.randn(B, D), torch.randn(B, K, D)
-    is_pad = torch.zeros(B, K, dtype=torch.bool)
+    qpos, actions = torch.randn(B, D, device=dev), torch.randn(B, K, D, device=dev)
+    is_pad = torch.zeros(B, K, dtype=torch.bool, device=dev)
 
     cfg = xtrainer_act(args.grid_pool)
-    policy = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=14, token_dim=768))
-    hsa = HSALoss(512, HsaConfig(proj_dim=128), 1000)
+    policy = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=14, token_dim=768)).to(dev)
+    hsa = HSALoss(512, HsaConfig(proj_dim=128), 1000).to(dev)
     opt = torch.optim.AdamW(list(policy.parameters()) + list(hsa.parameters()), lr=1e-5)
-    grids = {s: torch.randn(B, 14, 14, 768) for s in CAMS + ["tactile"]}
-    box = torch.zeros(B, 196, dtype=torch.bool)
+    # float16 grids, as the Zarr cache stores them
+    grids = {s: torch.randn(B, 14, 14, 768, device=dev).half() for s in CAMS + ["tactile"]}
+    box = torch.zeros(B, 196, dtype=torch.bool, device=dev)
     box[:, 90:94] = True
 
     def cached_step():
-        pred, latent, adapted = policy(qpos, grids, actions, is_pad)
-        losses = act_losses(pred, actions, is_pad, latent)
-        x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
-                      valid=torch.ones(B, dtype=torch.bool), tp=adapted["top"], tp_box=box, tp_alpha=torch.ones(B))
-        loss = losses["l1"] + 10 * losses["kl"] + hsa(x)[0]
+        with autocast():
+            pred, latent, adapted = policy(qpos, {s: g.float() for s, g in grids.items()}, actions, is_pad)
+            losses = act_losses(pred, actions, is_pad, latent)
+            x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
+                          valid=torch.ones(B, dtype=torch.bool, device=dev), tp=adapted["top"], tp_box=box,
+                          tp_alpha=torch.ones(B, device=dev))
+            loss = losses["l1"] + 10 * losses["kl"] + hsa(x, 0, False)[0]  # no diagnostics, as on non-logging steps
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    raw = RawImageACT(xtrainer_act(1), grid=15)
+    raw = RawImageACT(xtrainer_act(1), grid=15).to(dev)
     opt_raw = torch.optim.AdamW(raw.parameters(), lr=1e-5)
-    images = {s: torch.randn(B, 3, 480, 640) for s in CAMS + ["tactile"]}
+    images = {s: torch.randn(B, 3, 480, 640, device=dev) for s in CAMS + ["tactile"]}
 
     def raw_step():
-        pred, latent, _ = raw(qpos, images, actions, is_pad)
-        losses = act_losses(pred, actions, is_pad, latent)
-        loss = losses["l1"] + 10 * losses["kl"]
+        with autocast():
+            pred, latent, _ = raw(qpos, images, actions, is_pad)
+            losses = act_losses(pred, actions, is_pad, latent)
+            loss = losses["l1"] + 10 * losses["kl"]
         opt_raw.zero_grad()
         loss.backward()
         opt_raw.step()
 
-    fast = time_steps(cached_step, args.steps)
-    slow = time_steps(raw_step, args.steps)
-    print(f"machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    fast = time_steps(cached_step, args.steps, dev)
+    slow = time_steps(raw_step, args.steps, dev)
+    machine = (f"{torch.cuda.get_device_name(dev)}, bf16 autocast" if dev.type == "cuda"
+               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    print(f"machine: {machine}, torch {torch.__version__}")
     print(f"X-Trainer config: batch {B}, chunk {K}, hidden 512, 3 cameras + 1 tactile")
     print(f"cached ViT-B-16 grids + HSA (grid_pool {args.grid_pool}): {fast:.3f} steps/s")
     print(f"raw 480x640 images + ResNet18 (original ACT recipe): {slow:.3f} steps/s")

@@ -152,8 +152,8 @@ class HSALoss(nn.Module):
         return torch.tensor(c.temperature, device=self.log_kappa.device)
 
     def _view(self, q: torch.Tensor, tokens: torch.Tensor, box: torch.Tensor, valid: torch.Tensor, kappa: torch.Tensor,
-              extra: tuple | None, use_bank: bool):
-        """One view's loss (B,), diagnostics and positives."""
+              extra: tuple | None, use_bank: bool, diagnostics: bool):
+        """One view's loss (B,), diagnostics ({} unless asked for) and positives."""
         has_box = box.any(1)
         valid = valid & has_box
         pos = self.head_vision(masked_mean(tokens, box))  # (B, P)
@@ -176,8 +176,10 @@ class HSALoss(nn.Module):
             back, _, usable_back = info_nce(pos, q, valid, kappa, True)
             loss = 0.5 * (loss + back)
             usable = usable & usable_back
-        with torch.no_grad():
-            stats = self._diagnostics(q, pos, tok, box, usable, n_cand)
+        stats = {}
+        if diagnostics:
+            with torch.no_grad():
+                stats = self._diagnostics(q, pos, tok, box, usable, n_cand)
         return loss, usable, stats, pos
 
     @staticmethod
@@ -193,25 +195,31 @@ class HSALoss(nn.Module):
         return {"n": float(n), "chance": float(torch.log(n_cand[u]).mean()), "top1": float(top1),
                 "top1_chance": 1.0 / n, "loc_acc": float(hit), "loc_chance": float(box[u].float().mean())}
 
-    def forward(self, x: HsaInputs, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total HSA loss and diagnostics: hsa_w, hsa_tp, chance levels, retrieval, localisation."""
+    def forward(self, x: HsaInputs, step: int = 0, diagnostics: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total HSA loss and diagnostics: hsa_w, hsa_tp, chance levels, retrieval, localisation.
+        The diagnostics read values back to the host (a GPU sync each): the trainer asks for
+        them only on logging steps."""
         kappa = self.kappa(step)
         q = self.head_tactile(x.tactile.mean(1))  # (B, P)
         extra = (x.negatives, x.negatives_mask)
         valid_w = x.valid if x.wrist_visible is None else x.valid & x.wrist_visible
-        loss_w, usable_w, stats_w, pos_w = self._view(q, x.wrist, x.wrist_box, valid_w, kappa, extra, True)
+        loss_w, usable_w, stats_w, pos_w = self._view(q, x.wrist, x.wrist_box, valid_w, kappa, extra, True, diagnostics)
         total = self._reduce(loss_w, usable_w)
         stats = {f"{k}_w": v for k, v in stats_w.items()}
-        stats["hsa_w"] = _mean_over(loss_w, usable_w)
+        if diagnostics:
+            stats["hsa_w"] = _mean_over(loss_w, usable_w)
         if x.tp is not None and self.cfg.tp_weight > 0:
             alpha = x.tp_alpha.float() if x.tp_alpha is not None else torch.ones(len(q), device=q.device)
-            loss_tp, usable_tp, stats_tp, _ = self._view(q, x.tp, x.tp_box, x.valid & (alpha > 0), kappa, None, False)
+            loss_tp, usable_tp, stats_tp, _ = self._view(q, x.tp, x.tp_box, x.valid & (alpha > 0), kappa, None, False,
+                                                         diagnostics)
             total = total + self.cfg.tp_weight * self._reduce(loss_tp * alpha, usable_tp)
             stats.update({f"{k}_tp": v for k, v in stats_tp.items()})
-            stats["hsa_tp"] = _mean_over(loss_tp, usable_tp)
+            if diagnostics:
+                stats["hsa_tp"] = _mean_over(loss_tp, usable_tp)
         if self.bank is not None and self.training:
             self.bank.push(pos_w[usable_w].detach())
-        stats["kappa"] = float(kappa.detach())
+        if diagnostics:
+            stats["kappa"] = float(kappa.detach())
         return total, stats
 
     def _reduce(self, loss: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:

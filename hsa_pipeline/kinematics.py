@@ -17,9 +17,14 @@ import numpy as np
 
 from .config import ArmConfig, ConfigError, Pose
 
-with warnings.catch_warnings():  # roboticstoolbox imports pkg_resources-era modules noisily
-    warnings.simplefilter("ignore")
-    import roboticstoolbox as rtb
+
+def _rtb():
+    """roboticstoolbox, imported only where a robot model is built: train and evaluate read
+    cached geometry and run on GPU hosts without it (and without its slow import)."""
+    with warnings.catch_warnings():  # roboticstoolbox imports pkg_resources-era modules noisily
+        warnings.simplefilter("ignore")
+        import roboticstoolbox as rtb
+    return rtb
 
 # Standard DH (d, a, alpha, theta offset) per joint; shared/reference/robot-and-cameras.md.
 _HALF_PI = np.pi / 2
@@ -56,6 +61,7 @@ def pose_matrix(pose: Pose) -> np.ndarray:
 
 def build_robot(model: str, base_dir: Path | str = ".", key: str = "robot"):
     """A roboticstoolbox robot for 'nova2', 'nova5' or a URDF path (relative to base_dir)."""
+    rtb = _rtb()
     name = model.lower()
     if name in DH_TABLES:
         t = DH_TABLES[name]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import default_collate
+from tqdm import tqdm
 
 from .act import ACTPolicy, ActShapes, act_losses
 from .atomic import atomic_dir, remove, write_json
@@ -48,7 +49,7 @@ class TrainModule(nn.Module):
         super().__init__()
         self.policy, self.hsa, self.pairs, self.p = policy, hsa, pairs, p
 
-    def forward(self, batch: dict, step: int = 0, use_latent: bool = True):
+    def forward(self, batch: dict, step: int = 0, use_latent: bool = True, diagnostics: bool = True):
         pol = self.policy
         pred, latent, adapted = pol(batch["qpos"], batch["tokens"], batch["actions"] if use_latent else None,
                                     batch["is_pad"] if use_latent else None)
@@ -61,7 +62,7 @@ class TrainModule(nn.Module):
                 x = self.hsa_inputs(batch, adapted, pair)
                 if x is None:
                     continue
-                loss, s = self.hsa(x, step)
+                loss, s = self.hsa(x, step, diagnostics)
                 hsa_total = hsa_total + loss
                 prefix = "" if len(self.pairs) == 1 else f"{pair.sensor}/"
                 stats.update({prefix + k: v for k, v in s.items()})
@@ -232,6 +233,7 @@ def run_train(p: Params, max_steps: int | None = None) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     end = p.train.steps if max_steps is None else min(p.train.steps, max_steps)
     t0, seen, metrics = time.perf_counter(), 0, {}
+    bar = tqdm(total=end, initial=step, unit="step", desc="train", disable=not main)
     module.train()
     while step < end:
         if loader is not None:
@@ -240,13 +242,14 @@ def run_train(p: Params, max_steps: int | None = None) -> dict:
             idx = torch.randint(len(train_ds), (p.train.batch_size,), generator=gen)
             batch = default_collate([train_ds[int(i)] for i in idx])
         batch = to_device(batch, device)
+        log_now = main and ((step + 1) % p.train.log_every == 0 or step + 1 == end)
         with autocast:
-            total, terms, stats, _ = fwd(batch, step)
-        for name, value in terms.items():
-            if not torch.isfinite(value):
-                raise NonFiniteLoss(f"train: loss term '{name}' is {float(value.detach())} at step {step + 1}; the last good "
-                                    f"checkpoint is {last if last.exists() else 'none (no checkpoint yet)'}. "
-                                    f"See docs/guide.md#troubleshooting (NaN loss)")
+            total, terms, stats, _ = fwd(batch, step, diagnostics=log_now)
+        if not torch.isfinite(total):  # the one host sync of an ordinary step
+            name, value = next(((n, v) for n, v in terms.items() if not torch.isfinite(v)), ("total", total))
+            raise NonFiniteLoss(f"train: loss term '{name}' is {float(value.detach())} at step {step + 1}; the last good "
+                                f"checkpoint is {last if last.exists() else 'none (no checkpoint yet)'}. "
+                                f"See docs/guide.md#troubleshooting (NaN loss)")
         opt.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, p.train.grad_clip if p.train.grad_clip > 0 else math.inf)
@@ -254,11 +257,12 @@ def run_train(p: Params, max_steps: int | None = None) -> dict:
         sched.step()
         step += 1
         seen += p.train.batch_size * world
-        if main and (step % p.train.log_every == 0 or step == end):
+        if log_now:
             rate = seen / (time.perf_counter() - t0)
             row = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}, **stats,
                    "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "samples_per_s": rate}
             tsv.write(row)
+            bar.set_postfix_str(f"loss {row['total']:.3f}, l1 {row['l1']:.3f}, {rate:.0f} samples/s")
             for k, v in row.items():
                 if k != "step" and isinstance(v, float) and k in TRAIN_COLUMNS:
                     writer.add_scalar(_tb_name(k), v, step)
@@ -273,6 +277,8 @@ def run_train(p: Params, max_steps: int | None = None) -> dict:
             module.train()
         if main and (step % p.train.ckpt_every == 0 or step == end):
             save_checkpoint(last, module, opt, sched, step, best, gen, key, p, caches)
+        bar.update(1)
+    bar.close()
     if world > 1:
         import torch.distributed as dist
 

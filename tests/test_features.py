@@ -106,6 +106,19 @@ def test_resume_after_an_interruption_finishes_the_same_store(prepared, tmp_path
     np.testing.assert_array_equal(FeatureStore(ref).load("wrist"), fs.load("wrist"))
 
 
+def test_shards_smaller_than_a_batch_give_the_same_store(store, prepared, tmp_path, monkeypatch):
+    """Batches that span shard and stream boundaries (7-frame shards, 16-frame batches, two
+    workers) land every frame in its own row: the store equals the one-shard-per-stream one."""
+    monkeypatch.setattr(features_mod, "SHARD_BYTES", 7 * 8 * 8 * 128 * 2)
+    out = tmp_path / "features.zarr"
+    torch.manual_seed(0)
+    run_features(FeaturesConfig(batch_size=16, workers=2), prepared, out)
+    small, ref = FeatureStore(out), FeatureStore(store)
+    assert small.attrs["shard_frames"] == 7 and ref.attrs["shard_frames"] == ref.root["top"].shape[0]
+    for stream in ref.streams:
+        np.testing.assert_array_equal(small.load(stream), ref.load(stream))
+
+
 def test_changed_settings_restart_instead_of_mixing(prepared, tmp_path, monkeypatch):
     monkeypatch.setattr(features_mod, "SHARD_BYTES", 100 * 8 * 8 * 128 * 2)
     out = tmp_path / "features.zarr"

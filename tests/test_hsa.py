@@ -120,6 +120,20 @@ def test_empty_box_and_no_negative_are_masked_not_nan():
     assert float(l1.detach()) == 0.0 and s1["n_w"] == 0.0
 
 
+def test_diagnostics_off_gives_the_same_loss_and_no_stats():
+    """The trainer skips diagnostics (host syncs) on non-logging steps; the loss must not change."""
+    torch.manual_seed(0)
+    hsa = HSALoss(8, HsaConfig(proj_dim=4, tp_weight=0.5))
+    B, N = 5, 6
+    x = HsaInputs(tactile=torch.randn(B, 2, 8), wrist=torch.randn(B, N, 8), wrist_box=torch.rand(B, N) > 0.5,
+                  valid=torch.ones(B, dtype=torch.bool), tp=torch.randn(B, N, 8), tp_box=torch.rand(B, N) > 0.5,
+                  tp_alpha=torch.rand(B))
+    with_stats, stats = hsa(x)
+    without, none = hsa(x, diagnostics=False)
+    assert float(with_stats.detach()) == float(without.detach())
+    assert none == {} and {"hsa_w", "top1_w", "hsa_tp", "kappa"} <= set(stats)
+
+
 def test_reductions():
     torch.manual_seed(0)
     args = dict(tactile=torch.randn(6, 2, 8), wrist=torch.randn(6, 5, 8), wrist_box=torch.rand(6, 5) > 0.5,
