@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 from torch.utils.data import Dataset
 
 from .cameras import GridMapping, box_token_mask
@@ -152,7 +151,7 @@ class ChunkSamples(Dataset):
     def __init__(self, caches: Caches, rows: np.ndarray, chunk_size: int, codec: ActionCodec):
         self.c, self.rows, self.chunk, self.codec = caches, np.asarray(rows), chunk_size, codec
         self.shift = caches.manifest.raw["action_shift"]
-        self._zarr = None
+        self._store: FeatureStore | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -160,9 +159,9 @@ class ChunkSamples(Dataset):
     def _tokens(self, stream: str, row: int) -> np.ndarray:
         if self.c.tokens is not None:
             return self.c.tokens[stream][row]
-        if self._zarr is None:  # opened lazily in each worker process
-            self._zarr = zarr.open_group(str(self.c.features_path), mode="r")
-        return self._zarr[stream][row]
+        if self._store is None:  # opened lazily in each worker process
+            self._store = FeatureStore(self.c.features_path)
+        return self._store.grid(stream, row)
 
     def __getitem__(self, i: int) -> dict:
         row = int(self.rows[i])

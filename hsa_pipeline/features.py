@@ -171,11 +171,11 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
     thread while the next batches encode. A shard's done marker is written after its data."""
     spans = [range(k * shard_frames, min(N, (k + 1) * shard_frames)) for _, k in shards]
     items = [(name, row) for (name, _), rows in zip(shards, spans) for row in rows]
-    item_shard = np.repeat(np.arange(len(shards)), [len(r) for r in spans])  # item -> index into shards
+    starts = np.cumsum([0] + [len(r) for r in spans])  # item index where shard j begins; starts[-1] = len(items)
     ds = FrameImages(manifest, items, {n: GridMapping(**m) for n, m in mappings.items()})
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=enc.device.type == "cuda",
                         prefetch_factor=4 if cfg.workers else None)
-    open_bufs: dict[int, tuple[np.ndarray, list[int]]] = {}  # shard -> (buffer, [frames still missing])
+    bufs: dict[int, np.ndarray] = {}  # shards being filled (at most two: batches arrive in item order)
     pending: list[Future] = []
     bar = tqdm(total=len(items), unit="img", desc="features", disable=rank != 0)
     with ThreadPoolExecutor(max_workers=1) as writer:
@@ -185,33 +185,22 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
                 raise EpisodeError(bad[0])
             grids = enc.encode(images).to(torch.float16).cpu().numpy()  # (B, G, G, C)
             idx = idx.numpy()
-            for j in np.unique(item_shard[idx]):
-                name, k = shards[j]
-                if j not in open_bufs:
-                    open_bufs[j] = (np.empty((len(spans[j]), enc.grid, enc.grid, enc.width), np.float16), [len(spans[j])])
-                buf, missing = open_bufs[j]
-                sel = item_shard[idx] == j
-                rows = np.fromiter((items[i][1] for i in idx[sel]), dtype=np.int64)
-                buf[rows - spans[j].start] = grids[sel]
-                missing[0] -= int(sel.sum())
-                if missing[0] == 0:
-                    del open_bufs[j]
-                    pending = [f for f in pending if not _finished(f)]
+            shard_of = np.searchsorted(starts, idx, side="right") - 1  # (B,) index into shards
+            for j in np.unique(shard_of):
+                sel = shard_of == j
+                if j not in bufs:
+                    bufs[j] = np.empty((len(spans[j]), enc.grid, enc.grid, enc.width), np.float16)
+                bufs[j][idx[sel] - starts[j]] = grids[sel]
+                if idx[-1] >= starts[j + 1] - 1:  # the shard's last frame has arrived: it is whole
                     while len(pending) >= 2:  # bound memory: at most two shards queued
-                        pending.pop(0).result()
-                    pending.append(writer.submit(_write_shard, root, name, spans[j], buf, done_dir / f"{name}.{k}"))
+                        pending.pop(0).result()  # re-raises a write error
+                    name, k = shards[j]
+                    pending.append(writer.submit(_write_shard, root, name, spans[j], bufs.pop(j), done_dir / f"{name}.{k}"))
             bar.update(len(idx))
             bar.set_postfix_str(items[int(idx[-1])][0])
         for f in pending:
-            f.result()  # re-raises a write error here
+            f.result()
     bar.close()
-
-
-def _finished(f: Future) -> bool:
-    if f.done():
-        f.result()  # re-raise a write error at once
-        return True
-    return False
 
 
 def _write_shard(root, name: str, rows: range, buf: np.ndarray, marker: Path) -> None:

@@ -179,7 +179,7 @@ class HSALoss(nn.Module):
         stats = {}
         if diagnostics:
             with torch.no_grad():
-                stats = self._diagnostics(q, pos, tok, box, usable, n_cand)
+                stats = {**self._diagnostics(q, pos, tok, box, usable, n_cand), "hsa": _mean_over(loss, usable)}
         return loss, usable, stats, pos
 
     @staticmethod
@@ -206,16 +206,12 @@ class HSALoss(nn.Module):
         loss_w, usable_w, stats_w, pos_w = self._view(q, x.wrist, x.wrist_box, valid_w, kappa, extra, True, diagnostics)
         total = self._reduce(loss_w, usable_w)
         stats = {f"{k}_w": v for k, v in stats_w.items()}
-        if diagnostics:
-            stats["hsa_w"] = _mean_over(loss_w, usable_w)
         if x.tp is not None and self.cfg.tp_weight > 0:
             alpha = x.tp_alpha.float() if x.tp_alpha is not None else torch.ones(len(q), device=q.device)
             loss_tp, usable_tp, stats_tp, _ = self._view(q, x.tp, x.tp_box, x.valid & (alpha > 0), kappa, None, False,
                                                          diagnostics)
             total = total + self.cfg.tp_weight * self._reduce(loss_tp * alpha, usable_tp)
             stats.update({f"{k}_tp": v for k, v in stats_tp.items()})
-            if diagnostics:
-                stats["hsa_tp"] = _mean_over(loss_tp, usable_tp)
         if self.bank is not None and self.training:
             self.bank.push(pos_w[usable_w].detach())
         if diagnostics:

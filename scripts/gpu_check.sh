@@ -16,6 +16,7 @@ mkdir -p "$out"
 hsa() { python3 -m hsa_pipeline.cli "$@"; }
 step() { echo; echo "=== $* ($(date +%T))"; }
 timed() { local label=$1 t0=$SECONDS; shift; "$@"; echo "$label: $((SECONDS - t0)) s"; }
+ensure_features() { [ -e outputs/features.zarr ] || hsa features --set features.workers=8 > "$out/features_gpu.log" 2>&1; }
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -31,14 +32,14 @@ compare)
   python3 benchmarks/compare_features.py /tmp/features_cpu.zarr outputs/features.zarr | tee "$out/compare_features.txt" ;;
 train)
   step "train + evaluate the demo on the GPU"
-  [ -e outputs/features.zarr ] || hsa features --set features.workers=8 > "$out/features_gpu.log" 2>&1
+  ensure_features
   timed "train on cuda" hsa train > "$out/train.log" 2>&1; tail -4 "$out/train.log"
   hsa evaluate > "$out/evaluate.log" 2>&1; tail -3 "$out/evaluate.log"
   cp outputs/train/metrics.json "$out/train_metrics.json"; cp outputs/eval/metrics.json "$out/eval_metrics.json"
   cp outputs/train/run/curves/train.tsv "$out/train_curve.tsv" ;;
 torchrun)
   step "torchrun, NCCL, 1 process, 50 steps"
-  [ -e outputs/features.zarr ] || hsa features --set features.workers=8 > "$out/features_gpu.log" 2>&1
+  ensure_features
   timed torchrun torchrun --standalone --nproc_per_node=1 -m hsa_pipeline.cli train --set train.steps=50 \
     --set train.resume=false > "$out/train_torchrun.log" 2>&1; tail -3 "$out/train_torchrun.log" ;;
 bench)
@@ -53,7 +54,7 @@ bench)
   rm -rf outputs/prepare && mv /tmp/prepare_demo outputs/prepare ;;
 compile)
   step "torch.compile, 200 steps"
-  [ -e outputs/features.zarr ] || hsa features --set features.workers=8 > "$out/features_gpu.log" 2>&1
+  ensure_features
   timed "compiled train" hsa train --set train.compile=true --set train.steps=200 --set train.resume=false \
     > "$out/train_compile.log" 2>&1; grep -c "Graph break" "$out/train_compile.log"; tail -3 "$out/train_compile.log" ;;
 *) echo "unknown check '$check'; expected compare, train, torchrun, bench or compile" >&2; exit 2 ;;

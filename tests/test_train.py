@@ -31,6 +31,17 @@ def read_tsv(path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+def test_caches_over_the_memory_budget_stream_the_same_tokens_from_zarr(work_dir):
+    ram = Caches(PREPARE, GEOMETRY, FEATURES, 1.0)
+    streamed = Caches(PREPARE, GEOMETRY, FEATURES, 0.0)
+    assert ram.in_memory and not streamed.in_memory and streamed.tokens is None
+    codec = ActionCodec.from_stats(ram.stats, relative=False)
+    rows = ram.rows("train")[[0, 7, -1]]
+    for a, b in zip(ChunkSamples(ram, rows, 5, codec), ChunkSamples(streamed, rows, 5, codec)):
+        for stream in ram.streams:
+            torch.testing.assert_close(a["tokens"][stream], b["tokens"][stream], rtol=0, atol=0)
+
+
 def test_samples_have_the_contract_shapes_and_padding(work_dir):
     p = tiny_pipeline_params()
     c = caches_for(p)
