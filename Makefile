@@ -18,7 +18,8 @@ demo: install  ## the whole demo pipeline: synth -> prepare -> geometry -> featu
 	$(BIN)/dvc config core.analytics false
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-test: install  ## lint the Dockerfile, then every test (the end-to-end dvc tests included)
+test: install  ## lint the code (ruff, with bugbear) and the Dockerfile, then every test (real dvc runs included)
+	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 

@@ -23,8 +23,9 @@ import torch
 from hsa_pipeline.config import load_params
 from hsa_pipeline.encoder import Encoder
 from hsa_pipeline.features import run_features
-from hsa_pipeline.paths import PREPARE
-from hsa_pipeline.prepare import Manifest
+from hsa_pipeline.stores import Manifest
+
+PREPARE = Path("outputs/prepare")
 
 
 def main() -> None:
@@ -49,7 +50,8 @@ def main() -> None:
     run_features(cfg, PREPARE, out)
     stage = n_images / (time.perf_counter() - t)
     shutil.rmtree(out.parent)
-    dev = torch.cuda.get_device_name() if enc.device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    dev = (torch.cuda.get_device_name() if enc.device.type == "cuda"
+           else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"device: {dev}; model {cfg.model}, batch {cfg.batch_size}, workers {cfg.workers}; {n_images} images")
     print(f"bare encoder : {bare:8.0f} images/s")
     print(f"whole stage  : {stage:8.0f} images/s  ({100 * stage / bare:.0f}% of the bare encoder)")

@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     p = load_params(args.params)
-    rig = Rig(p)
+    rig = Rig(p.robot, p.sensors, p.cameras, p.geometry.margin_px)
     arm = rig.arms["arm"]
     rng = np.random.default_rng(0)
     qpos = np.zeros((args.frames, rig.qpos_width()))

@@ -38,22 +38,17 @@ def commit(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
-    """Yield a fresh `<path>.partial` directory; on success it becomes `path`.
-
-    keep_partial=True keeps an existing partial directory (for stages that resume) and
-    leaves it in place on failure; otherwise a failure removes it.
-    """
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh `<path>.partial` directory; on success it becomes `path`, on failure it
+    is removed. (The feature stage, which resumes, manages its partial store itself.)"""
     final = Path(path)
     tmp = partial_path(final)
-    if not keep_partial:
-        remove(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
+    remove(tmp)
+    tmp.mkdir(parents=True)
     try:
         yield tmp
     except BaseException:
-        if not keep_partial:
-            remove(tmp)
+        remove(tmp)
         raise
     commit(tmp, final)
 
@@ -65,10 +60,3 @@ def write_json(path: str | Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def read_json(path: str | Path, what: str):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found; run the stage that writes it first (dvc repro)")
-    return json.loads(path.read_text())

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,9 +26,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A params.yaml value is missing, misspelt, mistyped or out of range."""
+from .errors import ConfigError
 
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None, **checks: Any):
@@ -41,23 +40,35 @@ def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = N
 # --------------------------------------------------------------------------- poses
 @dataclass
 class Pose:
-    """A rigid transform. Either `xyz` + `rpy_deg` (roll-pitch-yaw about fixed x, y, z,
-    degrees) or a full 4x4 `matrix`; a matrix must be a proper rotation (orthonormal,
-    det +1) with last row 0 0 0 1."""
+    """A rigid transform: the pose of a child frame (sensor, camera, arm base) in its parent
+    frame (the field's doc names the parent). Either `xyz` + `rpy_deg` or a full 4x4
+    `matrix`; a matrix must be a proper rotation (orthonormal, det +1), last row 0 0 0 1."""
 
-    xyz: list[float] = param(doc="translation in metres", factory=lambda: [0.0, 0.0, 0.0])
-    rpy_deg: list[float] = param(doc="roll, pitch, yaw in degrees (R = Rz(y) Ry(p) Rx(r))", factory=lambda: [0.0, 0.0, 0.0])
+    xyz: list[float] = param(doc="translation of the child's origin in the parent frame, metres",
+                             factory=lambda: [0.0, 0.0, 0.0])
+    rpy_deg: list[float] = param(doc="roll, pitch, yaw in degrees about the parent's fixed x, y, z axes "
+                                     "(R = Rz(yaw) Ry(pitch) Rx(roll), the URDF convention)",
+                                 factory=lambda: [0.0, 0.0, 0.0])
     matrix: Optional[list[list[float]]] = param(None, "4x4 homogeneous matrix; overrides xyz/rpy_deg when set")
 
 
+DEVICE_DOC = "auto (a GPU when there is one), cpu, cuda or cuda:N"
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+THREADS_DOC = ("CPU threads for torch: auto = the cores other processes leave, re-checked every 2 s (a team "
+               "larger than the free cores collapses on small ops), or a fixed number")
+
+
 # --------------------------------------------------------------------------- sections
+# Every default below equals the value in the repository's params.yaml (tests/test_config.py
+# checks it), so docs/params.md shows what a user of the demo runs.
 @dataclass
 class SynthConfig:
     """The embedded demo dataset (stage `synth`). It renders the robot, sensors and
     cameras of this same params.yaml, so geometry and pixels share one source of truth."""
 
     enabled: bool = param(True, "generate the demo dataset; set false when data.episodes_dir points at real data")
-    out_dir: str = param("data/demo", "where the demo episodes are written (episodes/ below it)")
+    out_dir: str = param("data/demo", "where the demo episodes are written (episodes/ below it); "
+                                      "data.episodes_dir must be <out_dir>/episodes while enabled")
     episodes: int = param(12, "number of episodes", ge=2)
     touches: int = param(3, "objects touched per episode", ge=1)
     frames_per_touch: int = param(20, "frames for one approach-press-leave cycle", ge=6)
@@ -81,9 +92,10 @@ class DataConfig:
     action_shift: int = param(
         0, "pair observation t with action[t - action_shift:]; 0 for sim data, 1 for the real-robot "
         "recordings of ACT/X-Trainer (observation t with action t-1 onward)", ge=0)
-    train_ratio: float = param(0.8, "fraction of episodes used for training (split by episode)", gt=0.0, le=1.0)
+    train_ratio: float = param(0.75, "fraction of episodes used for training (split by episode)", gt=0.0, le=1.0)
     split_seed: int = param(0, "seed of the episode shuffle before the split")
-    on_bad_episode: Literal["error", "skip"] = param("error", "error: stop at the first bad episode; skip: list it in the manifest and go on")
+    on_bad_episode: Literal["error", "skip"] = param(
+        "error", "error: stop at the first bad episode; skip: list it in the manifest and go on")
     min_length: int = param(10, "episodes shorter than this many frames are bad", ge=1)
     contact_threshold: float = param(0.02, "a frame is 'in contact' when its contact score exceeds this", ge=0.0)
 
@@ -92,11 +104,11 @@ class DataConfig:
 class ArmConfig:
     """One arm: its kinematic model, where it stands and which qpos columns drive it."""
 
-    model: str = param("nova2", "nova2, nova5, or a path to a URDF file")
+    model: str = param("nova2", "nova2, nova5, or a path to a URDF file (relative to the repository root)")
     qpos_start: int = param(0, "this arm's joints are qpos[qpos_start : qpos_start + n_joints]", ge=0)
     gripper_index: Optional[int] = param(6, "qpos index of this arm's normalised gripper command, or null", ge=0)
     end_link: Optional[str] = param(None, "URDF only: the link treated as the flange (default: the model's end effector)")
-    base: Pose = param(doc="arm base pose in the world frame", factory=Pose)
+    base: Pose = param(doc="pose of the arm's base frame in the WORLD frame", factory=Pose)
     on_limit_violation: Literal["warn", "error"] = param("warn", "what to do when recorded joints leave the joint limits")
 
 
@@ -107,36 +119,37 @@ class RobotConfig:
     arms: dict[str, ArmConfig] = param(doc="arm name -> arm", factory=lambda: {"arm": ArmConfig()})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SensorConfig:
-    """A tactile sensor, keyed by its tactile stream name."""
+    """A tactile sensor, keyed by its tactile stream name. Its sensing surface is a
+    rectangle in the x-y plane of the sensor frame, centred on its origin."""
 
-    arm: str = param("arm", "the arm it is mounted on")
-    mount: Pose = param(doc="sensor pose in the flange frame; its surface lies in the mount's x-y plane",
-                        factory=lambda: Pose(xyz=[0.0, 0.0, 0.02]))
+    arm: str = param(doc="the arm whose flange carries it")
+    mount: Pose = param(doc="pose of the sensor frame in the FLANGE frame of its arm (the published X-Trainer "
+                            "mount is xyz 0 0 0.02)")
     size: list[float] = param(doc="surface rectangle (x, y) in metres", factory=lambda: [0.03, 0.04], min_len=2)
     finger_offset: Literal["none", "left", "right"] = param(
         "none", "move the mount along flange y by +/- half the X-Trainer claw opening")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CameraConfig:
     """A calibrated colour camera, keyed by its image stream name."""
 
-    mount: str = param("world", "'world' (fixed, third-person) or the name of the arm whose flange carries it")
-    width: int = param(640, "image width in pixels", ge=1)
-    height: int = param(480, "image height in pixels", ge=1)
-    K: list[list[float]] = param(doc="3x3 intrinsics [[fx,0,cx],[0,fy,cy],[0,0,1]]",
-                                 factory=lambda: [[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]])
+    mount: str = param(doc="'world' (fixed, third-person) or the name of the arm whose flange carries it")
+    width: int = param(doc="image width in pixels", ge=1)
+    height: int = param(doc="image height in pixels", ge=1)
+    K: list[list[float]] = param(doc="3x3 intrinsics [[fx,0,cx],[0,fy,cy],[0,0,1]]")
     distortion: list[float] = param(doc="OpenCV k1 k2 p1 p2 [k3]; empty for none", factory=list)
-    pose: Pose = param(doc="camera pose in its mount frame (OpenCV axes: z forward, x right, y down)", factory=Pose)
+    pose: Pose = param(doc="pose of the camera frame in its MOUNT frame (the world frame, or the flange frame of "
+                           "the arm that carries it); OpenCV camera axes: z forward, x right, y down")
 
 
 @dataclass
 class GeometryConfig:
     """Options of the `geometry` stage beyond the calibration itself."""
 
-    margin_px: float = param(8.0, "pixels added on every side of a box to absorb calibration error", ge=0.0)
+    margin_px: float = param(4.0, "pixels added on every side of a box to absorb calibration error", ge=0.0)
 
 
 @dataclass
@@ -144,12 +157,15 @@ class FeaturesConfig:
     """The CLIP encoder whose patch-token grids the `features` stage caches."""
 
     model: str = param("hsa-tiny-vit", "open_clip model name, or one shipped in hsa_pipeline/model_configs")
-    pretrained: Optional[str] = param(None, "open_clip pretrained tag or a local weights file; null = random weights (demo only)")
+    pretrained: Optional[str] = param(
+        None, "open_clip pretrained tag or a local weights file; null = random weights (demo only)")
     block: int = param(-1, "transformer block whose tokens are cached; -1 = final tokens after ln_post")
-    resize: Literal["stretch", "letterbox"] = param("stretch", "keep the full field of view: stretch to a square or letterbox (never centre-crop)")
+    resize: Literal["stretch", "letterbox"] = param(
+        "stretch", "keep the full field of view: stretch to a square or letterbox (never centre-crop)")
     batch_size: int = param(64, "images per encoder batch", ge=1)
     workers: int = param(2, "DataLoader workers that decode and resize", ge=0)
-    device: str = param("auto", "auto, cpu, cuda or cuda:N")
+    device: str = param("auto", DEVICE_DOC)
+    threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
 
 
 @dataclass
@@ -166,7 +182,7 @@ class ActConfig:
     latent_dim: int = param(32, "CVAE latent size", ge=1)
     vae_enc_layers: int = param(2, "CVAE encoder layers (ACT: 4)", ge=1)
     kl_weight: float = param(10.0, "weight of the KL term", ge=0.0)
-    grid_pool: int = param(1, "average-pool camera token grids by this factor before the transformer", ge=1)
+    grid_pool: int = param(2, "average-pool camera token grids by this factor before the transformer", ge=1)
     relative_actions: bool = param(
         False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
 
@@ -180,7 +196,8 @@ class HsaConfig:
     tp_weight: float = param(1.0, "scale of the third-person term (times visibility alpha)", ge=0.0)
     proj_dim: int = param(64, "projection head output size", ge=1)
     temperature: float = param(0.07, "kappa (initial value when learnable)", gt=0.0)
-    temperature_mode: Literal["fixed", "learnable", "anneal"] = param("fixed", "fixed, learnable (CLIP-style, clamped) or annealed")
+    temperature_mode: Literal["fixed", "learnable", "anneal"] = param(
+        "fixed", "fixed, learnable (CLIP-style, clamped) or annealed")
     temperature_final: float = param(0.07, "kappa at the end of training when annealed", gt=0.0)
     temperature_min: float = param(0.01, "lower clamp of a learnable kappa", gt=0.0)
     symmetric: bool = param(False, "also contrast vision -> tactile (in-batch only)")
@@ -188,28 +205,30 @@ class HsaConfig:
     bank_size: int = param(0, "FIFO memory bank of past wrist embeddings used as extra negatives; 0 = off", ge=0)
     bank_topk: int = param(0, "keep only the k hardest bank negatives; 0 = all", ge=0)
     require_contact: bool = param(True, "only frames in contact count as positives")
-    reduction: Literal["mean", "sum", "none"] = param("mean", "reduction over valid samples")
+    reduction: Literal["mean", "sum"] = param("mean", "mean or sum of the per-sample losses over usable samples")
 
 
 @dataclass
 class TrainConfig:
     """The `train` stage: optimisation, devices, logging and checkpoints."""
 
-    steps: int = param(1500, "optimizer steps", ge=1)
+    steps: int = param(1500, "optimizer steps; raising it on a finished run continues that run", ge=1)
     batch_size: int = param(32, "samples per step (per process)", ge=1)
-    lr: float = param(3e-4, "AdamW learning rate", gt=0.0)
+    lr: float = param(3e-4, "AdamW learning rate (after warm-up; constant, so it does not depend on steps)", gt=0.0)
     weight_decay: float = param(1e-4, "AdamW weight decay", ge=0.0)
     grad_clip: float = param(10.0, "max gradient norm; 0 = off", ge=0.0)
     warmup_steps: int = param(100, "linear warm-up steps", ge=0)
     seed: int = param(0, "seed for torch, numpy and sampling")
-    device: str = param("auto", "auto, cpu, cuda or cuda:N")
+    device: str = param("auto", DEVICE_DOC)
+    threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
     compile: bool = param(False, "torch.compile the model")
     memory_budget_gb: float = param(4.0, "hold the caches in RAM below this size, else stream from Zarr", gt=0.0)
     workers: int = param(0, "DataLoader workers when streaming", ge=0)
     log_every: int = param(25, "steps between TensorBoard/TSV scalars", ge=1)
     val_every: int = param(250, "steps between validations", ge=1)
     ckpt_every: int = param(500, "steps between checkpoints", ge=1)
-    resume: bool = param(True, "continue from the last checkpoint in outputs/train when there is one")
+    resume: bool = param(True, "continue from the last checkpoint when it was made from the same inputs, code "
+                               "and settings (else start fresh)")
 
 
 @dataclass
@@ -218,17 +237,19 @@ class EvalConfig:
 
     ensemble_k: float = param(0.01, "temporal ensembling weight exp(-k*i), i = 0 the oldest prediction", ge=0.0)
     report_frames: int = param(4, "frames shown with boxes and heat maps in the HTML report", ge=0)
+    threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Params:
-    """All of params.yaml."""
+    """All of params.yaml. The tactile sensors and cameras have no defaults: they are your
+    rig's calibration."""
 
     synth: SynthConfig = param(factory=SynthConfig)
     data: DataConfig = param(factory=DataConfig)
     robot: RobotConfig = param(factory=RobotConfig)
-    sensors: dict[str, SensorConfig] = param(doc="tactile stream name -> sensor", factory=lambda: {"tactile": SensorConfig()})
-    cameras: dict[str, CameraConfig] = param(doc="camera stream name -> calibration", factory=dict)
+    sensors: dict[str, SensorConfig] = param(doc="tactile stream name -> sensor")
+    cameras: dict[str, CameraConfig] = param(doc="camera stream name -> calibration")
     geometry: GeometryConfig = param(factory=GeometryConfig)
     features: FeaturesConfig = param(factory=FeaturesConfig)
     act: ActConfig = param(factory=ActConfig)
@@ -305,8 +326,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 
 def _check_range(value: Any, meta: dict, key: str) -> None:
-    if value is None:
-        return
+    if value is None or (isinstance(value, str) and "min_len" not in meta):
+        return  # e.g. threads: auto
     for name, op, text in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
                            ("lt", lambda a, b: a < b, "<"), ("le", lambda a, b: a <= b, "<=")):
         if name in meta and not op(value, meta[name]):
@@ -335,6 +356,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             value = _convert(data[name], hints[name], key)
             _check_range(value, f.metadata, key)
             kwargs[name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required ({f.metadata.get('doc', 'no default')}), but missing")
     return cls(**kwargs)
 
 
@@ -387,6 +410,15 @@ def _cross_check(p: Params) -> None:
             raise ConfigError(f"data.tactile: stream '{t}' has no sensor under sensors.{t}")
     if p.hsa.bank_topk and not p.hsa.bank_size:
         raise ConfigError("hsa.bank_topk: needs hsa.bank_size > 0")
+    for key, device in (("features.device", p.features.device), ("train.device", p.train.device)):
+        if not DEVICE_RE.match(device):
+            raise ConfigError(f"{key}: expected {DEVICE_DOC}, got {device!r}")
+    if p.synth.enabled:
+        # The demo writes where the pipeline reads: a mismatch would train on other data.
+        expected = Path(p.synth.out_dir) / "episodes"
+        if Path(p.data.episodes_dir) != expected:
+            raise ConfigError(f"data.episodes_dir: is {p.data.episodes_dir!r} but synth.enabled is true and writes "
+                              f"{str(expected)!r}; set data.episodes_dir: {expected} or synth.enabled: false")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -438,33 +470,39 @@ def to_dict(obj: Any) -> Any:
 
 
 def reference_markdown() -> str:
-    """The params.yaml reference, generated from the dataclasses above (docs/params.md)."""
-    lines = ["# params.yaml reference", "", "Generated by `hsa params-doc` from `hsa_pipeline/config.py`; do not edit.", ""]
+    """The params.yaml reference, generated from the dataclasses above (docs/params.md).
+    Defaults are the repository's params.yaml values (tests/test_config.py keeps them equal)."""
+    lines = ["# params.yaml reference", "",
+             "Generated by `hsa params-doc` from `hsa_pipeline/config.py`; do not edit. A default is what a key "
+             "takes when params.yaml leaves it out, and equals the value in the repository's params.yaml.", ""]
+
+    def default_text(f: dataclasses.Field) -> str:
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = to_dict(f.default_factory())
+        else:
+            return "required"
+        return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
 
     def walk(cls: type, prefix: str) -> None:
         hints = typing.get_type_hints(cls)
-        rows = []
-        nested = []
+        rows, nested = [], []
         for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            key = f"{prefix}{f.name}"
+            tp, key, doc = hints[f.name], f"{prefix}{f.name}", f.metadata.get("doc", "")
+            args = typing.get_args(tp)
             if dataclasses.is_dataclass(tp):
+                if doc:  # e.g. a pose: say which frame it is in, then its fields
+                    rows.append((key, tp.__name__.lower(), default_text(f) if f.default_factory is dataclasses.MISSING
+                                 else "", doc))
                 nested.append((tp, key + "."))
                 continue
-            args = typing.get_args(tp)
             if typing.get_origin(tp) is dict and args and dataclasses.is_dataclass(args[1]):
-                rows.append((key, "mapping", "", f.metadata.get("doc", "")))
+                rows.append((key, "mapping", default_text(f) if f.default_factory is dataclasses.MISSING else "", doc))
                 nested.append((args[1], key + ".<name>."))
                 continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = to_dict(f.default_factory())
-            else:
-                default = ""
             checks = ", ".join(f"{k} {f.metadata[k]}" for k in ("gt", "ge", "lt", "le") if k in f.metadata)
-            doc = f.metadata.get("doc", "") + (f" ({checks})" if checks else "")
-            rows.append((key, _type_name(tp), f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`", doc))
+            rows.append((key, _type_name(tp), default_text(f), doc + (f" ({checks})" if checks else "")))
         if rows:
             lines.extend([f"## {prefix.rstrip('.') or 'top level'}", "", " ".join((cls.__doc__ or "").split()), "",
                           "| key | type | default | meaning |", "|---|---|---|---|"])

@@ -18,7 +18,6 @@ per sample (DataLoader workers), so memory does not grow with the dataset.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,15 @@ import torch
 from torch.utils.data import Dataset
 
 from .cameras import GridMapping, box_token_mask
-from .features import FeatureStore
-from .geometry import GeometryStore
-from .prepare import Manifest
+from .episodes import Episode
+from .stores import (
+    FeatureStore,
+    GeometryStore,
+    Manifest,
+    check_rows,
+    load_contact,
+    load_stats,
+)
 
 
 @dataclass
@@ -72,6 +77,14 @@ class HsaPair:
         return f"{camera}/{self.sensor}"
 
 
+def chunk_window(row: int, start: int, end: int, chunk: int, shift: int) -> tuple[int, int]:
+    """The recorded actions that frame `row` of the episode [start, end) is trained to
+    predict: action[a0 : a0 + n], a0 = row - shift (observation t pairs with action
+    t - shift onward, clipped at the episode start), n <= chunk (fewer at the episode end)."""
+    a0 = max(start, row - shift)
+    return a0, min(chunk, end - a0)
+
+
 def hsa_pairs(manifest: Manifest, geometry_attrs: dict) -> list[HsaPair]:
     """For each tactile sensor: the wrist camera on its arm and the (first) third-person camera."""
     cams = manifest.raw["cameras"]
@@ -88,26 +101,27 @@ def hsa_pairs(manifest: Manifest, geometry_attrs: dict) -> list[HsaPair]:
 
 
 class Caches:
-    """Everything training reads, opened once."""
+    """Everything training and evaluation read, opened once: the prepare outputs, the
+    geometry store (as box -> token masks) and the feature store."""
 
     def __init__(self, prepare_dir: Path, geometry_path: Path, features_path: Path, memory_budget_gb: float):
         self.manifest = Manifest.load(prepare_dir)
-        self.stats = json.loads((Path(prepare_dir) / "stats.json").read_text())
-        contact = json.loads((Path(prepare_dir) / "contact.json").read_text())
+        self.stats = load_stats(prepare_dir)
+        contact = load_contact(prepare_dir)
         self.features_path = Path(features_path)
-        store = FeatureStore(features_path)  # checks that the store exists and is complete
-        self.feat_attrs = store.attrs
-        if self.feat_attrs["offsets"] != self.manifest.offsets.tolist():
-            raise ValueError(f"{features_path}: built for other episodes than {prepare_dir}/manifest.json; rerun `dvc repro`")
+        store = FeatureStore(features_path)
+        check_rows(store.attrs, self.manifest, self.features_path, "features")
         geo = GeometryStore(geometry_path)
-        if geo.attrs["offsets"] != self.manifest.offsets.tolist():
-            raise ValueError(f"{geometry_path}: built for other episodes than the manifest; rerun `dvc repro`")
+        check_rows(geo.attrs, self.manifest, Path(geometry_path), "geometry")
+        self.feat_attrs, self.geo_attrs = store.attrs, geo.attrs
+        # what a result trained on these caches is a function of (the resume key uses it)
+        self.fingerprint = {"prepare": self.manifest.prepare_fingerprint, "geometry": geo.fingerprint,
+                            "features": store.fingerprint}
         self.streams: dict[str, str] = self.feat_attrs["streams"]
         self.grid, self.width = self.feat_attrs["grid"], self.feat_attrs["width"]
-        self.geo_attrs = geo.attrs
         self.pairs = hsa_pairs(self.manifest, geo.attrs)
         N = self.manifest.n_frames
-        threshold = self.manifest.raw["contact_threshold"]
+        threshold = self.manifest.contact_threshold
         self.contact = {s: np.concatenate([np.asarray(contact[s][e["id"]]) for e in self.manifest.episodes]) > threshold
                         for s in contact}
         # box -> token masks for every frame, with the feature store's exact image -> grid mapping
@@ -125,8 +139,6 @@ class Caches:
         self.boxes_px = {c: geo.cam[c]["box"] for c in geo.cameras}
         # qpos / actions for every frame, normalised, in memory (small)
         q, a = [], []
-        from .episodes import Episode
-
         for e in self.manifest.episodes:
             with Episode(self.manifest.path(e), e["layout"]) as ep:
                 q.append(ep.qpos)
@@ -139,7 +151,7 @@ class Caches:
         self.cache_bytes = nbytes
 
     def episode_of(self, row: int) -> int:
-        return int(np.searchsorted(self.manifest.offsets, row, side="right") - 1)
+        return self.manifest.episode_of(row)
 
     def rows(self, split: str) -> np.ndarray:
         """All global frame indices of the episodes in a split."""
@@ -150,7 +162,7 @@ class Caches:
 class ChunkSamples(Dataset):
     def __init__(self, caches: Caches, rows: np.ndarray, chunk_size: int, codec: ActionCodec):
         self.c, self.rows, self.chunk, self.codec = caches, np.asarray(rows), chunk_size, codec
-        self.shift = caches.manifest.raw["action_shift"]
+        self.shift = caches.manifest.action_shift
         self._store: FeatureStore | None = None
 
     def __len__(self) -> int:
@@ -167,8 +179,7 @@ class ChunkSamples(Dataset):
         row = int(self.rows[i])
         e = self.c.episode_of(row)
         start, end = int(self.c.manifest.offsets[e]), int(self.c.manifest.offsets[e + 1])
-        a0 = max(start, row - self.shift)  # observation t pairs with action t - shift onward
-        n = min(self.chunk, end - a0)
+        a0, n = chunk_window(row, start, end, self.chunk, self.shift)
         actions = np.zeros((self.chunk, self.c.action_raw.shape[1]), np.float32)
         actions[:n] = self.codec.encode(self.c.action_raw[a0: a0 + n], self.c.qpos_raw[row])
         is_pad = np.arange(self.chunk) >= n
@@ -182,4 +193,52 @@ class ChunkSamples(Dataset):
             "visible": {k: torch.tensor(bool(v[row])) for k, v in self.c.visible.items()},
             "weight": {k: torch.tensor(float(v[row])) for k, v in self.c.weight.items()},
             "contact": {k: torch.tensor(bool(v[row])) for k, v in self.c.contact.items()},
+        }
+
+
+class FrameBatches:
+    """Batches of the sample contract above, gathered by tensor indexing from caches held
+    as tensors on the training device (no per-sample Python, no host-side float16 ->
+    float32 conversion): what training uses when the caches fit `train.memory_budget_gb`.
+    ChunkSamples is the per-sample reference (and the streaming path); tests check that
+    both give the same batches."""
+
+    def __init__(self, caches: Caches, chunk_size: int, codec: ActionCodec, device: torch.device):
+        if caches.tokens is None:
+            raise ValueError("FrameBatches needs the caches in memory (Caches(..., memory_budget_gb) too small)")
+        t = lambda a, dtype=None: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        m = caches.manifest
+        rows = np.arange(m.n_frames)
+        ep = np.searchsorted(m.offsets, rows, side="right") - 1
+        start, end = m.offsets[ep], m.offsets[ep + 1]
+        a0 = np.maximum(start, rows - m.action_shift)  # chunk_window, for every row at once
+        n = np.minimum(chunk_size, end - a0)
+        steps = np.arange(chunk_size)
+        self.is_pad = t(steps[None] >= n[:, None])  # (N, k)
+        self.action_index = t(np.minimum(a0[:, None] + steps[None], end[:, None] - 1))  # (N, k), pads repeat the last
+        self.action = t(caches.action_raw, torch.float32)  # (N, Da) raw units
+        self.qpos_raw = t(caches.qpos_raw, torch.float32)  # (N, Dq)
+        self.qpos = t(caches.qpos)  # (N, Dq) normalised
+        self.mean, self.std, self.relative = t(codec.mean, torch.float32), t(codec.std, torch.float32), codec.relative
+        self.tokens = {s: t(caches.tokens[s]) for s in caches.streams}  # (N, G, G, C) float16
+        self.box = {k: t(v) for k, v in caches.box.items()}
+        self.visible = {k: t(v) for k, v in caches.visible.items()}
+        self.weight = {k: t(v, torch.float32) for k, v in caches.weight.items()}
+        self.contact = {k: t(v) for k, v in caches.contact.items()}
+
+    def batch(self, rows: torch.Tensor) -> dict:
+        """rows (B,) global frame indices on the device -> the sample contract, batched."""
+        is_pad = self.is_pad[rows]  # (B, k)
+        ref = self.qpos_raw[rows][:, None] if self.relative else self.mean  # (B, 1, Da) or (Da,)
+        actions = (self.action[self.action_index[rows]] - ref) / self.std  # (B, k, Da)
+        return {
+            "row": rows,
+            "qpos": self.qpos[rows],
+            "actions": actions.masked_fill(is_pad[..., None], 0.0),
+            "is_pad": is_pad,
+            "tokens": {s: v[rows].float() for s, v in self.tokens.items()},  # (B, G, G, C)
+            "box": {k: v[rows] for k, v in self.box.items()},
+            "visible": {k: v[rows] for k, v in self.visible.items()},
+            "weight": {k: v[rows] for k, v in self.weight.items()},
+            "contact": {k: v[rows] for k, v in self.contact.items()},
         }

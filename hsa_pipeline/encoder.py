@@ -19,7 +19,9 @@ import torch
 from PIL import Image
 
 from .cameras import GridMapping
-from .config import ConfigError, FeaturesConfig
+from .config import FeaturesConfig
+from .errors import ConfigError
+from .runtime import pick_device
 
 SHIPPED_CONFIGS = Path(__file__).parent / "model_configs"
 
@@ -30,14 +32,6 @@ def register_shipped_configs() -> None:
     for path in sorted(SHIPPED_CONFIGS.glob("*.json")):
         if path.stem not in open_clip.list_models():
             open_clip.add_model_config(str(path))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def preprocess(img: np.ndarray, mapping: GridMapping) -> np.ndarray:
@@ -62,9 +56,10 @@ class Encoder:
         known = open_clip.list_models()
         if cfg.model not in known:
             close = difflib.get_close_matches(cfg.model, known, n=3)
-            raise ConfigError(f"features.model: unknown model '{cfg.model}'" + (f"; did you mean {', '.join(close)}?" if close else ""))
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"features.model: unknown model '{cfg.model}'{hint}")
         self.cfg = cfg
-        self.device = pick_device(device or cfg.device)
+        self.device = pick_device(device or cfg.device, "features.device")
         model = self._create(open_clip, cfg, quiet)
         self.visual = model.visual.to(self.device).eval().requires_grad_(False)
         self.size = int(self.visual.image_size[0])

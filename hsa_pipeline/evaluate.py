@@ -26,11 +26,12 @@ import torch
 
 from .act import ACTPolicy, ActShapes
 from .atomic import atomic_dir, write_json
-from .config import ActConfig, Params
-from .data import ActionCodec, Caches
+from .config import ActConfig, EvalConfig, HsaConfig
+from .data import ActionCodec, Caches, chunk_window
+from .errors import StoreError
 from .hsa import HSALoss, masked_mean
-from .paths import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN
 from .policy import TemporalEnsembler
+from .runtime import ThreadTuner
 
 BATCH = 64
 
@@ -50,8 +51,7 @@ def chunk_targets(action: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows
     target = np.zeros((R, chunk, D))
     valid = np.zeros((R, chunk), bool)
     for i, (row, s, e) in enumerate(zip(rows, starts, ends)):
-        a0 = max(s, row - shift)
-        n = min(chunk, e - a0)
+        a0, n = chunk_window(int(row), int(s), int(e), chunk, shift)
         target[i, :n] = action[a0: a0 + n]
         valid[i, :n] = True
     return target, valid
@@ -166,16 +166,20 @@ def alignment(caches: Caches, policy: ACTPolicy, hsa: HSALoss | None, rows: np.n
 
 
 # --------------------------------------------------------------------------- the stage
-def load_trained(p: Params, caches: Caches, device):
-    meta = json.loads((TRAIN / "policy" / "policy.json").read_text())
+def load_trained(train_dir: Path, device):
+    """The exported policy, and the HSA heads of the same checkpoint when it has them."""
+    train_dir = Path(train_dir)
+    meta_path = train_dir / "policy" / "policy.json"
+    if not meta_path.is_file():
+        raise StoreError(f"{meta_path}: no exported policy; run `dvc repro train`")
+    meta = json.loads(meta_path.read_text())
     policy = ACTPolicy(ActConfig(**meta["act"]), ActShapes(**meta["shapes"]))
-    policy.load_state_dict(torch.load(TRAIN / "policy" / "weights.pt", map_location="cpu", weights_only=True))
+    policy.load_state_dict(torch.load(train_dir / "policy" / "weights.pt", map_location="cpu", weights_only=True))
     hsa = None
-    best = TRAIN / "run" / "checkpoints" / "best.pt"
-    ck = torch.load(best, map_location="cpu", weights_only=True) if best.exists() else None
+    ckpts = train_dir / "run" / "checkpoints"
+    ck_path = ckpts / "best.pt" if (ckpts / "best.pt").exists() else ckpts / "last.pt"
+    ck = torch.load(ck_path, map_location="cpu", weights_only=True) if ck_path.exists() else None
     if ck is not None and any(k.startswith("hsa.") for k in ck["module"]):
-        from .config import HsaConfig
-
         hsa = HSALoss(meta["act"]["hidden_dim"], HsaConfig(**ck["config"]["hsa"]))
         hsa.load_state_dict({k.removeprefix("hsa."): v for k, v in ck["module"].items() if k.startswith("hsa.")})
     return policy.to(device).eval(), (hsa.to(device).eval() if hsa else None), meta
@@ -193,18 +197,24 @@ def predict_chunks(policy: ACTPolicy, caches: Caches, rows: np.ndarray, device) 
     return np.concatenate(out)
 
 
-def run_evaluate(p: Params) -> dict:
+def run_evaluate(cfg: EvalConfig, prepare_dir: Path, geometry_path: Path, features_path: Path, train_dir: Path,
+                 out: Path) -> dict:
+    """Score the policy in `train_dir` on the held-out episodes -> metrics.json, plots/, report.html in `out`."""
+    ThreadTuner(cfg.threads)  # auto: every core; evaluation is short, so it is set once
     device = torch.device("cpu")
-    caches = Caches(PREPARE, GEOMETRY, FEATURES, memory_budget_gb=1e9)  # evaluation reads every val frame anyway
+    caches = Caches(prepare_dir, geometry_path, features_path, memory_budget_gb=1e9)  # reads every val frame anyway
     rows = caches.rows("val")
     if not len(rows):
-        raise ValueError("evaluate: no validation episodes (data.train_ratio is 1.0?); nothing held out to evaluate on")
-    policy, hsa, meta = load_trained(p, caches, device)
+        n, skipped = len(caches.manifest.episodes), len(caches.manifest.raw["skipped"])
+        raise StoreError(f"evaluate: no validation episodes in {prepare_dir}: prepare found {n} usable episode(s) "
+                         f"({skipped} skipped, see episodes.json) and put all of them in training; record more "
+                         f"episodes or lower data.train_ratio")
+    policy, hsa, meta = load_trained(train_dir, device)
     stats = caches.stats
     codec = ActionCodec.from_stats(stats, meta["act"].get("relative_actions", False))
     angles = caches.geo_attrs["angle_columns"]
     k = meta["act"]["chunk_size"]
-    shift = caches.manifest.raw["action_shift"]
+    shift = caches.manifest.action_shift
     offs = caches.manifest.offsets
     eps = np.array([caches.episode_of(int(r)) for r in rows])
     starts, ends = offs[eps], offs[eps + 1]
@@ -223,7 +233,7 @@ def run_evaluate(p: Params) -> dict:
         sel = np.isin(rows, ep_rows)
         recorded = to_units(target[sel][:, 0])
         for mode, ens in (("ensembled", True), ("chunked", False)):
-            executed = to_units(replay(pred[sel], p.eval.ensemble_k, ens))
+            executed = to_units(replay(pred[sel], cfg.ensemble_k, ens))
             replay_err[mode].append(np.abs(executed - recorded)[valid[sel][:, 0]].mean())
     align = alignment(caches, policy, hsa, rows, device)
 
@@ -240,7 +250,7 @@ def run_evaluate(p: Params) -> dict:
     }
     if "hold" in results:
         metrics["chunk_l1_vs_hold"] = metrics["chunk_l1"] / max(metrics["hold_chunk_l1"], 1e-12)
-    write_outputs(EVAL, metrics, results, align, caches, policy, hsa, rows, p, device)
+    write_outputs(Path(out), metrics, results, align, caches, policy, hsa, rows, cfg, device)
     print(f"evaluate: chunk L1 {metrics['chunk_l1']:.3f} (hold {metrics.get('hold_chunk_l1', float('nan')):.3f}, "
           f"const-vel {metrics.get('const_vel_chunk_l1', float('nan')):.3f}); alignment "
           + ", ".join(f"{k}: top1 {v.get('top1', float('nan')):.2f} (chance {v.get('top1_chance', float('nan')):.2f}), "
@@ -249,8 +259,8 @@ def run_evaluate(p: Params) -> dict:
 
 
 # --------------------------------------------------------------------------- outputs
-def write_outputs(out: Path, metrics: dict, results: dict, align: dict, caches: Caches, policy, hsa, rows, p: Params,
-                  device) -> None:
+def write_outputs(out: Path, metrics: dict, results: dict, align: dict, caches: Caches, policy, hsa, rows,
+                  cfg: EvalConfig, device) -> None:
     from .report import render_report
 
     names = list(results)
@@ -261,11 +271,12 @@ def write_outputs(out: Path, metrics: dict, results: dict, align: dict, caches: 
         horizon = np.array([results[n]["horizon"] for n in names]).T
         _csv(plots / "horizon.csv", ["horizon"] + names, [[h + 1, *row] for h, row in enumerate(horizon)])
         per_joint = np.array([results[n]["per_joint_chunk"] for n in names]).T
-        _csv(plots / "per_joint.csv", ["joint"] + names, [[j, *row] for j, row in enumerate(per_joint)])
+        joints = caches.geo_attrs["column_names"]
+        _csv(plots / "per_joint.csv", ["joint"] + names, [[joints[j], *row] for j, row in enumerate(per_joint)])
         _csv(plots / "retrieval.csv", ["query", "metric", "value", "chance"],
              [[q, m, v[m], v.get(f"{m}_chance", v.get("loc_chance"))] for q, v in align.items()
               for m in ("top1", "top5", "loc_acc") if m in v])
-        render_report(tmp / "report.html", metrics, results, align, caches, policy, hsa, rows, p, device)
+        render_report(tmp / "report.html", metrics, results, align, caches, policy, hsa, rows, cfg, device)
 
 
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:

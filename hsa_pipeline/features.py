@@ -3,8 +3,12 @@ role (third-person, wrist, tactile), once, into one Zarr store.
 
 Store layout (rows are global frame indices, as in geometry.zarr):
   <stream>   (N, G, G, C) float16, chunk = 1 frame, shard = `shard_frames` frames, uncompressed
-  attrs      model, pretrained, block, resize, grid, width, fingerprint,
+  attrs      model, pretrained, block, resize, grid, width, fingerprint, episodes_fingerprint,
              mapping[stream] (cameras.GridMapping), offsets, episodes, complete
+
+`fingerprint` covers everything the numbers are a function of: the encoder settings, the
+weights file's content, the episodes' content (their sha256 in episodes.json) and this
+stage's code. Read the store with stores.FeatureStore.
 
 Atomic and resumable: work happens in `features.zarr.partial`; each finished shard leaves
 a marker file there; a rerun with the same fingerprint skips finished shards; only a
@@ -15,8 +19,6 @@ a background thread while the next frames encode. Under torchrun, shards are div
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,10 +31,13 @@ from tqdm import tqdm
 
 from .atomic import commit, partial_path, remove
 from .cameras import GridMapping
+from .closure import code_fingerprint
 from .config import FeaturesConfig
 from .encoder import Encoder, preprocess
-from .episodes import Episode, EpisodeError
-from .prepare import Manifest
+from .episodes import Episode
+from .errors import EpisodeError, StoreError
+from .runtime import ThreadTuner
+from .stores import Manifest, sha256_file, sha256_json
 
 SHARD_BYTES = 64 * 2**20  # target shard size: tens of files per store, not one per frame
 
@@ -66,10 +71,13 @@ class FrameImages(Dataset):
 
 
 def fingerprint(cfg: FeaturesConfig, manifest: Manifest) -> str:
-    """What the cached numbers depend on: encoder settings and exactly which frames."""
-    key = {"model": cfg.model, "pretrained": cfg.pretrained, "block": cfg.block, "resize": cfg.resize,
-           "episodes": [(e["file"], e["length"]) for e in manifest.episodes], "dir": manifest.raw["episodes_dir"]}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    """What the cached numbers depend on, by content: encoder settings and weights, the
+    episodes (sha256 of each file, via episodes.json) and the code that computes them."""
+    weights = cfg.pretrained
+    if weights is not None and Path(weights).is_file():
+        weights = sha256_file(weights)
+    return sha256_json({"model": cfg.model, "pretrained": weights, "block": cfg.block, "resize": cfg.resize,
+                        "episodes": manifest.fingerprint, "code": code_fingerprint("hsa_pipeline.features")})
 
 
 def _dist() -> tuple[int, int]:
@@ -99,10 +107,6 @@ def run_features(cfg: FeaturesConfig, prepare_dir: str | Path, out: str | Path, 
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if world > 1 and torch.cuda.is_available() else None
     enc = Encoder(cfg, device=device, quiet=rank != 0)
     threads = torch.get_num_threads()
-    if enc.device.type == "cpu" and cfg.workers:
-        # On a CPU the decode workers and the encoder share the cores: oversubscribing them
-        # is slower than leaving each worker a core.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world - cfg.workers))
     try:
         return _run(cfg, manifest, enc, tmp, out, rank, world, max_shards)
     finally:
@@ -122,7 +126,8 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
              "image_size": enc.size, "patch": enc.patch, "grid": enc.grid, "width": enc.width,
              "streams": streams, "mapping": {n: enc.mapping(shapes[n][1], shapes[n][0]).to_dict() for n in streams},
              "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
-             "shard_frames": shard_frames, "fingerprint": fp, "complete": False}
+             "shard_frames": shard_frames, "fingerprint": fp, "episodes_fingerprint": manifest.fingerprint,
+             "complete": False}
 
     if rank == 0:
         existing = _read_attrs(tmp)
@@ -155,7 +160,7 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
     if rank == 0:
         missing = [f"{n}.{k}" for n, k in todo if not (tmp / "done" / f"{n}.{k}").exists()]
         if missing:
-            raise RuntimeError(f"features: shards {missing[:5]} were not written; rerun to resume")
+            raise StoreError(f"features: shards {missing[:5]} were not written; rerun to resume")
         root.attrs["complete"] = True
         remove(tmp / "done")
         commit(tmp, out)
@@ -178,8 +183,12 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
     bufs: dict[int, np.ndarray] = {}  # shards being filled (at most two: batches arrive in item order)
     pending: list[Future] = []
     bar = tqdm(total=len(items), unit="img", desc="features", disable=rank != 0)
+    # On a CPU the decode workers (and other ranks, other jobs) share the cores with the
+    # encoder: with threads: auto it takes the cores they leave.
+    threads = ThreadTuner(cfg.threads, enc.device)
     with ThreadPoolExecutor(max_workers=1) as writer:
         for idx, images, errors in loader:
+            threads.update()
             bad = [e for e in errors if e]
             if bad:
                 raise EpisodeError(bad[0])
@@ -213,24 +222,3 @@ def _read_attrs(path: Path) -> dict | None:
         return dict(zarr.open_group(str(path), mode="r").attrs) if (path / "zarr.json").exists() else None
     except Exception:  # a half-created store: start over
         return None
-
-
-class FeatureStore:
-    """Read side of features.zarr."""
-
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        if not (path / "zarr.json").exists():
-            raise FileNotFoundError(f"{path}: feature store not found; run `dvc repro features`")
-        self.root = zarr.open_group(str(path), mode="r")
-        self.attrs = dict(self.root.attrs)
-        if not self.attrs.get("complete"):
-            raise ValueError(f"{path}: feature store is incomplete; rerun `dvc repro features`")
-        self.streams: dict[str, str] = self.attrs["streams"]
-
-    def grid(self, stream: str, row: int) -> np.ndarray:
-        return self.root[stream][row]
-
-    def load(self, stream: str) -> np.ndarray:
-        return self.root[stream][...]
-

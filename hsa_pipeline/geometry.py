@@ -7,12 +7,17 @@ Store layout (rows are global frame indices: frame t of episode e is offsets[e] 
   <camera>/depth       (N, S)       float32   metres along the optical axis
   <camera>/visible     (N, S)       bool
   <camera>/weight      (N, S)       float32   fraction of the box inside the image
-  attrs: sensors, cameras, episodes, offsets, margin_px, limit_violations, complete
-Frame-major chunks of 65,536 rows keep the store at a handful of files.
+  attrs: sensors, cameras, episodes, offsets, margin_px, limit_violations, camera_mounts,
+         sensor_arms, angle_columns, column_names, episodes_fingerprint, fingerprint, complete
+`fingerprint` is the sha256 of every array and attribute above: what training keys its
+resume decision on. Frame-major chunks of 65,536 rows keep the store at a handful of files.
+Read it with stores.GeometryStore.
 """
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +25,11 @@ import zarr
 from tqdm import tqdm
 
 from .atomic import atomic_dir
-from .config import Params
+from .config import CameraConfig, GeometryConfig, RobotConfig, SensorConfig
 from .episodes import Episode
-from .prepare import Manifest
+from .errors import ConfigError, EpisodeError
 from .rig import Rig
+from .stores import Manifest, sha256_json
 
 CHUNK_ROWS = 65536
 
@@ -34,75 +40,75 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int 
     arr[...] = data
 
 
-def run_geometry(params: Params, prepare_dir: str | Path, out: str | Path, base_dir: str | Path = ".") -> dict:
+def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: dict[str, CameraConfig],
+                 cfg: GeometryConfig, prepare_dir: str | Path, out: str | Path, base_dir: str | Path = ".") -> dict:
+    """Sensor poses and boxes of every frame of the episodes in `prepare_dir` -> `out`."""
     manifest = Manifest.load(prepare_dir)
-    rig = Rig(params, base_dir)
+    rig = Rig(robot, sensors, cameras, cfg.margin_px, base_dir)
     missing = [c for c in manifest.raw["cameras"] if c not in rig.cameras]
     if missing:
-        raise ValueError(f"cameras.{missing[0]}: no calibration for camera '{missing[0]}' of the manifest")
-    sensors, cameras = list(rig.sensors), list(rig.cameras)
-    N, S = manifest.n_frames, len(sensors)
+        raise ConfigError(f"cameras.{missing[0]}: no calibration for camera '{missing[0]}' of the episodes")
+    sensor_names, camera_names = list(rig.sensors), list(rig.cameras)
+    N, S = manifest.n_frames, len(sensor_names)
     pose = np.zeros((N, S, 4, 4))
     per_cam = {c: {"box": np.zeros((N, S, 4), np.float32), "depth": np.zeros((N, S), np.float32),
-                   "visible": np.zeros((N, S), bool), "weight": np.zeros((N, S), np.float32)} for c in cameras}
+                   "visible": np.zeros((N, S), bool), "weight": np.zeros((N, S), np.float32)} for c in camera_names}
     violations = []
     width = rig.qpos_width()
-    for e, (ep, start) in enumerate(tqdm(list(zip(manifest.episodes, manifest.offsets)), desc="geometry", unit="ep")):
+    for ep, start in tqdm(list(zip(manifest.episodes, manifest.offsets)), desc="geometry", unit="ep"):
         path = manifest.path(ep)
         with Episode(path, ep["layout"]) as f:
             qpos = f.qpos
         if qpos.shape[1] < width:
-            raise ValueError(f"{path}: /observations/qpos has {qpos.shape[1]} columns; the arms in robot.arms need {width}")
+            raise EpisodeError(f"{path}: /observations/qpos has {qpos.shape[1]} columns; the arms in robot.arms "
+                               f"need {width}")
         geo = rig.episode_geometry(qpos, where=f"{path}: /observations/qpos")
         for v in geo.violations:
             msg = f"{path}: {v}"
             if rig.arms[v.arm].cfg.on_limit_violation == "error":
-                raise ValueError(msg + " (robot.arms.<arm>.on_limit_violation: error)")
-            tqdm.write("warning: " + msg)
+                raise EpisodeError(msg + f" (robot.arms.{v.arm}.on_limit_violation: error)")
+            tqdm.write("warning: " + msg, file=sys.stderr)
             violations.append(msg)
         rows = slice(int(start), int(start) + ep["length"])
-        for s, name in enumerate(sensors):
+        for s, name in enumerate(sensor_names):
             pose[rows, s] = geo.sensor_pose[name]
-            for c in cameras:
+            for c in camera_names:
                 b = geo.boxes[c][name]
                 per_cam[c]["box"][rows, s] = b.box
                 per_cam[c]["depth"][rows, s] = b.depth
                 per_cam[c]["visible"][rows, s] = b.visible
                 per_cam[c]["weight"][rows, s] = b.weight
+    summary = {
+        "sensors": sensor_names, "cameras": camera_names,
+        "camera_sizes": {c: [rig.cameras[c].width, rig.cameras[c].height] for c in camera_names},
+        "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
+        "margin_px": cfg.margin_px, "limit_violations": violations,
+        # what later stages need to know about the rig, so they need not read its params
+        "camera_mounts": {c: rig.cameras[c].mount for c in camera_names},
+        "sensor_arms": {s: rig.sensors[s].arm for s in sensor_names},
+        "angle_columns": sorted(i for a in rig.arms.values()
+                                for i in range(a.cfg.qpos_start, a.cfg.qpos_start + a.n_joints)),
+        "column_names": rig.column_names(manifest.raw["qpos_dim"]),
+        "visible_fraction": {c: per_cam[c]["visible"].mean(axis=0).round(4).tolist() for c in camera_names},
+        "episodes_fingerprint": manifest.fingerprint,
+    }
+    summary["fingerprint"] = content_fingerprint(pose, per_cam, summary)
     with atomic_dir(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         write_array(root, "sensor_pose", pose)
-        for c in cameras:
+        for c in camera_names:
             g = root.create_group(c)
             for k, v in per_cam[c].items():
                 write_array(g, k, v)
-        summary = {
-            "sensors": sensors, "cameras": cameras,
-            "camera_sizes": {c: [rig.cameras[c].width, rig.cameras[c].height] for c in cameras},
-            "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
-            "margin_px": params.geometry.margin_px, "limit_violations": violations,
-            # what later stages need to know about the rig, so they need not read its params
-            "camera_mounts": {c: rig.cameras[c].mount for c in cameras},
-            "sensor_arms": {s: rig.sensors[s].arm for s in sensors},
-            "angle_columns": sorted(i for a in rig.arms.values() for i in range(a.cfg.qpos_start, a.cfg.qpos_start + a.n_joints)),
-            "visible_fraction": {c: per_cam[c]["visible"].mean(axis=0).round(4).tolist() for c in cameras},
-        }
         root.attrs.update({**summary, "complete": True})
     return summary
 
 
-class GeometryStore:
-    """Read side of geometry.zarr, whole arrays in memory (they are small)."""
-
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: geometry store not found; run `dvc repro geometry`")
-        root = zarr.open_group(str(path), mode="r")
-        self.attrs = dict(root.attrs)
-        if not self.attrs.get("complete"):
-            raise ValueError(f"{path}: geometry store is incomplete; rerun `dvc repro geometry`")
-        self.sensors: list[str] = self.attrs["sensors"]
-        self.cameras: list[str] = self.attrs["cameras"]
-        self.sensor_pose = root["sensor_pose"][...]
-        self.cam = {c: {k: root[f"{c}/{k}"][...] for k in ("box", "depth", "visible", "weight")} for c in self.cameras}
+def content_fingerprint(pose: np.ndarray, per_cam: dict[str, dict[str, np.ndarray]], attrs: dict) -> str:
+    """sha256 of every array and attribute: equal fingerprints mean equal stores."""
+    h = hashlib.sha256(sha256_json(attrs).encode())
+    h.update(np.ascontiguousarray(pose).tobytes())
+    for c in sorted(per_cam):
+        for k in sorted(per_cam[c]):
+            h.update(np.ascontiguousarray(per_cam[c][k]).tobytes())
+    return h.hexdigest()

@@ -174,8 +174,10 @@ class HSALoss(nn.Module):
         loss, n_cand, usable = info_nce(q, pos, valid, kappa, True, neg, neg_mask)
         if self.cfg.symmetric:  # vision -> tactile, in-batch candidates only
             back, _, usable_back = info_nce(pos, q, valid, kappa, True)
-            loss = 0.5 * (loss + back)
+            # A sample that is the only valid one has no reverse candidate: it does not count,
+            # so its forward half must not reach the loss either.
             usable = usable & usable_back
+            loss = torch.where(usable, 0.5 * (loss + back), torch.zeros_like(loss))
         stats = {}
         if diagnostics:
             with torch.no_grad():
@@ -214,15 +216,11 @@ class HSALoss(nn.Module):
             stats.update({f"{k}_tp": v for k, v in stats_tp.items()})
         if self.bank is not None and self.training:
             self.bank.push(pos_w[usable_w].detach())
-        if diagnostics:
-            stats["kappa"] = float(kappa.detach())
         return total, stats
 
     def _reduce(self, loss: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
-        r = self.cfg.reduction
-        if r == "none":
-            return loss
-        if r == "sum":
+        """Per-sample losses (B,), zero where not usable -> a scalar (hsa.reduction)."""
+        if self.cfg.reduction == "sum":
             return loss.sum()
         return loss.sum() / usable.sum().clamp(min=1)
 

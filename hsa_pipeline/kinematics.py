@@ -26,7 +26,8 @@ def _rtb():
         import roboticstoolbox as rtb
     return rtb
 
-# Standard DH (d, a, alpha, theta offset) per joint; shared/reference/robot-and-cameras.md.
+# Standard DH (d, a, alpha, theta offset) per joint, from Dobot's xtrainer code
+# (dobot_function/manipulate_utils.py) and DreamTacVLA (arXiv 2512.23864, Table 6).
 _HALF_PI = np.pi / 2
 DH_TABLES = {
     "nova2": dict(d=[0.2234, 0, 0, 0.1175, 0.120, 0.088], a=[0, -0.280, -0.225, 0, 0, 0]),
@@ -162,7 +163,8 @@ def invert_rigid(T: np.ndarray) -> np.ndarray:
 
 
 def claw_width(command: np.ndarray) -> np.ndarray:
-    """X-Trainer claw opening (metres) for a normalised gripper command in [0, 1]."""
+    """X-Trainer claw opening (metres) for a normalised gripper command in [0, 1], the
+    formula of Dobot's xtrainer code (its tool point sits at +-half this along flange y)."""
     s = 2.3818 - 1.5401 * np.asarray(command, dtype=float)
     return 0.03 * np.cos(s) + 0.5 * np.sqrt(0.0036 * np.cos(s) ** 2 + 0.0028)
 

@@ -1,27 +1,32 @@
 """The `prepare` stage: validate every episode, split by episode, normalisation stats
 and per-frame contact scores.
 
-Outputs (one directory, written atomically):
-  manifest.json  episodes (id, file, length, split), skipped episodes with reasons,
-                 streams with roles and image shapes, qpos/action widths, action_shift
+Outputs (one directory, written atomically; read through stores.Manifest):
+  episodes.json  episodes (id, file, length, layout, sha256 of the file), skipped episodes
+                 with reasons, streams with roles and image shapes, qpos/action widths.
+                 The caches (geometry, features) depend on this file only.
+  training.json  the split (episode id -> train | val), action_shift, contact_threshold
   stats.json     per-dimension mean/std of qpos and action over training frames
-                 (std clipped to >= 1e-2 so a still joint cannot produce inf/NaN)
+                 (std clipped to >= 1e-2 so a still joint cannot produce inf/NaN, as ACT does)
   contact.json   per tactile stream and episode: the contact score of every frame
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_dir, read_json, write_json
+from .atomic import atomic_dir, write_json
 from .config import DataConfig
-from .episodes import Episode, EpisodeError, episode_files
+from .episodes import Episode, episode_files
+from .errors import EpisodeError
+from .stores import CONTACT_FILE, EPISODES_FILE, STATS_FILE, TRAINING_FILE, sha256_file
 
-STD_MIN = 1e-2
+STD_MIN = 1e-2  # ACT clips std at 1e-2 (tonyzhaozh/act utils.get_norm_stats)
 THUMB = (32, 32)  # contact scores compare small thumbnails: cheap and robust to noise
 
 
@@ -31,6 +36,7 @@ class EpisodeInfo:
     file: str
     length: int
     layout: str
+    sha256: str  # of the file's bytes: the caches downstream are keyed on content, not names
     shapes: dict[str, list[int]]  # stream -> [H, W]
     qpos: np.ndarray
     action: np.ndarray
@@ -52,11 +58,11 @@ def read_and_check(path: Path, cfg: DataConfig, chunk_size: int) -> EpisodeInfo:
             raise EpisodeError(f"{path}: /action has {len(action)} frames but /observations/qpos has {T}")
         need = max(cfg.min_length, chunk_size + cfg.action_shift)
         if T < need:
-            raise EpisodeError(f"{path}: {T} frames, shorter than the {need} needed "
-                               f"(act.chunk_size {chunk_size} + data.action_shift {cfg.action_shift}, data.min_length {cfg.min_length})")
+            raise EpisodeError(f"{path}: {T} frames, shorter than the {need} needed (act.chunk_size {chunk_size} "
+                               f"+ data.action_shift {cfg.action_shift}, data.min_length {cfg.min_length})")
         shapes, thumbs = {}, {}
         for name in [*cfg.cameras, *cfg.tactile]:
-            stream = ep.stream(name)
+            stream = ep.stream(name, kind="tactile stream" if name in cfg.tactile else "camera")
             n = ep.stream_length(name)
             if n != T:
                 raise EpisodeError(f"{path}: /{stream.key} has {n} frames, qpos has {T}")
@@ -74,7 +80,7 @@ def read_and_check(path: Path, cfg: DataConfig, chunk_size: int) -> EpisodeInfo:
                     raise EpisodeError(f"{path}: /{stream.key} frame {t} has shape {img.shape}")
                 if is_tactile:
                     thumbs[name][t] = _thumb(img)
-        return EpisodeInfo(path.stem, path.name, T, ep.layout, shapes, qpos, action, thumbs)
+    return EpisodeInfo(path.stem, path.name, T, ep.layout, sha256_file(path), shapes, qpos, action, thumbs)
 
 
 def split_episodes(ids: list[str], train_ratio: float, seed: int) -> dict[str, str]:
@@ -112,7 +118,7 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
             if cfg.on_bad_episode == "error":
                 raise
             skipped.append({"file": path.name, "reason": str(e)})
-            tqdm.write(f"skipping {e}")
+            tqdm.write(f"skipping {e}", file=sys.stderr)
     if not infos:
         raise EpisodeError(f"{cfg.episodes_dir}: no usable episodes ({len(skipped)} skipped)")
     ref = infos[0]
@@ -127,6 +133,11 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
                                    f"other episodes have {getattr(ref, key).shape[1]}")
 
     split = split_episodes([i.id for i in infos], cfg.train_ratio, cfg.split_seed)
+    n_val = sum(s == "val" for s in split.values())
+    if n_val == 0:
+        why = (f"only {len(infos)} usable episode" if len(infos) == 1 else f"data.train_ratio is {cfg.train_ratio}")
+        tqdm.write(f"warning: no validation episodes ({why}; {len(skipped)} skipped): training runs without "
+                   f"validation and `evaluate` has nothing held out to score", file=sys.stderr)
     train = [i for i in infos if split[i.id] == "train"]
     stats = {"qpos": norm_stats([i.qpos for i in train]), "action": norm_stats([i.action for i in train]),
              "frames": int(sum(i.length for i in train))}
@@ -134,55 +145,20 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
     for name in cfg.tactile:
         scores, _ = contact_scores({i.id: i.thumbs[name] for i in infos})
         contact[name] = {k: np.round(v, 5).tolist() for k, v in scores.items()}
-    manifest = {
+    episodes = {
         "episodes_dir": str(cfg.episodes_dir),
-        "episodes": [{"id": i.id, "file": i.file, "length": i.length, "layout": i.layout, "split": split[i.id]}
+        "episodes": [{"id": i.id, "file": i.file, "length": i.length, "layout": i.layout, "sha256": i.sha256}
                      for i in infos],
         "skipped": skipped,
         "cameras": {n: {"role": r, "shape": ref.shapes[n]} for n, r in cfg.cameras.items()},
         "tactile": {n: {"shape": ref.shapes[n]} for n in cfg.tactile},
         "qpos_dim": int(ref.qpos.shape[1]),
         "action_dim": int(ref.action.shape[1]),
-        "action_shift": cfg.action_shift,
-        "contact_threshold": cfg.contact_threshold,
     }
+    training = {"split": split, "action_shift": cfg.action_shift, "contact_threshold": cfg.contact_threshold}
     with atomic_dir(out_dir) as tmp:
-        write_json(tmp / "manifest.json", manifest)
-        write_json(tmp / "stats.json", stats)
-        write_json(tmp / "contact.json", contact)
-    return manifest
-
-
-@dataclass
-class Manifest:
-    """The manifest as later stages use it: episodes in a fixed order and global frame
-    indices (frame t of episode e is row offsets[e] + t of every cache)."""
-
-    raw: dict
-
-    @classmethod
-    def load(cls, prepare_dir: str | Path) -> "Manifest":
-        return cls(read_json(Path(prepare_dir) / "manifest.json", "manifest.json (stage prepare)"))
-
-    @property
-    def episodes(self) -> list[dict]:
-        return self.raw["episodes"]
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum([e["length"] for e in self.episodes])]).astype(np.int64)
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.offsets[-1])
-
-    def path(self, episode: dict) -> Path:
-        return Path(self.raw["episodes_dir"]) / episode["file"]
-
-    def split(self, name: str) -> list[int]:
-        return [i for i, e in enumerate(self.episodes) if e["split"] == name]
-
-    @property
-    def streams(self) -> dict[str, str]:
-        """stream -> role (third_person | wrist | tactile), cameras first."""
-        return {**{n: c["role"] for n, c in self.raw["cameras"].items()}, **{n: "tactile" for n in self.raw["tactile"]}}
+        write_json(tmp / EPISODES_FILE, episodes)
+        write_json(tmp / TRAINING_FILE, training)
+        write_json(tmp / STATS_FILE, stats)
+        write_json(tmp / CONTACT_FILE, contact)
+    return {**episodes, "split": split, "n_val": n_val}

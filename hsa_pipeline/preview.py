@@ -6,38 +6,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .config import Params
+from .config import CameraConfig, DataConfig, RobotConfig, SensorConfig
+from .draw import draw_boxes
 from .episodes import Episode
+from .errors import ConfigError
 from .rig import Rig
 
-COLOURS = [(255, 40, 40), (40, 255, 40), (60, 160, 255), (255, 220, 0)]
 
-
-def draw_boxes(img: np.ndarray, boxes: list[tuple[np.ndarray, bool]], width: int = 2) -> Image.Image:
-    """boxes: (x0 y0 x1 y1, visible) per sensor; invisible ones are not drawn."""
-    im = Image.fromarray(img)
-    d = ImageDraw.Draw(im)
-    for i, (b, vis) in enumerate(boxes):
-        if vis:
-            d.rectangle([float(b[0]), float(b[1]), float(b[2]) - 1, float(b[3]) - 1], outline=COLOURS[i % len(COLOURS)], width=width)
-    return im
-
-
-def run_preview(params: Params, episode: Path, out_dir: Path, frames: int = 6) -> list[Path]:
+def run_preview(data: DataConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
+                cameras: dict[str, CameraConfig], margin_px: float, episode: Path, out_dir: Path,
+                frames: int = 6) -> list[Path]:
     """Write one PNG per (camera, frame) with the boxes drawn, plus contact_sheet.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rig = Rig(params)
+    rig = Rig(robot, sensors, cameras, margin_px)
     written = []
-    with Episode(episode, params.data.layout) as ep:
+    with Episode(episode, data.layout) as ep:
         qpos = ep.qpos
         geo = rig.episode_geometry(qpos, where=f"{episode}: /observations/qpos")
         ts = np.linspace(0, len(qpos) - 1, frames).round().astype(int)
         rows = []
-        for cam in params.data.cameras:
+        for cam in data.cameras:
             if cam not in rig.cameras:
-                raise ValueError(f"cameras.{cam}: no calibration for camera '{cam}'")
+                raise ConfigError(f"cameras.{cam}: no calibration for camera '{cam}'")
             tiles = []
             for t in ts:
                 img = ep.frame(cam, int(t))
@@ -52,7 +44,7 @@ def run_preview(params: Params, episode: Path, out_dir: Path, frames: int = 6) -
             for i, tile in enumerate(tiles):
                 row.paste(tile, (256 * i, 0))
             rows.append(row)
-        for name in params.data.tactile:
+        for name in data.tactile:
             tiles = [Image.fromarray(ep.frame(name, int(t))).resize((128, 128)) for t in ts]
             row = Image.new("RGB", (256 * len(tiles), 128))
             for i, tile in enumerate(tiles):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .preview import draw_boxes
+from .draw import draw_boxes
 
 
 def _fig_png(fig) -> str:
@@ -32,7 +32,7 @@ def _img_png(img: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _charts(results: dict, align: dict) -> list[tuple[str, str]]:
+def _charts(results: dict, align: dict, joint_names: list[str]) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +54,8 @@ def _charts(results: dict, align: dict) -> list[tuple[str, str]]:
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         ax.bar(np.arange(n_joints) + i * width, results[name]["per_joint_chunk"], width, label=name)
-    ax.set_xlabel("action dimension")
+    ax.set_xticks(np.arange(n_joints) + 0.4 - width / 2, joint_names[:n_joints], rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("joint")
     ax.set_ylabel("chunk L1")
     ax.set_title("chunk error per joint")
     ax.legend()
@@ -134,7 +135,8 @@ def _overlay(frame: np.ndarray, sim: np.ndarray, mapping: dict, box: np.ndarray)
     return np.asarray(draw_boxes(img, [(box, bool(box[2] > box[0]))], width=1).convert("RGB"))
 
 
-def render_report(path: Path, metrics: dict, results: dict, align: dict, caches, policy, hsa, rows, p, device) -> None:
+def render_report(path: Path, metrics: dict, results: dict, align: dict, caches, policy, hsa, rows, cfg,
+                  device) -> None:
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
@@ -144,11 +146,12 @@ def render_report(path: Path, metrics: dict, results: dict, align: dict, caches,
         f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{fmt(v.get(m, float('nan')))}</td>" for m in
                                                    ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance", "n"))
         + "</tr>" for q, v in align.items())
-    charts = "".join(f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,{b}'/>" for t, b in _charts(results, align))
+    charts = "".join(f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,{b}'/>"
+                     for t, b in _charts(results, align, caches.geo_attrs["column_names"]))
     frames = "".join(f"<div class='frame'><p>{html.escape(title)}: tactile, wrist, third-person (box in red, "
                      f"similarity to the tactile embedding as heat)</p>"
                      + "".join(f"<img src='data:image/png;base64,{b}'/>" for b in imgs) + "</div>"
-                     for title, imgs in _frames(caches, policy, hsa, rows, p.eval.report_frames, device))
+                     for title, imgs in _frames(caches, policy, hsa, rows, cfg.report_frames, device))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hsa-pipeline evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td{{padding:2px 8px;border-bottom:1px solid #ddd}}
 img{{margin:4px;image-rendering:pixelated;max-width:100%}}.frame img{{height:160px}}</style></head><body>

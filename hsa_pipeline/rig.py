@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cameras import Boxes, Camera, sensor_boxes
-from .config import Params, SensorConfig
+from .config import CameraConfig, RobotConfig, SensorConfig
 from .kinematics import Arm, LimitViolation, claw_width, pose_matrix
 
 
@@ -59,16 +59,31 @@ class EpisodeGeometry:
 
 
 class Rig:
-    def __init__(self, params: Params, base_dir: Path | str = "."):
-        self.arms = {n: Arm(n, a, base_dir) for n, a in params.robot.arms.items()}
-        self.sensors = {n: Sensor.from_config(n, s) for n, s in params.sensors.items()}
-        self.cameras = {n: Camera.from_config(n, c) for n, c in params.cameras.items()}
-        self.margin_px = params.geometry.margin_px
+    """The arms, tactile sensors and cameras of params.yaml's `robot`, `sensors` and
+    `cameras` sections."""
+
+    def __init__(self, robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: dict[str, CameraConfig],
+                 margin_px: float = 0.0, base_dir: Path | str = "."):
+        self.arms = {n: Arm(n, a, base_dir) for n, a in robot.arms.items()}
+        self.sensors = {n: Sensor.from_config(n, s) for n, s in sensors.items()}
+        self.cameras = {n: Camera.from_config(n, c) for n, c in cameras.items()}
+        self.margin_px = margin_px
 
     def qpos_width(self) -> int:
         ends = [a.cfg.qpos_start + a.n_joints for a in self.arms.values()]
         ends += [a.cfg.gripper_index + 1 for a in self.arms.values() if a.cfg.gripper_index is not None]
         return max(ends)
+
+    def column_names(self, width: int) -> list[str]:
+        """Names of qpos/action columns: '<arm>.j<k>' for joints, '<arm>.gripper', else 'dim<i>'."""
+        names = [f"dim{i}" for i in range(width)]
+        for a in self.arms.values():
+            for j in range(a.n_joints):
+                if a.cfg.qpos_start + j < width:
+                    names[a.cfg.qpos_start + j] = f"{a.name}.j{j + 1}"
+            if a.cfg.gripper_index is not None and a.cfg.gripper_index < width:
+                names[a.cfg.gripper_index] = f"{a.name}.gripper"
+        return names
 
     def episode_geometry(self, qpos: np.ndarray, where: str = "qpos", margin_px: float | None = None) -> EpisodeGeometry:
         """All per-frame geometry of one episode from its (T, D) qpos."""

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from .cameras import NEAR_M
-from .config import Params
+from .config import CameraConfig, RobotConfig, SensorConfig, SynthConfig
 from .episodes import write_episode
 from .rig import Rig
 
@@ -190,21 +190,19 @@ class EpisodePlan:
     distractors: list[tuple[float, float, int]]
 
 
-def episode_classes(params: Params, index: int, arm: int = 0, n_arms: int = 1) -> list[int]:
+def episode_classes(cfg: SynthConfig, index: int, arm: int = 0, n_arms: int = 1) -> list[int]:
     """The object classes episode `index` touches: consecutive entries of one seeded
     permutation of all classes, so every class is touched equally often and consecutive
     episodes touch different objects (held-out contact events are then rarely of the
     same class, which touch and sight could not tell apart)."""
-    cfg = params.synth
     perm = np.random.default_rng([cfg.seed, 7]).permutation(cfg.object_classes)
     first = (index * n_arms + arm) * cfg.touches
     return [int(perm[(first + j) % cfg.object_classes]) for j in range(cfg.touches)]
 
 
-def plan_episode(params: Params, rng: np.random.Generator, base: np.ndarray | None = None,
+def plan_episode(cfg: SynthConfig, rng: np.random.Generator, base: np.ndarray | None = None,
                  classes: list[int] | None = None) -> EpisodePlan:
     """Tiles on the table cells in front of an arm (cells are in the arm's base frame)."""
-    cfg = params.synth
     base = np.eye(4) if base is None else base
     n = cfg.touches + cfg.distractors
     cells = [(x, y) for x in GRID_X for y in GRID_Y]
@@ -286,11 +284,10 @@ def plan_motion(rig: Rig, arm_name: str, sensor_name: str, plan: EpisodePlan, fr
 
 
 # --------------------------------------------------------------------------- episodes
-def render_episode(params: Params, rig: Rig, index: int) -> dict:
+def render_episode(cfg: SynthConfig, rig: Rig, index: int) -> dict:
     """Everything of one demo episode: qpos, action, images, tactile and the truth
     (`contact_class`: sensor -> (T,) class of the touched object, -1 without contact).
     Every arm that carries a sensor runs its own touch plan (bimanual rigs too)."""
-    cfg = params.synth
     rng = np.random.default_rng([cfg.seed, index])
     workers = [(a, next(s for s in rig.sensors if rig.sensors[s].arm == a))
                for a in rig.arms if any(s.arm == a for s in rig.sensors.values())]
@@ -301,7 +298,7 @@ def render_episode(params: Params, rig: Rig, index: int) -> dict:
     plans, touching = {}, {}
     for i, (arm_name, sensor_name) in enumerate(workers):
         arm = rig.arms[arm_name]
-        plans[sensor_name] = plan_episode(params, rng, arm.base, episode_classes(params, index, i, len(workers)))
+        plans[sensor_name] = plan_episode(cfg, rng, arm.base, episode_classes(cfg, index, i, len(workers)))
         q, touching[sensor_name] = plan_motion(rig, arm_name, sensor_name, plans[sensor_name], cfg.frames_per_touch, rng)
         qpos[:, arm.cfg.qpos_start: arm.cfg.qpos_start + arm.n_joints] = q
         if arm.cfg.gripper_index is not None:
@@ -344,16 +341,16 @@ def render_episode(params: Params, rig: Rig, index: int) -> dict:
             "contact_class": contact_class, "plans": plans}
 
 
-def run_synth(params: Params, out_dir: str | Path | None = None) -> Path:
-    """Write the demo episodes (atomically) to `<synth.out_dir>/episodes`."""
+def run_synth(cfg: SynthConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
+              cameras: dict[str, CameraConfig], out_dir: str | Path) -> Path:
+    """Write the demo episodes (atomically) to `out_dir`/episodes."""
     from .atomic import atomic_dir
 
-    cfg = params.synth
-    out = Path(out_dir or cfg.out_dir) / "episodes"
-    rig = Rig(params)
+    out = Path(out_dir) / "episodes"
+    rig = Rig(robot, sensors, cameras)
     with atomic_dir(out) as tmp:
         for i in tqdm(range(cfg.episodes), desc="synth: rendering episodes", unit="ep"):
-            ep = render_episode(params, rig, i)
+            ep = render_episode(cfg, rig, i)
             write_episode(tmp / f"episode_{i}.hdf5", ep["qpos"], ep["action"], ep["images"], ep["tactile"],
                           layout=cfg.layout, jpeg_quality=cfg.jpeg_quality)
     return out

@@ -1,6 +1,24 @@
-"""DVC stage `prepare` (see dvc.yaml): load params.yaml, run the library, write outputs."""
+"""Stage `prepare`: validate every episode, split by episode, normalisation stats and
+per-frame contact scores.
 
-from hsa_pipeline.cli import run_stage
+Reads    params data, act.chunk_size; the episodes in data.episodes_dir (never modified)
+Writes   outputs/prepare/ episodes.json, training.json, stats.json, contact.json
+"""
+
+from pathlib import Path
+
+from hsa_pipeline.prepare import run_prepare
+from stages import main
+
+PARAMS = ["data", "act.chunk_size"]
+OUT = Path("outputs/prepare")
+
+
+def run(p) -> dict:
+    m = run_prepare(p.data, p.act.chunk_size, OUT)
+    print(f"prepare: {len(m['episodes'])} episodes ({m['n_val']} val), {len(m['skipped'])} skipped -> {OUT}")
+    return m
+
 
 if __name__ == "__main__":
-    run_stage("prepare")
+    main("prepare")

@@ -1,6 +1,31 @@
-"""DVC stage `synth` (see dvc.yaml): load params.yaml, run the library, write outputs."""
+"""Stage `synth`: render the embedded demo dataset (a no-op marker with real data).
 
-from hsa_pipeline.cli import run_stage
+Reads    params synth, robot, sensors, cameras (the demo is rendered from the same rig the
+         geometry stage uses)
+Writes   <synth.out_dir>/episodes/episode_*.hdf5, or only SYNTH_DISABLED when synth.enabled is false
+"""
+
+from pathlib import Path
+
+from hsa_pipeline.synth import run_synth
+from stages import main
+
+PARAMS = ["synth", "robot", "sensors", "cameras"]
+DISABLED_MARKER = "SYNTH_DISABLED"
+
+
+def run(p) -> Path:
+    out = Path(p.synth.out_dir)
+    if not p.synth.enabled:
+        # DVC needs the output to exist; with real data it is this one marker file.
+        (out / "episodes").mkdir(parents=True, exist_ok=True)
+        (out / "episodes" / DISABLED_MARKER).write_text("synth.enabled is false: no demo episodes were generated.\n")
+        print("synth: disabled (synth.enabled: false); the pipeline reads data.episodes_dir")
+        return out / "episodes"
+    episodes = run_synth(p.synth, p.robot, p.sensors, p.cameras, out)
+    print(f"synth: wrote {p.synth.episodes} episodes to {episodes}")
+    return episodes
+
 
 if __name__ == "__main__":
-    run_stage("synth")
+    main("synth")

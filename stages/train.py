@@ -1,6 +1,23 @@
-"""DVC stage `train` (see dvc.yaml): load params.yaml, run the library, write outputs."""
+"""Stage `train`: ACT + HSA on the caches (torchrun for several GPUs).
 
-from hsa_pipeline.cli import run_stage
+Reads    params act, hsa, train; outputs/prepare, outputs/geometry.zarr, outputs/features.zarr
+Writes   outputs/train/run/ (kept between runs: checkpoints, TensorBoard, curves; resumes only
+         from the same inputs, code and settings), outputs/train/policy/, outputs/train/metrics.json
+"""
+
+from pathlib import Path
+
+from hsa_pipeline.train import run_train
+from stages import main
+
+PARAMS = ["act", "hsa", "train"]
+PREPARE, GEOMETRY, FEATURES = Path("outputs/prepare"), Path("outputs/geometry.zarr"), Path("outputs/features.zarr")
+OUT = Path("outputs/train")
+
+
+def run(p) -> dict:
+    return run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, OUT)
+
 
 if __name__ == "__main__":
-    run_stage("train")
+    main("train")

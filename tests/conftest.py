@@ -31,13 +31,28 @@ def tiny_params() -> Params:
     return make_params()
 
 
+def run_stage(name: str, p: Params):
+    """A stage exactly as `python -m stages.<name>` runs it (its declared params only),
+    with params given as an object; outputs go under the current directory's outputs/."""
+    from stages import DeclaredParams, stage_module
+
+    module = stage_module(name)
+    return module.run(DeclaredParams(p, module.PARAMS))
+
+
+def demo_rig(p: Params):
+    from hsa_pipeline.rig import Rig
+
+    return Rig(p.robot, p.sensors, p.cameras, p.geometry.margin_px)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """Tiny demo episodes (X-Trainer layout), shared read-only by many tests."""
     from hsa_pipeline.synth import run_synth
 
-    out = tmp_path_factory.mktemp("demo")
-    return run_synth(make_params(), out)
+    p = make_params()
+    return run_synth(p.synth, p.robot, p.sensors, p.cameras, tmp_path_factory.mktemp("demo"))
 
 
 TINY_TRAIN = ["act.hidden_dim=32", "act.dim_feedforward=64", "act.heads=2", "act.enc_layers=1", "act.dec_layers=2",
@@ -50,30 +65,50 @@ def tiny_pipeline_params(extra: list[str] | None = None) -> Params:
     return make_params(TINY_TRAIN + (extra or []))
 
 
+# Two Nova 2 arms, a tactile sensor and a wrist camera on each, one top camera (X-Trainer-like).
+BIMANUAL = [
+    "robot.arms={left: {model: nova2, qpos_start: 0, gripper_index: 6, base: {xyz: [-0.35, 0.0, 0.0]}},"
+    " right: {model: nova2, qpos_start: 7, gripper_index: 13, base: {xyz: [0.35, 0.0, 0.0]}}}",
+    "sensors={tactile_left: {arm: left, mount: {xyz: [0.0, 0.0, 0.12]}},"
+    " tactile_right: {arm: right, mount: {xyz: [0.0, 0.0, 0.12]}}}",
+    "cameras={top: {mount: world, width: 256, height: 192, K: [[300.0, 0.0, 128.0], [0.0, 300.0, 96.0], [0.0, 0.0, 1.0]],"
+    " pose: {xyz: [0.0, -0.95, 0.6], rpy_deg: [-131.576, 0.0, 0.0]}},"
+    " left_wrist: {mount: left, width: 192, height: 144, K: [[120.0, 0.0, 96.0], [0.0, 120.0, 72.0], [0.0, 0.0, 1.0]],"
+    " pose: {xyz: [0.0, 0.06, 0.03], rpy_deg: [-24.775, 0.0, 180.0]}},"
+    " right_wrist: {mount: right, width: 192, height: 144, K: [[120.0, 0.0, 96.0], [0.0, 120.0, 72.0], [0.0, 0.0, 1.0]],"
+    " pose: {xyz: [0.0, 0.06, 0.03], rpy_deg: [-24.775, 0.0, 180.0]}}}",
+    "data.cameras={top: third_person, left_wrist: wrist, right_wrist: wrist}",
+    "data.tactile=[tactile_left, tactile_right]",
+]
+
+
+def bimanual_params(extra: list[str] | None = None) -> Params:
+    return make_params(BIMANUAL + (extra or []))
+
+
+PREPARE, GEOMETRY, FEATURES = Path("outputs/prepare"), Path("outputs/geometry.zarr"), Path("outputs/features.zarr")
+TRAIN, EVAL = Path("outputs/train"), Path("outputs/eval")
+RUN = TRAIN / "run"
+
+
+def build_caches(root: Path, extra: list[str] | None = None) -> Path:
+    """Run synth -> prepare -> geometry -> features in `root` (as `dvc repro` would)."""
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        p = tiny_pipeline_params(extra)
+        for name in ("synth", "prepare", "geometry", "features"):
+            run_stage(name, p)
+    finally:
+        os.chdir(old)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cached_dir(tmp_path_factory) -> Path:
     """A working directory holding the tiny demo's episodes, prepare, geometry and features
     outputs (as `dvc repro` leaves them), built once per session."""
-    import os
-
-    from hsa_pipeline.features import run_features
-    from hsa_pipeline.geometry import run_geometry
-    from hsa_pipeline.paths import FEATURES, GEOMETRY, PREPARE
-    from hsa_pipeline.prepare import run_prepare
-    from hsa_pipeline.synth import run_synth
-
-    root = tmp_path_factory.mktemp("pipeline")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
-        p = tiny_pipeline_params()
-        run_synth(p)
-        run_prepare(p.data, p.act.chunk_size, PREPARE)
-        run_geometry(p, PREPARE, GEOMETRY)
-        run_features(p.features, PREPARE, FEATURES)
-    finally:
-        os.chdir(old)
-    return root
+    return build_caches(tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import demo_rig
 from hsa_pipeline.cameras import Camera, GridMapping, box_token_mask, sensor_boxes
-from hsa_pipeline.rig import Rig
 
 
 def cam(width=640, height=480, f=500.0, cx=320.0, cy=240.0, dist=None) -> Camera:
@@ -68,7 +68,7 @@ def test_behind_the_camera_is_not_visible_even_if_it_would_project_inside():
 
 
 def test_wrist_camera_sees_a_flange_sensor_at_a_constant_box_and_world_camera_sees_it_move(tiny_params):
-    rig = Rig(tiny_params)
+    rig = demo_rig(tiny_params)
     q = np.zeros((30, 7))
     rng = np.random.default_rng(0)
     q[:, :6] = np.array([1.3, 0.6, 1.7, -0.8, -1.57, 2.9]) + rng.uniform(-0.3, 0.3, (30, 6))
@@ -80,7 +80,7 @@ def test_wrist_camera_sees_a_flange_sensor_at_a_constant_box_and_world_camera_se
 
 
 def test_world_camera_box_by_hand_through_the_rig(tiny_params):
-    rig = Rig(tiny_params)
+    rig = demo_rig(tiny_params)
     q = np.zeros((1, 7))
     q[0, :6] = [1.3, 0.6, 1.7, -0.8, -1.57, 2.9]
     geo = rig.episode_geometry(q, margin_px=0.0)

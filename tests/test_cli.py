@@ -28,7 +28,7 @@ def test_bad_override_is_one_line_and_exit_1():
 
 
 def test_stage_with_missing_data_fails_clearly(tmp_path):
-    r = hsa("prepare", "--set", f"data.episodes_dir={tmp_path}/nothing")
+    r = hsa("prepare", "--set", f"data.episodes_dir={tmp_path}/nothing", "--set", "synth.enabled=false")
     assert r.returncode == 1 and "episode directory not found" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -41,3 +41,25 @@ def test_preview_draws_boxes_on_demo_frames(demo_dir, tmp_path):
     assert len(pngs) == 3
     img = __import__("numpy").asarray(Image.open(pngs[0])).astype(int)
     assert ((img[..., 0] > 200) & (img[..., 1] < 80) & (img[..., 2] < 80)).sum() > 50  # the red box
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import pytest
+
+    import stages.prepare
+    from hsa_pipeline.errors import EpisodeError, TrainingDiverged
+    from stages import run_stage
+
+    for err in (EpisodeError("ep.hdf5: /action frame 3 column 2 is nan"), TrainingDiverged("loss term 'kl' is nan")):
+        monkeypatch.setattr(stages.prepare, "run", lambda p, err=err: (_ for _ in ()).throw(err))
+        with pytest.raises(SystemExit) as exit_:
+            run_stage("prepare", REPO / "params.yaml")
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err == f"hsa prepare: error: {err}\n"
+
+    def bug(p):
+        return {}["no such key"]
+
+    monkeypatch.setattr(stages.prepare, "run", bug)
+    with pytest.raises(KeyError):  # not swallowed into one line
+        run_stage("prepare", REPO / "params.yaml")

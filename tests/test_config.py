@@ -4,19 +4,52 @@ import pytest
 import yaml
 
 from conftest import REPO, make_params
-from hsa_pipeline.config import (ConfigError, Params, apply_overrides, load_params, params_from_dict,
-                                 parse_override, reference_markdown)
+from hsa_pipeline.config import (
+    ActConfig,
+    ArmConfig,
+    ConfigError,
+    Params,
+    TrainConfig,
+    apply_overrides,
+    load_params,
+    params_from_dict,
+    parse_override,
+    reference_markdown,
+)
 
 
 def load_with(*overrides: str) -> Params:
     return load_params(REPO / "params.yaml", list(overrides))
 
 
-def test_repo_params_load_and_match_the_dataclass_defaults_where_documented():
-    p = load_with()
-    assert p.hsa.temperature == pytest.approx(0.07)
-    assert p.data.cameras == {"top": "third_person", "wrist": "wrist"}
-    assert set(p.cameras) == {"top", "wrist"}
+FIXED_SECTIONS = ["synth", "data", "geometry", "features", "act", "hsa", "train", "eval"]
+
+
+def test_the_repository_params_yaml_equals_the_typed_defaults():
+    """One source of truth: every default in config.py is the value params.yaml holds (so
+    docs/params.md shows what a user runs), and params.yaml lists every key."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = Params(sensors={}, cameras={})
+    for section in FIXED_SECTIONS:
+        typed = dataclasses.asdict(getattr(defaults, section))
+        assert raw[section] == typed, f"params.yaml `{section}` differs from config.py defaults"
+    assert load_with().robot.arms == {"arm": ArmConfig()}  # the demo's arm is the default arm
+
+
+def test_the_rig_has_no_defaults_and_a_missing_key_is_named():
+    with pytest.raises(ConfigError, match=r"^sensors: required"):
+        params_from_dict({"cameras": {}})
+    with pytest.raises(ConfigError, match=r"cameras.top.K: required \(3x3 intrinsics"):
+        params_from_dict({"sensors": {}, "cameras": {"top": {"mount": "world", "width": 4, "height": 4,
+                                                             "pose": {}}}})
+
+
+def test_synth_and_the_episodes_it_writes_must_agree():
+    with pytest.raises(ConfigError, match="data.episodes_dir: is '/data/real' but synth.enabled is true and writes "
+                                          "'data/demo/episodes'"):
+        load_with("data.episodes_dir=/data/real")
+    assert load_with("data.episodes_dir=/data/real", "synth.enabled=false").data.episodes_dir == "/data/real"
+    assert load_with("synth.out_dir=elsewhere", "data.episodes_dir=elsewhere/episodes").synth.out_dir == "elsewhere"
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -64,9 +97,9 @@ def test_overrides_use_yaml_values_like_dvc_exp_run_set():
 
 
 def test_int_is_accepted_where_a_float_is_expected_and_missing_sections_take_defaults():
-    p = params_from_dict({"hsa": {"temperature": 1}})
-    assert isinstance(p.hsa.temperature, float)
-    assert p.train == dataclasses.replace(p.train)
+    p = params_from_dict({"hsa": {"temperature": 1}, "sensors": {}, "cameras": {}})
+    assert isinstance(p.hsa.temperature, float) and p.hsa.temperature == 1.0
+    assert p.train == TrainConfig() and p.act.chunk_size == ActConfig().chunk_size == 20
 
 
 def test_missing_params_file_is_one_clear_error(tmp_path):
@@ -81,10 +114,13 @@ def test_reference_doc_lists_every_key_and_is_in_sync():
     text = reference_markdown()
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
 
-    for section in ("synth", "data", "geometry", "features", "act", "hsa", "train", "eval"):
+    for section in FIXED_SECTIONS:
         for key in raw[section]:
             assert f"`{section}.{key}`" in text, f"{section}.{key} missing from the reference"
-    assert "`cameras.<name>.K`" in text and "`sensors.<name>.mount.xyz`" in text
+    assert "`cameras.<name>.K` | a list | required |" in text and "`sensors.<name>.mount.xyz`" in text
+    # a pose says which frame it is in
+    assert "| `sensors.<name>.mount` | pose | required | pose of the sensor frame in the FLANGE frame" in text
+    assert "pose of the camera frame in its MOUNT frame" in text and "in the WORLD frame" in text
     assert (REPO / "docs" / "params.md").read_text().strip() == text.strip(), \
         "docs/params.md is stale: run `hsa params-doc`"
 

@@ -1,6 +1,8 @@
 """End to end with real `dvc` in a temporary copy of the repository, on a tiny demo:
 `dvc repro` completes; a second one runs nothing; each kind of params change reruns
-exactly the stages that depend on it. Also: `dvc metrics show` reads both metrics files."""
+exactly the stages that depend on it, and what they DID (training from step 0 after an
+upstream change, metrics that changed); a training run killed mid-way resumes.
+Also: `dvc metrics show` reads both metrics files."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,13 +28,20 @@ ALL = ["synth", "prepare", "geometry", "features", "train", "evaluate"]
 E2E = TINY + TINY_TRAIN + ["train.steps=4", "train.val_every=4", "train.log_every=2", "eval.report_frames=1"]
 
 
+def env_for(cwd: Path) -> dict:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(cwd), "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env_for(cwd), timeout=900)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
+
+
+def metrics(repo: Path, stage: str) -> dict:
+    return json.loads((repo / "outputs" / stage / "metrics.json").read_text())
 
 
 def ran(output: str) -> list[str]:
@@ -51,6 +62,7 @@ def set_params(repo: Path, overrides: list[str]) -> None:
 def repo(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("e2e") / "repo"
     dst.mkdir()
+    # the checkout's code is what the stages run (`python -m stages.<name>` from the root)
     for item in ("hsa_pipeline", "stages", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore"):
         src = REPO / item
         if src.is_dir():
@@ -67,7 +79,8 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_then_nothing_then_exactly_the_affected_stages(repo):
     out = run([DVC, "repro"], repo)
     assert ran(out) == ALL
-    assert json.loads((repo / "outputs/eval/metrics.json").read_text())["val_frames"] > 0
+    assert metrics(repo, "eval")["val_frames"] > 0
+    assert (metrics(repo, "train")["start_step"], metrics(repo, "train")["steps_trained"]) == (0, 4)
     shown = run([DVC, "metrics", "show", "--json"], repo)
     assert "chunk_l1" in shown and "best_val_l1_prior" in shown
 
@@ -78,13 +91,57 @@ def test_repro_then_nothing_then_exactly_the_affected_stages(repo):
     cases = [
         (["train.lr=0.001"], {"train"}, ["train", "evaluate"]),
         (["features.resize=letterbox"], {"features"}, ["features", "train", "evaluate"]),
-        (["geometry.margin_px=6.0"], {"geometry"}, ["geometry", "train", "evaluate"]),
+        (["data.train_ratio=0.5"], {"prepare"}, ["prepare", "train", "evaluate"]),  # a new split keeps the caches
         (["synth.seed=3"], {"synth"}, ALL),
     ]
     for overrides, direct, expected in cases:
+        before = metrics(repo, "eval")["chunk_l1"]
         set_params(repo, overrides)
         assert stale(run([DVC, "status"], repo)) == direct, overrides
         assert ran(run([DVC, "repro"], repo)) == expected, overrides
+        # every rerun of train trained from step 0: its inputs or settings changed
+        assert (metrics(repo, "train")["start_step"], metrics(repo, "train")["steps_trained"]) == (0, 4), overrides
+        assert metrics(repo, "eval")["chunk_l1"] != before, overrides
+
+
+def test_a_new_margin_retrains_from_zero_and_changes_the_result(repo):
+    """The defect this guards: train found last.pt at the final step, trained nothing and
+    re-exported the old policy, because its resume key ignored the geometry store."""
+    run([DVC, "repro"], repo)
+    policy = (repo / "outputs/train/policy/weights.pt").read_bytes()
+    align = metrics(repo, "eval")["alignment"]
+    set_params(repo, ["geometry.margin_px=12.0"])
+    assert ran(run([DVC, "repro"], repo)) == ["geometry", "train", "evaluate"]
+    assert (metrics(repo, "train")["start_step"], metrics(repo, "train")["steps_trained"]) == (0, 4)
+    assert (repo / "outputs/train/policy/weights.pt").read_bytes() != policy
+    assert metrics(repo, "eval")["alignment"] != align
+
+
+def test_a_training_run_killed_mid_way_resumes(repo):
+    run([DVC, "repro"], repo)
+    # a new learning rate: a fresh run (from step 0), long enough to be killed mid-way
+    set_params(repo, ["train.lr=0.0005", "train.steps=3000", "train.ckpt_every=20", "train.log_every=20",
+                      "train.val_every=1000"])
+    last = repo / "outputs/train/run/checkpoints/last.pt"
+    old = last.stat().st_mtime_ns
+    proc = subprocess.Popen([DVC, "repro", "train"], cwd=repo, env=env_for(repo), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (last.exists() and last.stat().st_mtime_ns != old):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)  # like a preempted job: no clean-up of any kind
+    proc.wait()
+    assert last.exists(), "training never wrote a checkpoint"
+    set_params(repo, ["train.steps=300"])  # finish sooner; the step count does not change what is learned
+    out = run([DVC, "repro"], repo)
+    assert ran(out) == ["train", "evaluate"]
+    m = metrics(repo, "train")
+    assert m["start_step"] >= 20 and m["start_step"] % 20 == 0 and m["steps_trained"] == 300 - m["start_step"]
+    assert f"resuming from outputs/train/run/checkpoints/last.pt at step {m['start_step']}" in out
+    steps = [int(line.split("\t")[0]) for line in (repo / "outputs/train/run/curves/train.tsv").read_text().split("\n")[1:]
+             if line]
+    assert steps == list(range(20, 301, 20))  # each logged once, none lost, none twice
 
 
 def test_calibration_change_with_real_data_reruns_geometry_train_evaluate(repo):
@@ -92,7 +149,8 @@ def test_calibration_change_with_real_data_reruns_geometry_train_evaluate(repo):
     what depends on it. (In demo mode the synth stage renders from the calibration too, so
     there the whole pipeline follows: one source of truth.)"""
     data = repo / "recorded"
-    run([sys.executable, "-m", "hsa_pipeline.cli", "synth", "--set", "synth.out_dir=recorded"], repo)
+    run([sys.executable, "-m", "hsa_pipeline.cli", "synth", "--set", "synth.out_dir=recorded",
+         "--set", "data.episodes_dir=recorded/episodes"], repo)
     set_params(repo, ["synth.enabled=false", f"data.episodes_dir={data / 'episodes'}"])
     run([DVC, "repro"], repo)
     set_params(repo, ["cameras.top.K=[[310.0, 0.0, 128.0], [0.0, 310.0, 96.0], [0.0, 0.0, 1.0]]"])
@@ -114,3 +172,16 @@ def test_the_readme_ablation_line_compares_hsa_on_and_off(repo):
     assert text.count('"chunk_l1"') >= 2
     status = run(["git", "status", "--porcelain"], repo)
     assert "outputs/features.zarr" not in status and "episode_0.hdf5" not in status  # DVC keeps its outputs out of git
+
+
+def test_the_stages_run_the_checkouts_code(repo):
+    """What DVC hashes is what runs: an edit in the checkout shows in `dvc repro` (not the
+    installed package, which a non-editable install or a Docker image would hold)."""
+    source = repo / "hsa_pipeline" / "prepare.py"
+    original = source.read_text()
+    source.write_text(original.replace('    files = episode_files(cfg.episodes_dir)\n',
+                                       '    print("EDITED-IN-THE-CHECKOUT")\n    files = episode_files(cfg.episodes_dir)\n'))
+    try:
+        assert "EDITED-IN-THE-CHECKOUT" in run([DVC, "repro", "prepare"], repo)
+    finally:
+        source.write_text(original)

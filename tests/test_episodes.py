@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_params
+from conftest import demo_rig, make_params
 from hsa_pipeline.config import DataConfig
 from hsa_pipeline.episodes import Episode, EpisodeError, write_episode
 from hsa_pipeline.prepare import STD_MIN, contact_scores, run_prepare, split_episodes
@@ -212,7 +212,7 @@ def test_skip_mode_lists_bad_episodes_with_reasons(tmp_path):
     assert [e["id"] for e in m["episodes"]] == ["episode_0", "episode_1", "episode_2"]
     reasons = {s["file"]: s["reason"] for s in m["skipped"]}
     assert "is nan" in reasons["episode_3.hdf5"] and "camera 'wrist' not found" in reasons["episode_4.hdf5"]
-    assert json.loads((tmp_path / "out/manifest.json").read_text())["skipped"] == m["skipped"]
+    assert json.loads((tmp_path / "out/episodes.json").read_text())["skipped"] == m["skipped"]
 
 
 def test_missing_or_empty_directory(tmp_path):
@@ -249,7 +249,7 @@ def test_stats_match_numpy_over_training_frames_only(tmp_path):
     data[4]["qpos"][:, 3] = 0.5
     m = run_prepare(data_cfg(tmp_path, train_ratio=0.6), 5, tmp_path / "out")
     stats = json.loads((tmp_path / "out/stats.json").read_text())
-    train = [int(e["id"].split("_")[1]) for e in m["episodes"] if e["split"] == "train"]
+    train = [int(e["id"].split("_")[1]) for e in m["episodes"] if m["split"][e["id"]] == "train"]
     assert len(train) == 3
     for key in ("qpos", "action"):
         x = np.concatenate([data[i][key] for i in train])
@@ -284,10 +284,17 @@ def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
     m = run_prepare(cfg, p.act.chunk_size, tmp_path / "out")
     assert len(m["episodes"]) == 4 and m["cameras"]["top"]["shape"] == [192, 256]
     contact = json.loads((tmp_path / "out/contact.json").read_text())["tactile"]
-    from hsa_pipeline.config import Params  # noqa: F401  (params are plain data)
-    from hsa_pipeline.rig import Rig
     from hsa_pipeline.synth import render_episode
 
-    truth = render_episode(p, Rig(p), 0)["contact_class"]["tactile"] >= 0
+    truth = render_episode(p.synth, demo_rig(p), 0)["contact_class"]["tactile"] >= 0
     predicted = np.array(contact["episode_0"]) > cfg.contact_threshold
     np.testing.assert_array_equal(predicted, truth)
+
+
+def test_one_usable_episode_is_said_and_hashes_name_the_content(tmp_path, capsys):
+    write_act(tmp_path / "episode_0.hdf5", seed=0)
+    m = run_prepare(data_cfg(tmp_path), 5, tmp_path / "out")
+    assert m["n_val"] == 0
+    assert "no validation episodes (only 1 usable episode" in capsys.readouterr().err
+    digest = hashlib.sha256((tmp_path / "episode_0.hdf5").read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "out/episodes.json").read_text())["episodes"][0]["sha256"] == digest

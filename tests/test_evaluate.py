@@ -10,10 +10,17 @@ import re
 import numpy as np
 import pytest
 
-from conftest import tiny_pipeline_params
-from hsa_pipeline.evaluate import (action_errors, baselines, chunk_targets, contact_events, joint_units, replay,
-                                   retrieval, run_evaluate)
-from hsa_pipeline.paths import EVAL
+from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN, tiny_pipeline_params
+from hsa_pipeline.evaluate import (
+    action_errors,
+    baselines,
+    chunk_targets,
+    contact_events,
+    joint_units,
+    replay,
+    retrieval,
+    run_evaluate,
+)
 
 
 def test_perfect_policy_scores_zero_and_hold_scores_what_numpy_says():
@@ -87,8 +94,8 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     from hsa_pipeline.train import run_train
 
     p = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.report_frames=2"])
-    run_train(p)
-    m = run_evaluate(p)
+    run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, TRAIN)
+    m = run_evaluate(p.eval, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL)
     saved = json.loads((EVAL / "metrics.json").read_text())
     for key in ("chunk_l1", "hold_chunk_l1", "const_vel_chunk_l1", "replay_l1_ensembled", "replay_l1_chunked"):
         assert isinstance(saved[key], float) and saved[key] >= 0, key

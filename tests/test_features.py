@@ -16,8 +16,9 @@ from hsa_pipeline.cameras import GridMapping, box_token_mask
 from hsa_pipeline.config import ConfigError, FeaturesConfig
 from hsa_pipeline.encoder import Encoder, preprocess
 from hsa_pipeline.episodes import Episode, EpisodeError
-from hsa_pipeline.features import FeatureStore, run_features
-from hsa_pipeline.prepare import Manifest, run_prepare
+from hsa_pipeline.features import run_features
+from hsa_pipeline.prepare import run_prepare
+from hsa_pipeline.stores import FeatureStore, Manifest
 
 CFG = FeaturesConfig(batch_size=16, workers=0)
 
@@ -25,7 +26,7 @@ CFG = FeaturesConfig(batch_size=16, workers=0)
 @pytest.fixture(scope="module")
 def prepared(demo_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("feat")
-    p = make_params([f"data.episodes_dir={demo_dir}"])
+    p = make_params([f"data.episodes_dir={demo_dir}", "synth.enabled=false"])
     run_prepare(p.data, p.act.chunk_size, tmp / "prepare")
     return tmp / "prepare"
 
@@ -174,7 +175,7 @@ def test_undecodable_frame_is_named_and_the_old_store_survives(store, demo_dir, 
 
     bad_dir = tmp_path / "eps"
     shutil.copytree(demo_dir, bad_dir)
-    p = make_params([f"data.episodes_dir={bad_dir}"])
+    p = make_params([f"data.episodes_dir={bad_dir}", "synth.enabled=false"])
     run_prepare(p.data, p.act.chunk_size, tmp_path / "prepare")
     with h5py.File(bad_dir / "episode_1.hdf5", "a") as f:  # corrupt after prepare validated it
         row = f["observations/images/wrist"][4]

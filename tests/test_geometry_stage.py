@@ -5,19 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_params
-from hsa_pipeline.episodes import Episode
-from hsa_pipeline.geometry import GeometryStore, run_geometry
-from hsa_pipeline.prepare import Manifest, run_prepare
-from hsa_pipeline.rig import Rig
+from conftest import demo_rig, make_params
+from hsa_pipeline.episodes import Episode, write_episode
+from hsa_pipeline.errors import EpisodeError
+from hsa_pipeline.geometry import run_geometry
+from hsa_pipeline.prepare import run_prepare
+from hsa_pipeline.stores import GeometryStore, Manifest
+
+
+def geometry(p, prepare_dir, out):
+    return run_geometry(p.robot, p.sensors, p.cameras, p.geometry, prepare_dir, out)
 
 
 @pytest.fixture(scope="module")
 def stores(demo_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("geo")
-    p = make_params([f"data.episodes_dir={demo_dir}"])
+    p = make_params([f"data.episodes_dir={demo_dir}", "synth.enabled=false"])
     run_prepare(p.data, p.act.chunk_size, tmp / "prepare")
-    run_geometry(p, tmp / "prepare", tmp / "geometry.zarr")
+    geometry(p, tmp / "prepare", tmp / "geometry.zarr")
     return p, tmp
 
 
@@ -25,7 +30,7 @@ def test_store_matches_the_rig_per_episode(stores):
     p, tmp = stores
     store = GeometryStore(tmp / "geometry.zarr")
     m = Manifest.load(tmp / "prepare")
-    rig = Rig(p)
+    rig = demo_rig(p)
     assert store.sensors == ["tactile"] and store.cameras == ["top", "wrist"]
     assert store.sensor_pose.shape == (m.n_frames, 1, 4, 4)
     for e, ep in enumerate(m.episodes):
@@ -37,25 +42,61 @@ def test_store_matches_the_rig_per_episode(stores):
             np.testing.assert_allclose(store.cam[cam]["box"][rows, 0], geo.boxes[cam]["tactile"].box)
             np.testing.assert_array_equal(store.cam[cam]["visible"][rows, 0], geo.boxes[cam]["tactile"].visible)
     assert store.attrs["offsets"] == m.offsets.tolist()
+    assert store.attrs["column_names"] == ["arm.j1", "arm.j2", "arm.j3", "arm.j4", "arm.j5", "arm.j6", "arm.gripper"]
 
 
-def test_store_is_a_handful_of_files(stores):
-    _, tmp = stores
+def test_store_is_a_handful_of_files_and_its_fingerprint_follows_its_content(stores, tmp_path):
+    p, tmp = stores
     files = [f for f in (tmp / "geometry.zarr").rglob("*") if f.is_file()]
     assert len(files) < 30
+    same = geometry(p, tmp / "prepare", tmp_path / "same.zarr")
+    assert same["fingerprint"] == GeometryStore(tmp / "geometry.zarr").fingerprint
+    wider = geometry(make_params([f"data.episodes_dir={p.data.episodes_dir}", "synth.enabled=false",
+                                  "geometry.margin_px=7.0"]), tmp / "prepare", tmp_path / "wider.zarr")
+    assert wider["fingerprint"] != same["fingerprint"]
 
 
 def test_too_narrow_qpos_is_named(stores, tmp_path):
     p, tmp = stores
-    p2 = make_params([f"data.episodes_dir={p.data.episodes_dir}", "robot.arms.arm.qpos_start=3"])
-    with pytest.raises(ValueError, match="qpos has 7 columns; the arms in robot.arms need 9"):
-        run_geometry(p2, tmp / "prepare", tmp_path / "g.zarr")
+    p2 = make_params([f"data.episodes_dir={p.data.episodes_dir}", "synth.enabled=false", "robot.arms.arm.qpos_start=3"])
+    with pytest.raises(EpisodeError, match="qpos has 7 columns; the arms in robot.arms need 9"):
+        geometry(p2, tmp / "prepare", tmp_path / "g.zarr")
     assert not (tmp_path / "g.zarr").exists()
 
 
-def test_limit_violations_warn_or_fail(stores, tmp_path):
-    p, tmp = stores
-    tight = ["robot.arms.arm.on_limit_violation=error"]
-    # the demo stays inside the limits: error mode passes
-    run_geometry(make_params([f"data.episodes_dir={p.data.episodes_dir}", *tight]), tmp / "prepare", tmp_path / "g.zarr")
-    assert GeometryStore(tmp_path / "g.zarr").attrs["limit_violations"] == []
+@pytest.fixture
+def past_the_limit(stores, tmp_path):
+    """A copy of demo episode 0 whose joint 3 goes to 170 deg (limit 160) in frames 2 and 3."""
+    p, _ = stores
+    src = p.data.episodes_dir + "/episode_0.hdf5"
+    with Episode(src) as ep:
+        qpos, action = ep.qpos, ep.action
+        n = len(qpos)
+        images = {c: np.stack([ep.frame(c, t) for t in range(n)]) for c in ("top", "wrist")}
+        tactile = {"tactile": np.stack([ep.frame("tactile", t) for t in range(n)])}
+    qpos[2:4, 2] = np.deg2rad(170)
+    d = tmp_path / "limits"
+    d.mkdir()
+    write_episode(d / "episode_0.hdf5", qpos, action, images, tactile)
+    write_episode(d / "episode_1.hdf5", qpos, action, images, tactile)
+    q = make_params([f"data.episodes_dir={d}", "synth.enabled=false"])
+    run_prepare(q.data, q.act.chunk_size, tmp_path / "prepare")
+    return d, tmp_path / "prepare"
+
+
+def test_limit_violations_warn_and_are_recorded(past_the_limit, tmp_path, capsys):
+    d, prepared = past_the_limit
+    summary = geometry(make_params([f"data.episodes_dir={d}", "synth.enabled=false"]), prepared, tmp_path / "w.zarr")
+    (msg,) = [v for v in summary["limit_violations"] if "episode_0" in v]
+    assert "arm 'arm' joint 3: 2 frames outside the limits (first at frame 2, worst 10.0 deg" in msg
+    assert GeometryStore(tmp_path / "w.zarr").attrs["limit_violations"] == summary["limit_violations"]
+    assert "warning:" in capsys.readouterr().err
+
+
+def test_limit_violations_fail_in_error_mode_and_leave_no_store(past_the_limit, tmp_path):
+    d, prepared = past_the_limit
+    strict = make_params([f"data.episodes_dir={d}", "synth.enabled=false", "robot.arms.arm.on_limit_violation=error"])
+    with pytest.raises(EpisodeError, match=r"episode_0.hdf5: arm 'arm' joint 3: 2 frames outside the limits.*"
+                                           r"robot.arms.arm.on_limit_violation: error"):
+        geometry(strict, prepared, tmp_path / "e.zarr")
+    assert not (tmp_path / "e.zarr").exists() and not (tmp_path / "e.zarr.partial").exists()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hsa_pipeline.config import HsaConfig
-from hsa_pipeline.hsa import HSALoss, HsaInputs, MemoryBank, info_nce, masked_mean
+from hsa_pipeline.hsa import HsaInputs, HSALoss, MemoryBank, info_nce, masked_mean
 
 
 def reference_info_nce(q, pos, valid, kappa, neg=None, neg_mask=None):
@@ -131,21 +131,68 @@ def test_diagnostics_off_gives_the_same_loss_and_no_stats():
     with_stats, stats = hsa(x)
     without, none = hsa(x, diagnostics=False)
     assert float(with_stats.detach()) == float(without.detach())
-    assert none == {} and {"hsa_w", "top1_w", "hsa_tp", "kappa"} <= set(stats)
+    assert none == {} and {"hsa_w", "top1_w", "hsa_tp", "chance_w"} <= set(stats)
 
 
-def test_reductions():
+def _one_view_reference(hsa: HSALoss, x: HsaInputs, kappa: float) -> np.ndarray:
+    """Per-sample wrist losses by the loop, through the model's own heads (in-image negatives on)."""
+    q = hsa.head_tactile(x.tactile.mean(1)).detach()
+    pos = hsa.head_vision(masked_mean(x.wrist, x.wrist_box)).detach()
+    tok = hsa.head_vision(x.wrist).detach()
+    return reference_info_nce(q, pos, x.valid.tolist(), kappa, tok, ~x.wrist_box)
+
+
+def test_mean_and_sum_reduce_exactly_the_usable_samples():
     torch.manual_seed(0)
-    args = dict(tactile=torch.randn(6, 2, 8), wrist=torch.randn(6, 5, 8), wrist_box=torch.rand(6, 5) > 0.5,
-                valid=torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool))
-    args["wrist_box"][:, 0] = True
-    out = {}
-    for r in ("mean", "sum", "none"):
+    x = HsaInputs(tactile=torch.randn(6, 2, 8, dtype=torch.float64), wrist=torch.randn(6, 5, 8, dtype=torch.float64),
+                  wrist_box=torch.rand(6, 5) > 0.5, valid=torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool))
+    x.wrist_box[:, 0] = True
+    for reduction in ("mean", "sum"):
         torch.manual_seed(1)
-        out[r] = HSALoss(8, HsaConfig(proj_dim=4, reduction=r, tp_weight=0))(HsaInputs(**args))[0].detach()
-    assert out["none"].shape == (6,) and out["none"][3] == 0
-    assert float(out["sum"]) == pytest.approx(float(out["none"].sum()))
-    assert float(out["mean"]) == pytest.approx(float(out["none"].sum()) / 5)
+        hsa = HSALoss(8, HsaConfig(proj_dim=4, reduction=reduction, tp_weight=0, temperature=0.1)).double()
+        got = float(hsa(x)[0].detach())
+        ref = _one_view_reference(hsa, x, 0.1)
+        assert got == pytest.approx(ref.sum() / (5 if reduction == "mean" else 1), rel=1e-6)
+
+
+def test_reduction_none_is_refused_by_the_config():
+    from hsa_pipeline.config import ConfigError, params_from_dict
+
+    with pytest.raises(ConfigError, match="hsa.reduction: expected one of 'mean', 'sum', got 'none'"):
+        params_from_dict({"hsa": {"reduction": "none"}, "sensors": {}, "cameras": {}})
+
+
+def reference_symmetric(q, pos, valid, kappa, neg, neg_mask):
+    """Symmetric loss by the loop: (forward + backward) / 2 for samples with candidates in
+    BOTH directions; every other sample counts 0 and is not usable."""
+    fwd = reference_info_nce(q, pos, valid, kappa, neg, neg_mask)
+    back = reference_info_nce(pos, q, valid, kappa)  # vision -> tactile: other valid samples only
+    others = [sum(valid) - 1 if v else 0 for v in valid]
+    usable = [bool(v) and o > 0 for v, o in zip(valid, others)]
+    return np.where(usable, 0.5 * (fwd + back), 0.0), np.array(usable)
+
+
+def test_symmetric_mode_counts_and_zeroes_the_same_samples():
+    """The lone valid sample of a batch has in-image negatives (a forward loss) but no reverse
+    candidate: it must be left out of the loss AND of the count, as the loop says."""
+    torch.manual_seed(0)
+    hsa = HSALoss(8, HsaConfig(proj_dim=4, symmetric=True, tp_weight=0, temperature=0.1)).double()
+    for valid in ([1, 0, 0, 0], [1, 1, 0, 1]):
+        x = HsaInputs(tactile=torch.randn(4, 2, 8, dtype=torch.float64), wrist=torch.randn(4, 5, 8, dtype=torch.float64),
+                      wrist_box=torch.rand(4, 5) > 0.5, valid=torch.tensor(valid, dtype=torch.bool))
+        x.wrist_box[:, 0] = True
+        x.wrist_box[:, 4] = False
+        loss, stats = hsa(x)
+        q = hsa.head_tactile(x.tactile.mean(1)).detach()
+        pos = hsa.head_vision(masked_mean(x.wrist, x.wrist_box)).detach()
+        tok = hsa.head_vision(x.wrist).detach()
+        ref, usable = reference_symmetric(q, pos, valid, 0.1, tok, ~x.wrist_box)
+        assert stats["n_w"] == usable.sum()
+        assert float(loss.detach()) == pytest.approx(ref.sum() / max(usable.sum(), 1), rel=1e-6, abs=1e-12)
+        if usable.sum() == 0:
+            assert float(loss.detach()) == 0.0
+            loss.backward()  # nothing counted, nothing learned
+            assert all(p.grad is None or not p.grad.any() for p in hsa.parameters())
 
 
 def test_temperature_modes():

@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 
 from hsa_pipeline.config import ArmConfig, ConfigError, Pose
-from hsa_pipeline.kinematics import Arm, BatchedChain, build_robot, claw_width, pose_matrix, rpy_matrix
+from hsa_pipeline.kinematics import (
+    Arm,
+    BatchedChain,
+    build_robot,
+    claw_width,
+    pose_matrix,
+    rpy_matrix,
+)
 
-# shared/reference/robot-and-cameras.md: Nova 2 URDF joint origins (xyz, rpy), all about +z.
+# Nova 2 URDF joint origins (xyz, rpy), all about +z: Dobot-Arm/DOBOT_6Axis_ROS2_V4,
+# cra_description/urdf/nova2_robot.xacro at commit a1eabef (older copies flip joints 1, 4, 5).
 NOVA2_URDF_JOINTS = [
     ("0 0 0.2234", "0 0 0"), ("0 0 0", "1.5708 1.5708 0"), ("-0.28 0 0", "0 0 0"),
     ("-0.22501 0 0.1175", "0 0 -1.5708"), ("0 -0.12 0", "1.5708 0 0"), ("0 0.088004 0", "-1.5708 0 0"),
@@ -114,8 +122,9 @@ def test_bad_robot_inputs_are_clear(tmp_path):
         arm.joints(q)
 
 
-def test_claw_width_formula():
-    c = np.array([0.0, 0.5, 1.0])
-    s = 2.3818 - 1.5401 * c
-    np.testing.assert_allclose(claw_width(c), 0.03 * np.cos(s) + 0.5 * np.sqrt(0.0036 * np.cos(s) ** 2 + 0.0028))
+def test_claw_width_at_hand_computed_commands():
+    # By hand from the xtrainer formula: c = 0: s = 2.3818, cos s = -0.72433, so
+    # 0.03 * -0.72433 + 0.5 * sqrt(0.0036 * 0.52465 + 0.0028) = -0.021730 + 0.034240 = 0.012510 m;
+    # c = 1: s = 0.8417, cos s = 0.66621: 0.019986 + 0.5 * sqrt(0.0015978 + 0.0028) = 0.053144 m.
+    np.testing.assert_allclose(claw_width(np.array([0.0, 1.0])), [0.01250, 0.05314], atol=2e-5)
     assert np.all(np.diff(claw_width(np.linspace(0, 1, 11))) > 0)  # opens monotonically

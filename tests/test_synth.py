@@ -8,25 +8,29 @@ import hashlib
 import numpy as np
 import pytest
 
-from conftest import make_params
+from conftest import demo_rig, make_params
 from hsa_pipeline.episodes import Episode
-from hsa_pipeline.rig import Rig
 from hsa_pipeline.synth import PAD_RGB, object_texture, render_episode, tactile_image
 
 
 @pytest.fixture(scope="module")
 def rendered():
     p = make_params()
-    rig = Rig(p)
-    return p, rig, [render_episode(p, rig, i) for i in range(3)]
+    rig = demo_rig(p)
+    return p, rig, [render_episode(p.synth, rig, i) for i in range(3)]
+
+
+def synth_to(p, out):
+    from hsa_pipeline.synth import run_synth
+
+    return run_synth(p.synth, p.robot, p.sensors, p.cameras, out)
 
 
 def test_generator_is_deterministic_for_a_seed(tmp_path):
-    from hsa_pipeline.synth import run_synth
 
-    a = run_synth(make_params(["synth.episodes=2"]), tmp_path / "a")
-    b = run_synth(make_params(["synth.episodes=2"]), tmp_path / "b")
-    c = run_synth(make_params(["synth.episodes=2", "synth.seed=1"]), tmp_path / "c")
+    a = synth_to(make_params(["synth.episodes=2"]), tmp_path / "a")
+    b = synth_to(make_params(["synth.episodes=2"]), tmp_path / "b")
+    c = synth_to(make_params(["synth.episodes=2", "synth.seed=1"]), tmp_path / "c")
     digest = lambda d: [hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir())]  # noqa: E731
     with Episode(a / "episode_0.hdf5") as x, Episode(b / "episode_0.hdf5") as y, Episode(c / "episode_0.hdf5") as z:
         np.testing.assert_array_equal(x.qpos, y.qpos)
@@ -48,9 +52,8 @@ def test_demo_reads_back_through_the_episode_reader(demo_dir):
 
 
 def test_act_layout_option(tmp_path):
-    from hsa_pipeline.synth import run_synth
 
-    out = run_synth(make_params(["synth.episodes=2", "synth.layout=act"]), tmp_path)
+    out = synth_to(make_params(["synth.episodes=2", "synth.layout=act"]), tmp_path)
     with Episode(out / "episode_1.hdf5") as ep:
         assert ep.layout == "act" and not ep.stream("top").compressed
 
@@ -118,32 +121,12 @@ def test_tactile_frames_follow_contact_in_the_episode(rendered):
     assert dist[ep["contact_class"]["tactile"] >= 0].min() > 3 * dist[ep["contact_class"]["tactile"] < 0].max()
 
 
-BIMANUAL = [
-    "robot.arms={left: {model: nova2, qpos_start: 0, gripper_index: 6, base: {xyz: [-0.35, 0.0, 0.0]}},"
-    " right: {model: nova2, qpos_start: 7, gripper_index: 13, base: {xyz: [0.35, 0.0, 0.0]}}}",
-    "sensors={tactile_left: {arm: left, mount: {xyz: [0.0, 0.0, 0.12]}},"
-    " tactile_right: {arm: right, mount: {xyz: [0.0, 0.0, 0.12]}}}",
-    "cameras.left_wrist={mount: left, width: 192, height: 144, K: [[120.0, 0.0, 96.0], [0.0, 120.0, 72.0], [0.0, 0.0, 1.0]],"
-    " pose: {xyz: [0.0, 0.06, 0.03], rpy_deg: [-24.775, 0.0, 180.0]}}",
-    "cameras.right_wrist={mount: right, width: 192, height: 144, K: [[120.0, 0.0, 96.0], [0.0, 120.0, 72.0], [0.0, 0.0, 1.0]],"
-    " pose: {xyz: [0.0, 0.06, 0.03], rpy_deg: [-24.775, 0.0, 180.0]}}",
-    "cameras.wrist=null",
-    "data.cameras={top: third_person, left_wrist: wrist, right_wrist: wrist}",
-    "data.tactile=[tactile_left, tactile_right]",
-]
-
-
 def test_bimanual_option_renders_both_arms_and_both_sensors(tmp_path):
-    from hsa_pipeline.config import apply_overrides, params_from_dict
-    import yaml
+    from conftest import bimanual_params
 
-    from conftest import REPO, TINY
-
-    raw = apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), TINY + BIMANUAL)
-    raw["cameras"] = {k: v for k, v in raw["cameras"].items() if v is not None}
-    p = params_from_dict(raw)
-    rig = Rig(p)
-    ep = render_episode(p, rig, 0)
+    p = bimanual_params()
+    rig = demo_rig(p)
+    ep = render_episode(p.synth, rig, 0)
     assert ep["qpos"].shape[1] == 14 and set(ep["tactile"]) == {"tactile_left", "tactile_right"}
     geo = rig.episode_geometry(ep["qpos"], margin_px=1.0)
     for side in ("left", "right"):
@@ -157,7 +140,7 @@ def test_bimanual_option_renders_both_arms_and_both_sensors(tmp_path):
     from hsa_pipeline.synth import run_synth
 
     p.synth.episodes = 2
-    run_synth(p, out)
+    run_synth(p.synth, p.robot, p.sensors, p.cameras, out)
     with Episode(out / "episodes" / "episode_0.hdf5") as f:
         assert f.qpos.shape[1] == 14 and f.frame("right_wrist", 3).shape == (144, 192, 3)
         assert f.frame("tactile_right", 0).shape == (96, 96, 3)

@@ -13,17 +13,31 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY, TINY_TRAIN, tiny_pipeline_params
+from conftest import (
+    FEATURES,
+    GEOMETRY,
+    PREPARE,
+    REPO,
+    RUN,
+    TINY,
+    TINY_TRAIN,
+    TRAIN,
+    tiny_pipeline_params,
+)
 from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
 from hsa_pipeline.config import ActConfig
-from hsa_pipeline.data import ActionCodec, Caches, ChunkSamples
-from hsa_pipeline.paths import FEATURES, GEOMETRY, PREPARE, TRAIN
+from hsa_pipeline.data import ActionCodec, Caches, ChunkSamples, FrameBatches
+from hsa_pipeline.errors import TrainingDiverged
 from hsa_pipeline.policy import Policy, TemporalEnsembler
-from hsa_pipeline.train import NonFiniteLoss, RUN, build, run_train
+from hsa_pipeline.train import build, run_train
 
 
-def caches_for(p) -> Caches:
+def caches_for(p=None) -> Caches:
     return Caches(PREPARE, GEOMETRY, FEATURES, 1.0)
+
+
+def train(p, max_steps=None) -> dict:
+    return run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, TRAIN, max_steps)
 
 
 def read_tsv(path) -> list[dict]:
@@ -59,7 +73,7 @@ def test_samples_have_the_contract_shapes_and_padding(work_dir):
     np.testing.assert_allclose(end["actions"][0].numpy(), (c.action_raw[last] - mean) / std, atol=1e-5)
     assert not end["actions"][1:].any()
     # action_shift = 1 pairs observation t with action t-1 onward
-    c.manifest.raw["action_shift"] = 1
+    c.manifest.training["action_shift"] = 1
     shifted = ChunkSamples(c, np.array([last]), 5, codec)[0]
     np.testing.assert_allclose(shifted["actions"][:2].numpy(), (c.action_raw[last - 1: last + 1] - mean) / std, atol=1e-5)
     # relative chunks: the action minus the CURRENT qpos, same scale
@@ -113,7 +127,7 @@ def test_every_decoder_layer_receives_gradient():
 
 def test_tiny_run_learns_logs_and_checkpoints(work_dir):
     p = tiny_pipeline_params(["train.steps=120", "train.val_every=60", "train.log_every=5", "train.lr=0.002"])
-    final = run_train(p)
+    final = train(p)
     rows = read_tsv(RUN / "curves" / "train.tsv")
     l1 = [float(r["l1"]) for r in rows]
     assert np.mean(l1[-3:]) < 0.75 * np.mean(l1[:2])
@@ -125,7 +139,7 @@ def test_tiny_run_learns_logs_and_checkpoints(work_dir):
     # TensorBoard event files read back
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(RUN / "tb"))
+    acc = EventAccumulator(str(RUN / "tb" / "act+hsa"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
     for tag in ("loss/l1", "loss/kl", "loss/hsa_w", "loss/hsa_tp", "loss/total", "hsa/chance_w", "hsa/top1_w",
@@ -140,16 +154,18 @@ def test_tiny_run_learns_logs_and_checkpoints(work_dir):
 
 def test_resume_matches_the_uninterrupted_run(work_dir):
     p = tiny_pipeline_params()
-    run_train(p)
+    train(p)
     straight = read_tsv(RUN / "curves" / "train.tsv")
     import shutil
 
     shutil.rmtree(RUN)
-    stopped = run_train(p, max_steps=10)
+    stopped = train(p, max_steps=17)  # killed 7 steps after the step-10 checkpoint, after logging step 15
     assert stopped["stopped"]
-    run_train(p)  # resumes from step 10
+    final = train(p)  # resumes from step 10
+    assert final["start_step"] == 10 and final["steps_trained"] == 10
     resumed = read_tsv(RUN / "curves" / "train.tsv")
-    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]  # no row twice
+    assert [r["step"] for r in read_tsv(RUN / "curves" / "val.tsv")] == ["10", "20"]
     for a, b in zip(straight, resumed):
         for k in ("total", "l1", "kl", "hsa"):
             assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-5, abs=1e-6), (a["step"], k)
@@ -158,9 +174,9 @@ def test_resume_matches_the_uninterrupted_run(work_dir):
 def test_hsa_disabled_is_plain_act(work_dir):
     p = tiny_pipeline_params(["hsa.enabled=false", "train.steps=6", "train.val_every=6"])
     c = caches_for(p)
-    module = build(p, c, torch.device("cpu"))
+    module = build(p.act, p.hsa, p.train.steps, c, torch.device("cpu"))
     assert module.hsa is None
-    run_train(p)
+    train(p)
     row = read_tsv(RUN / "curves" / "train.tsv")[-1]
     assert row["hsa"] == "" and float(row["total"]) == pytest.approx(float(row["l1"]) + 10 * float(row["kl"]), rel=1e-4)
 
@@ -180,14 +196,14 @@ def test_non_finite_loss_stops_with_the_step_and_term(work_dir, monkeypatch):
 
     monkeypatch.setattr(train_mod, "act_losses", poisoned)
     p = tiny_pipeline_params(["train.steps=20", "train.ckpt_every=5", "train.val_every=100"])
-    with pytest.raises(NonFiniteLoss, match=r"loss term 'kl' is nan at step 13.*last.pt"):
-        run_train(p)
+    with pytest.raises(TrainingDiverged, match=r"loss term 'kl' is nan at step 13.*last.pt"):
+        train(p)
     assert torch.load(RUN / "checkpoints" / "last.pt", weights_only=True)["step"] == 10  # last good one kept
 
 
 def test_online_features_equal_cached_and_policy_predicts_joint_units(work_dir):
     p = tiny_pipeline_params(["train.steps=4", "train.val_every=4"])
-    run_train(p)
+    train(p)
     policy = Policy.load(TRAIN / "policy")
     c = caches_for(p)
     from hsa_pipeline.episodes import Episode
@@ -200,7 +216,8 @@ def test_online_features_equal_cached_and_policy_predicts_joint_units(work_dir):
     for s in policy.streams:
         np.testing.assert_allclose(online[s][0].numpy(), c.tokens[s][row].astype(np.float32), atol=2e-2, rtol=1e-2)
     chunk = policy.predict_chunk(images, c.qpos_raw[row])
-    cached = policy.predict_chunk(None, c.qpos_raw[row], {s: torch.from_numpy(c.tokens[s][row:row + 1].astype(np.float32)) for s in policy.streams})
+    tokens = {s: torch.from_numpy(c.tokens[s][row:row + 1].astype(np.float32)) for s in policy.streams}
+    cached = policy.predict_chunk(None, c.qpos_raw[row], tokens)
     assert chunk.shape == (5, 7)
     np.testing.assert_allclose(chunk, cached, atol=5e-3)
 
@@ -225,9 +242,110 @@ def test_two_process_torchrun_on_cpu(work_dir):
     (work_dir / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "hsa_pipeline.cli", "train"], cwd=work_dir, capture_output=True, text=True, env=env,
+                        "-m", "stages.train"], cwd=work_dir, capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_tsv(work_dir / RUN / "curves" / "train.tsv")
     assert [r["step"] for r in rows] == ["2", "4", "6"]  # one writer: rank 0
     assert torch.load(work_dir / RUN / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_device_batches_equal_the_per_sample_reference(work_dir):
+    for relative in (False, True):
+        c = caches_for()
+        codec = ActionCodec.from_stats(c.stats, relative)
+        rows = np.concatenate([c.rows("train")[[0, 5, -1]], c.rows("val")[[0, -1]]])
+        ref = torch.utils.data.default_collate([ChunkSamples(c, rows, 5, codec)[i] for i in range(len(rows))])
+        got = FrameBatches(c, 5, codec, torch.device("cpu")).batch(torch.as_tensor(rows))
+        assert set(got) == set(ref)
+        for key in ("row", "qpos", "is_pad"):
+            torch.testing.assert_close(got[key], ref[key])
+        torch.testing.assert_close(got["actions"], ref["actions"], atol=1e-5, rtol=1e-5)
+        for group in ("tokens", "box", "visible", "weight", "contact"):
+            assert set(got[group]) == set(ref[group])
+            for k in ref[group]:
+                torch.testing.assert_close(got[group][k], ref[group][k], atol=0, rtol=0)
+
+
+def test_an_upstream_change_retrains_from_zero_and_the_same_inputs_do_not(work_dir):
+    from conftest import run_stage
+
+    p = tiny_pipeline_params(["train.steps=6", "train.val_every=3"])
+    first = train(p)
+    assert (first["start_step"], first["steps_trained"]) == (0, 6)
+    again = train(p)  # nothing changed: the finished run is not trained again
+    assert (again["start_step"], again["steps_trained"]) == (6, 0)
+    longer = train(tiny_pipeline_params(["train.steps=9", "train.val_every=3"]))  # more steps continue the run
+    assert (longer["start_step"], longer["steps_trained"]) == (6, 3)
+    run_stage("geometry", tiny_pipeline_params(["geometry.margin_px=9.0"]))  # new boxes
+    fresh = train(tiny_pipeline_params(["train.steps=9", "train.val_every=3"]))
+    assert (fresh["start_step"], fresh["steps_trained"]) == (0, 9)
+    assert [r["step"] for r in read_tsv(RUN / "curves" / "val.tsv")] == ["3", "6", "9"]
+    run_stage("prepare", tiny_pipeline_params(["data.split_seed=5"]))  # another split, same episodes
+    assert train(tiny_pipeline_params(["train.steps=9", "train.val_every=3"]))["start_step"] == 0
+
+
+def test_without_validation_episodes_metrics_stay_valid_json(work_dir):
+    from conftest import run_stage
+
+    run_stage("prepare", tiny_pipeline_params(["data.train_ratio=1.0"]))
+    final = train(tiny_pipeline_params(["train.steps=4"]))
+    text = (TRAIN / "metrics.json").read_text()
+    assert "Infinity" not in text and json.loads(text)["best_val_l1_prior"] is None and final["step"] == 4
+    assert (TRAIN / "policy" / "weights.pt").exists()  # exported from the last step
+
+
+def test_device_names_are_checked_with_the_key():
+    from conftest import make_params
+    from hsa_pipeline.errors import ConfigError
+    from hsa_pipeline.runtime import pick_device
+
+    with pytest.raises(ConfigError, match=r"features.device: expected auto \(a GPU when there is one\), cpu, cuda or "
+                                          r"cuda:N, got 'gpu'"):
+        make_params(["features.device=gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device: 'cuda:1' requested but CUDA is not available"):
+            pick_device("cuda:1", "train.device")
+
+
+def test_tensorboard_has_one_named_run_with_hparams_and_loss_vs_chance_charts(work_dir):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    train(tiny_pipeline_params(["train.steps=10"]))
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(RUN / "tb"))
+    mux.Reload()
+    assert list(mux.Runs()) == ["act+hsa"]
+    acc = mux.GetAccumulator("act+hsa")
+    plugins = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugins
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    (tag,) = acc.PluginTagToContent("custom_scalars")
+    assert tag == metadata.CONFIG_SUMMARY_TAG
+    raw = acc.Tensors(tag)[0].tensor_proto.string_val[0]
+    charts = layout_pb2.Layout.FromString(raw).category[0].chart
+    tags = {c.title: list(c.multiline.tag) for c in charts}
+    assert tags["wrist loss vs chance"] == ["loss/hsa_w", "hsa/chance_w"]
+    assert "loss/hsa_w" in acc.Tags()["scalars"] and "hsa/chance_w" in acc.Tags()["scalars"]
+
+
+def test_auto_threads_take_the_cores_other_processes_leave(monkeypatch):
+    from hsa_pipeline import runtime
+
+    assert [runtime.threads_left(2, busy) for busy in (0.0, 0.2, 0.6, 1.0, 1.9, 3.0)] == [2, 2, 1, 1, 1, 1]
+    assert [runtime.threads_left(16, busy) for busy in (0.0, 4.0, 4.5)] == [16, 12, 11]
+    # the tuner: system-wide busy time minus this process's, over wall time
+    samples = iter([(0.0, 100.0, 10.0), (2.0, 103.9, 12.0)])  # others: (3.9 - 2.0) / 2 s = 0.95 core
+    monkeypatch.setattr(runtime.ThreadTuner, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: 2.0)
+    before = torch.get_num_threads()
+    try:
+        tuner = runtime.ThreadTuner("auto", torch.device("cpu"))
+        assert tuner.threads == 2 and torch.get_num_threads() == 2
+        assert tuner.update() == 1 and torch.get_num_threads() == 1
+        fixed = runtime.ThreadTuner(2, torch.device("cpu"))
+        assert fixed.update() == 2 and not fixed.active
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,26 @@
+"""The errors a user can fix. The `hsa` command and the DVC stages print these as ONE
+line that names the file, key or frame (no traceback); anything else is a bug and gets a
+full traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or settings: the message says what was found and what was expected."""
+
+
+class ConfigError(UserError, ValueError):
+    """A params.yaml value is missing, misspelt, mistyped or out of range."""
+
+
+class EpisodeError(UserError, ValueError):
+    """An episode (file, key or frame) is unusable; the message names it."""
+
+
+class StoreError(UserError):
+    """An upstream output (manifest, geometry or feature store, policy) is missing,
+    incomplete or was built from other inputs; the message says which stage to rerun."""
+
+
+class TrainingDiverged(UserError):
+    """A loss term became NaN or infinite; the message names the term and the step."""

@@ -1,0 +1,66 @@
+"""The pipeline's stages, one module per DVC stage (dvc.yaml runs `python -m stages.<name>`
+from the repository root, so the checkout's code is what runs, in Docker too).
+
+Each stage module says what it reads and writes and declares the params keys it reads
+(`PARAMS`, the same list as its `params:` in dvc.yaml; tests/test_dvc_yaml.py checks
+both that and its code dependencies), then calls the library. `hsa <stage>` runs the
+same `run_stage`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from hsa_pipeline.config import load_params
+from hsa_pipeline.errors import UserError
+
+NAMES = ["synth", "prepare", "geometry", "features", "train", "evaluate"]
+
+
+class UndeclaredParam(AttributeError):
+    """A stage read a params key it does not declare: DVC would not rerun it when that key
+    changes. A bug in the stage, not a user error."""
+
+
+class DeclaredParams:
+    """Read access to the declared keys of params only: `p.act.chunk_size` works when
+    'act' or 'act.chunk_size' is declared, and anything else raises UndeclaredParam."""
+
+    def __init__(self, obj: Any, declared: list[str], prefix: str = ""):
+        self._obj, self._declared, self._prefix = obj, declared, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        key = f"{self._prefix}{name}"
+        if key in self._declared:
+            return getattr(self._obj, name)
+        if any(d.startswith(key + ".") for d in self._declared):
+            return DeclaredParams(getattr(self._obj, name), self._declared, key + ".")
+        raise UndeclaredParam(f"the stage reads params key '{key}' but declares only {self._declared} "
+                              f"(PARAMS in its stages/ module and params: in dvc.yaml)")
+
+
+def stage_module(name: str):
+    if name not in NAMES:
+        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(NAMES)}")
+    return importlib.import_module(f"stages.{name}")
+
+
+def run_stage(name: str, params_path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Any:
+    """Load and validate params, hand the stage its declared keys, run it. A UserError
+    (bad params, a bad episode, a missing upstream output, a diverged loss) is printed as
+    one line and exits 1; anything else is a bug and keeps its traceback."""
+    module = stage_module(name)
+    try:
+        params = load_params(params_path, overrides)
+        return module.run(DeclaredParams(params, module.PARAMS))
+    except UserError as e:
+        print(f"hsa {name}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def main(name: str) -> None:
+    """`python -m stages.<name>` (what dvc.yaml runs)."""
+    run_stage(name)
