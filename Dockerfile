@@ -1,43 +1,66 @@
-# hsa-pipeline for GPU hosts. The torch wheels pinned in constraints.txt carry their own
-# CUDA 13 runtime libraries; the host needs an NVIDIA driver and the container toolkit.
+# hsa-pipeline for GPU hosts (and CPU machines). README "GPU hosts (Docker)" has the run lines.
 #
-#   docker build -t hsa-pipeline .                                   # CUDA runtime base
-#   docker build --build-arg BASE=hsa-local-python -t hsa-pipeline . # a locally made base
+#   docker build -t hsa-pipeline .                                     # Debian 12 base, pinned by digest
+#   docker build --build-arg BASE=hsa-local-python -t hsa-pipeline .  # a locally made base (scripts/docker_smoke.sh)
 #
-# BASE must provide python3 (3.10-3.12) with venv. No data, caches or outputs are baked in
-# (.dockerignore): mount the checkout at /workspace and the data where params.yaml says.
-ARG BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# The torch wheels pinned in constraints.txt carry their own CUDA 13 libraries, so the base
+# is a plain OS: no CUDA ships twice. The host needs an NVIDIA driver for CUDA 13 (580 or
+# newer) and the NVIDIA container toolkit. BASE must provide Debian/Ubuntu's apt; python3
+# comes from it (Debian 12: 3.11, the version the constraints are pinned on).
+#
+# Code: the image holds a copy, but a checkout mounted at /workspace comes first on
+# PYTHONPATH, and the DVC stages run `python -m stages.<name>` from it: what DVC hashes is
+# what runs. Any user: run with --user "$(id -u):$(id -g)"; USER/LOGNAME/HOME are set so
+# nothing needs a passwd entry, and git has a default identity (a mounted
+# ~/.gitconfig at /home/hsa/.gitconfig or GIT_AUTHOR_*/GIT_COMMITTER_* override it).
+# The digest below was not pulled here (no registry); refresh it with
+# `docker buildx imagetools inspect debian:12-slim`.
+ARG BASE=debian:12-slim@sha256:1209d8fd77def86ceb6663deef7956481cc6c14a25e1e64daec12c0ceffcc19d
 FROM ${BASE}
 
 ARG DEBIAN_FRONTEND=noninteractive
+# tini: an init that reaps DataLoader and torchrun children and forwards signals
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev git ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates tini \
     && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    HF_HOME=/workspace/.cache/huggingface
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Dependencies first (a layer that survives code changes), pinned by constraints.txt,
-# the same file CI installs from.
-COPY pyproject.toml constraints.txt README.md /opt/hsa/
-COPY hsa_pipeline/__init__.py /opt/hsa/hsa_pipeline/__init__.py
+# Dependencies, the big layer: only pyproject.toml and constraints.txt go in, so a code or
+# README change never rebuilds it.
+COPY pyproject.toml constraints.txt /opt/hsa/
 RUN python3 -m venv "$VIRTUAL_ENV" \
-    && pip install -c /opt/hsa/constraints.txt /opt/hsa \
-    && pip uninstall -y hsa-pipeline
+    && pip install pip==26.3 \
+    && python3 -c "import tomllib; deps = tomllib.load(open('/opt/hsa/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /opt/hsa/requirements.txt \
+    && pip install -c /opt/hsa/constraints.txt -r /opt/hsa/requirements.txt
 
+# The code: small layers on top.
+COPY README.md /opt/hsa/README.md
 COPY hsa_pipeline /opt/hsa/hsa_pipeline
-RUN pip install --no-deps -c /opt/hsa/constraints.txt /opt/hsa \
+COPY stages /opt/hsa/stages
+RUN pip install --no-deps /opt/hsa \
     && hsa --help > /dev/null \
-    && git config --system --add safe.directory /workspace
+    && git config --system user.name "hsa-pipeline container" \
+    && git config --system user.email "hsa-pipeline@localhost" \
+    && git config --system --add safe.directory '*' \
+    && useradd --uid 1000 --no-create-home --home-dir /home/hsa --shell /bin/bash hsa \
+    && mkdir -p /home/hsa /workspace \
+    && chmod 1777 /home/hsa
 
-# A non-root user. For files on the host owned by the host user, run with
-# `--user "$(id -u):$(id -g)"` (README, "GPU hosts"); HOME then points at /tmp.
-RUN useradd --create-home --uid 1000 --shell /bin/bash hsa
-ENV HOME=/tmp
+# Caches live in HOME (any uid may write there), never in the mounted checkout.
+ENV HOME=/home/hsa \
+    USER=hsa \
+    LOGNAME=hsa \
+    XDG_CACHE_HOME=/home/hsa/.cache \
+    HF_HOME=/home/hsa/.cache/huggingface \
+    TORCH_HOME=/home/hsa/.cache/torch \
+    PYTHONPATH=/workspace
 WORKDIR /workspace
 USER 1000:1000
+ENTRYPOINT ["tini", "--"]
 CMD ["dvc", "repro"]

@@ -87,8 +87,10 @@ class ACTPolicy(nn.Module):
         self.action_out = nn.Linear(H, shapes.action_dim)
 
     def stream_tokens(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Adapter outputs per stream (B, G*G, H): what the policy sees (pooled) and HSA aligns."""
-        return {s: self.adapters[s](tokens[s]) for s in self.shapes.streams}
+        """Adapter outputs per stream (B, G*G, H): what the policy sees (pooled) and HSA aligns.
+        A stream in `act.blind` is zeroed first: the policy cannot tell one frame from another."""
+        blind = set(self.cfg.blind)
+        return {s: self.adapters[s](torch.zeros_like(tokens[s]) if s in blind else tokens[s]) for s in self.shapes.streams}
 
     def encode_latent(self, qpos: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor):
         """(B, Dq), (B, k, Da), (B, k) -> mu, logvar (B, latent)."""

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from .config import load_params
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
@@ -67,6 +67,114 @@ def preview(episode: Path = typer.Argument(..., help="an episode .hdf5 file"),
         p = load_params(params, set_)
         written = run_preview(p.data, p.robot, p.sensors, p.cameras, p.geometry.margin_px, episode, out, frames)
     print(f"preview: {len(written)} images in {out} (see {written[-1]})")
+
+
+@app.command()
+def rollout(scene: int = typer.Option(0, help="scene index j: the j-th rollout scene of the evaluate stage (eval.seed)"),
+            out: Path = typer.Option(Path("outputs/rollout.gif"), help="the animation to write"),
+            policy: Path = typer.Option(Path("outputs/train/policy"), help="an exported policy directory"),
+            expert: bool = typer.Option(False, "--expert", help="drive with the scripted expert instead"),
+            params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Run one scene of the touch world closed loop and write an animated GIF of it."""
+    from .rollout import rollout_animation
+
+    with _user_errors("rollout"):
+        r = rollout_animation(load_params(params, set_), policy, scene, out, expert)
+    outcome = "success" if r.success else f"failure ({r.failure})"
+    print(f"rollout: scene {scene}, {outcome} after {r.steps} steps -> {out}")
+
+
+calibrate_app = typer.Typer(no_args_is_help=False, invoke_without_command=True,
+                            help="Calibrate cameras from recordings (OpenCV); --check scores the current boxes.")
+app.add_typer(calibrate_app, name="calibrate")
+BoardOpt = typer.Option("5x4,0.04,0.03,DICT_4X4_50", "--board",
+                        help="ChArUco board: SQUARESxSQUARES,SQUARE_M,MARKER_M[,DICTIONARY]")
+WriteOpt = typer.Option(False, "--write", help="edit params.yaml in place (comments kept) instead of printing only")
+EpisodesArg = typer.Argument(None, help="recording episodes (.hdf5, or <LeRobot root>/episode_NNNNNN)")
+
+
+@calibrate_app.callback()
+def calibrate(ctx: typer.Context, check: bool = typer.Option(False, "--check", help="score how well the current "
+                                                                  "boxes sit on the sensor, per camera (no board)"),
+              params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Calibrate cameras from recordings, or check the current calibration (--check)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not check:
+        print(ctx.get_help())
+        return
+    from .calibrate import box_check
+
+    with _user_errors("calibrate"):
+        p = load_params(params, set_)
+        verdicts = box_check(p.data, p.robot, p.sensors, p.cameras, p.geometry.margin_px)
+    for cam, v in verdicts.items():
+        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
+        print(f"{cam}: change at contact inside / outside the box {ratio} over {v['onsets']} contact onsets: {v['verdict']}")
+    if any(v["ratio"] is not None and v["ratio"] < 1.3 for v in verdicts.values()):
+        raise SystemExit(1)
+
+
+def _calibrate(method: str, camera: str, episodes, board: str, write: bool, params: Path, set_, **kw) -> None:
+    from .calibrate import describe, run, write_params
+
+    with _user_errors("calibrate"):
+        result = run(load_params(params, set_), method, camera, list(episodes or []), board, **kw)
+        print(describe(result))
+        if write:
+            write_params(params, result)
+            print(f"wrote cameras.{camera} to {params}")
+
+
+@calibrate_app.command("intrinsics")
+def calibrate_intrinsics(camera: str, episodes: Optional[list[Path]] = EpisodesArg, board: str = BoardOpt,
+                         write: bool = WriteOpt, params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """K and distortion from views of a ChArUco board, with the RMS reprojection error."""
+    _calibrate("intrinsics", camera, episodes, board, write, params, set_)
+
+
+@calibrate_app.command("world-camera")
+def calibrate_world_camera(camera: str, episodes: Optional[list[Path]] = EpisodesArg, board: str = BoardOpt,
+                           arm: Optional[str] = typer.Option(None, help="the arm carrying the board"),
+                           marks: Optional[Path] = typer.Option(None, help="CSV of episode,frame,camera,u,v rows: the "
+                                                                "sensor pad's centre marked by hand (no board)"),
+                           sensor: Optional[str] = typer.Option(None, help="whose pad the marks are (several sensors)"),
+                           write: bool = WriteOpt, params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """A fixed camera's pose in the world: a board on the flange, or hand-marked sensor centres."""
+    _calibrate("world-camera", camera, episodes, board, write, params, set_, arm=arm, marks=marks, sensor=sensor)
+
+
+@calibrate_app.command("wrist-camera")
+def calibrate_wrist_camera(camera: str, episodes: Optional[list[Path]] = EpisodesArg, board: str = BoardOpt,
+                           write: bool = WriteOpt, params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """A flange camera's pose in the flange frame (hand-eye) from a board lying on the table."""
+    _calibrate("wrist-camera", camera, episodes, board, write, params, set_)
+
+
+@calibrate_app.command("record-demo")
+def calibrate_record_demo(out: Path = typer.Argument(..., help="directory for the recordings"),
+                          camera: str = typer.Option(..., help="the camera to calibrate"),
+                          arm: Optional[str] = typer.Option(None, help="the arm that moves (world cameras)"),
+                          frames: int = typer.Option(20, help="views to record"),
+                          seed: int = typer.Option(0), board: str = BoardOpt,
+                          params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Render a calibration recording in the touch world (board on the flange for a world
+    camera, on the table for a wrist camera): practice, and the tools' ground-truth test."""
+    from .calibrate import _arm_of
+    from .world import TouchWorld
+    from .world.calibration import BoardSpec, record
+
+    with _user_errors("calibrate"):
+        p = load_params(params, set_)
+        if camera not in p.cameras:
+            raise ConfigError(f"cameras.{camera}: no such camera; cameras: {', '.join(p.cameras)}")
+        arm_name = _arm_of(p, camera, arm, "--arm")
+        env = TouchWorld(p.world, p.robot, p.sensors, p.cameras)
+        on = "flange" if p.cameras[camera].mount == "world" else "table"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"calib_{camera}.hdf5"
+        record(env, camera, arm_name, BoardSpec.parse(board), frames, seed, path, board_on=on)
+    print(f"record-demo: {frames} views of a ChArUco board on the {on} -> {path}")
 
 
 @app.command("check-params")

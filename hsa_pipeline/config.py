@@ -62,30 +62,60 @@ THREADS_DOC = ("CPU threads for torch: auto = the cores other processes leave, r
 # Every default below equals the value in the repository's params.yaml (tests/test_config.py
 # checks it), so docs/params.md shows what a user of the demo runs.
 @dataclass
+class WorldConfig:
+    """The simulated touch world (hsa_pipeline/world): the rig of `robot`, `sensors` and
+    `cameras` over a table with object tiles, and a task. `synth` records its scripted
+    expert; `evaluate` runs the trained policy in it, closed loop."""
+
+    task: Literal["match", "press"] = param(
+        "match", "match: feel a probe whose class no camera shows and put it on the tile of its class (needs "
+        "touch); press: press the target tiles left to right (vision suffices)")
+    object_classes: int = param(6, "distinct object classes (a texture each, and an imprint shape)", ge=2, le=12)
+    candidates: int = param(3, "match: tiles to choose from (one is the probe's class); guessing succeeds 1 in this",
+                            ge=2, le=4)
+    touches: int = param(3, "press: target tiles to press", ge=1)
+    distractors: int = param(3, "press: distractor tiles (in-image hard negatives)", ge=0)
+    frames_per_touch: int = param(20, "the expert's frames for one approach-press-hold-lift cycle", ge=6)
+    tactile_size: int = param(96, "tactile image side in pixels", ge=16)
+    control_hz: float = param(10.0, "control steps per second (one recorded frame a step)", gt=0.0)
+    max_joint_speed_deg: float = param(180.0, "an arm joint moves at most this fast toward its target, deg/s (a "
+                                                "setting of the demo world, not a datasheet value)", gt=0.0)
+
+
+@dataclass
 class SynthConfig:
-    """The embedded demo dataset (stage `synth`). It renders the robot, sensors and
-    cameras of this same params.yaml, so geometry and pixels share one source of truth."""
+    """The embedded demo dataset (stage `synth`): the scripted expert acting in the touch
+    world (`world`), recorded as HDF5 episodes."""
 
     enabled: bool = param(True, "generate the demo dataset; set false when data.episodes_dir points at real data")
     out_dir: str = param("data/demo", "where the demo episodes are written (episodes/ below it); "
                                       "data.episodes_dir must be <out_dir>/episodes while enabled")
     episodes: int = param(12, "number of episodes", ge=2)
-    touches: int = param(3, "objects touched per episode", ge=1)
-    frames_per_touch: int = param(20, "frames for one approach-press-leave cycle", ge=6)
-    object_classes: int = param(12, "number of distinct object textures / imprint shapes", ge=2, le=12)
-    distractors: int = param(3, "distractor texture patches per image (in-image hard negatives)", ge=0)
     layout: Literal["xtrainer", "act"] = param("xtrainer", "HDF5 layout written: X-Trainer JPEG or ACT raw")
     jpeg_quality: int = param(90, "JPEG quality for the xtrainer layout", ge=1, le=100)
-    tactile_size: int = param(96, "tactile image side in pixels", ge=16)
-    seed: int = param(0, "random seed; the dataset is a pure function of params")
+    seed: int = param(0, "scene seed; the dataset is a pure function of params (scenes of evaluate's rollouts are "
+                         "disjoint from these)")
+
+
+@dataclass
+class LeRobotConfig:
+    """Which features of a LeRobot dataset are the pipeline's qpos, action and image streams."""
+
+    qpos: str = param("observation.state", "feature holding the joint positions")
+    action: str = param("action", "feature holding the actions")
+    streams: dict[str, str] = param(doc="stream name (data.cameras, data.tactile) -> video feature key; a stream "
+                                        "not listed reads observation.images.<name>", factory=dict)
 
 
 @dataclass
 class DataConfig:
     """Where episodes are and how to read them (stage `prepare`)."""
 
-    episodes_dir: str = param("data/demo/episodes", "directory of episode_*.hdf5 files")
-    layout: Literal["auto", "act", "xtrainer"] = param("auto", "HDF5 layout; auto detects JPEG-compressed X-Trainer files")
+    episodes_dir: str = param("data/demo/episodes", "directory of episode_*.hdf5 files, or a local LeRobot dataset")
+    layout: Literal["auto", "act", "xtrainer", "lerobot"] = param(
+        "auto", "episode layout; auto: a LeRobot dataset when meta/info.json is there, else HDF5 (JPEG-compressed "
+        "X-Trainer files are detected)")
+    lerobot: LeRobotConfig = param(factory=LeRobotConfig)
     cameras: dict[str, Literal["third_person", "wrist"]] = param(
         doc="camera stream name -> role", factory=lambda: {"top": "third_person", "wrist": "wrist"})
     tactile: list[str] = param(doc="tactile image stream names", factory=lambda: ["tactile"])
@@ -185,6 +215,8 @@ class ActConfig:
     grid_pool: int = param(2, "average-pool camera token grids by this factor before the transformer", ge=1)
     relative_actions: bool = param(
         False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
+    blind: list[str] = param(doc="streams the policy does not see (their tokens are zeroed), for ablations such as "
+                                 "a touch-blind policy: [tactile]", factory=list)
 
 
 @dataclass
@@ -233,10 +265,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """The `evaluate` stage."""
+    """The `evaluate` stage: open-loop scores on held-out episodes, and closed-loop
+    rollouts of the policy in the touch world."""
 
     ensemble_k: float = param(0.01, "temporal ensembling weight exp(-k*i), i = 0 the oldest prediction", ge=0.0)
     report_frames: int = param(4, "frames shown with boxes and heat maps in the HTML report", ge=0)
+    rollouts: int = param(20, "closed-loop rollouts in the touch world (scenes disjoint from the training ones); 0 = "
+                              "none (real-robot data: the policy cannot act in the demo world)", ge=0)
+    max_steps: int = param(80, "a rollout that has not succeeded after this many steps is a failure (timeout)", ge=1)
+    seed: int = param(0, "seed of the rollout scenes")
     threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
 
 
@@ -245,6 +282,7 @@ class Params:
     """All of params.yaml. The tactile sensors and cameras have no defaults: they are your
     rig's calibration."""
 
+    world: WorldConfig = param(factory=WorldConfig)
     synth: SynthConfig = param(factory=SynthConfig)
     data: DataConfig = param(factory=DataConfig)
     robot: RobotConfig = param(factory=RobotConfig)
@@ -408,6 +446,12 @@ def _cross_check(p: Params) -> None:
     for t in p.data.tactile:
         if p.sensors and t not in p.sensors:
             raise ConfigError(f"data.tactile: stream '{t}' has no sensor under sensors.{t}")
+    for s in p.act.blind:
+        if s not in p.data.cameras and s not in p.data.tactile:
+            raise ConfigError(f"act.blind: '{s}' is not a stream of data.cameras or data.tactile")
+        if s in p.data.tactile and p.hsa.enabled:
+            raise ConfigError(f"act.blind: the policy is blind to the tactile stream '{s}', so HSA has nothing to "
+                              f"align; set hsa.enabled: false")
     if p.hsa.bank_topk and not p.hsa.bank_size:
         raise ConfigError("hsa.bank_topk: needs hsa.bank_size > 0")
     for key, device in (("features.device", p.features.device), ("train.device", p.train.device)):

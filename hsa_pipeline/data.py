@@ -26,7 +26,6 @@ import torch
 from torch.utils.data import Dataset
 
 from .cameras import GridMapping, box_token_mask
-from .episodes import Episode
 from .stores import (
     FeatureStore,
     GeometryStore,
@@ -140,7 +139,7 @@ class Caches:
         # qpos / actions for every frame, normalised, in memory (small)
         q, a = [], []
         for e in self.manifest.episodes:
-            with Episode(self.manifest.path(e), e["layout"]) as ep:
+            with self.manifest.open(e) as ep:
                 q.append(ep.qpos)
                 a.append(ep.action)
         self.qpos_raw, self.action_raw = np.concatenate(q), np.concatenate(a)

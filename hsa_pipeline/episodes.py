@@ -159,14 +159,41 @@ class Episode:
         return decode_jpeg(row, where, draft)
 
 
-def episode_files(directory: str | Path) -> list[Path]:
+def resolve_layout(directory: str | Path, layout: str) -> str:
+    """'auto' -> 'lerobot' for a LeRobot dataset (meta/info.json), else 'auto' (HDF5, per file)."""
+    from .lerobot import is_lerobot
+
+    return "lerobot" if layout == "auto" and is_lerobot(directory) else layout
+
+
+def episode_files(directory: str | Path, layout: str = "auto") -> list[Path]:
+    """The episodes of a directory: HDF5 files, or a LeRobot dataset's episodes (as
+    <root>/episode_NNNNNN paths that `open_episode` understands)."""
+    from .lerobot import episode_name, hub_id_hint, open_dataset
+
     d = Path(directory)
     if not d.is_dir():
-        raise EpisodeError(f"{d}: episode directory not found (data.episodes_dir)")
+        raise EpisodeError(f"{d}: episode directory not found (data.episodes_dir){hub_id_hint(str(directory))}")
+    if resolve_layout(d, layout) == "lerobot":
+        return [d / episode_name(i) for i in sorted(open_dataset(str(d.resolve())).episodes)]
     files = sorted(d.glob("*.hdf5")) + sorted(d.glob("*.h5"))
     if not files:
-        raise EpisodeError(f"{d}: no episode files (*.hdf5, *.h5) found (data.episodes_dir)")
+        raise EpisodeError(f"{d}: no episode files (*.hdf5, *.h5) and no LeRobot meta/info.json found "
+                           f"(data.episodes_dir)")
     return files
+
+
+def open_episode(path: str | Path, layout: str = "auto", lerobot: dict | None = None):
+    """An HDF5 `Episode`, or a `LeRobotEpisode` when layout is 'lerobot' (then `lerobot`
+    holds the feature mapping: qpos, action, images {stream: feature key})."""
+    if layout != "lerobot":
+        return Episode(path, layout)
+    from .lerobot import LeRobotEpisode, StreamKeys, episode_index
+
+    m = lerobot or {}
+    keys = StreamKeys(m.get("qpos", "observation.state"), m.get("action", "action"),
+                      tuple(sorted(m.get("images", {}).items())))
+    return LeRobotEpisode(Path(path).parent, episode_index(Path(path).name), keys)
 
 
 def write_episode(path: str | Path, qpos: np.ndarray, action: np.ndarray, images: dict[str, np.ndarray],

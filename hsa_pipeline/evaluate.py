@@ -1,6 +1,10 @@
 """The `evaluate` stage: does the policy act right, and does touch line up with sight?
 
-On the held-out (val) episodes, from the caches and the exported policy:
+Closed loop (`eval.rollouts` > 0): the exported policy drives the touch world on scenes
+no training episode used (rollout.py): success rate with its 95% interval, per-phase
+success, time to success, failure kinds, step timings, and two animated rollouts.
+
+Open loop, on the held-out (val) episodes, from the caches and the exported policy:
 1. action error in joint units (degrees for arm joints, the gripper's own unit), first
    action and whole chunk, per joint and per horizon, for the policy and two baselines:
    hold the current qpos, and constant-velocity extrapolation;
@@ -23,14 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .act import ACTPolicy, ActShapes
 from .atomic import atomic_dir, write_json
-from .config import ActConfig, EvalConfig, HsaConfig
+from .config import ActConfig, CameraConfig, EvalConfig, HsaConfig, RobotConfig, SensorConfig, WorldConfig
 from .data import ActionCodec, Caches, chunk_window
 from .errors import StoreError
 from .hsa import HSALoss, masked_mean
 from .policy import TemporalEnsembler
+from .rollout import RolloutResult, check_compatible, run_rollout, summarise, write_gif
 from .runtime import ThreadTuner
 
 BATCH = 64
@@ -197,25 +203,13 @@ def predict_chunks(policy: ACTPolicy, caches: Caches, rows: np.ndarray, device) 
     return np.concatenate(out)
 
 
-def run_evaluate(cfg: EvalConfig, prepare_dir: Path, geometry_path: Path, features_path: Path, train_dir: Path,
-                 out: Path) -> dict:
-    """Score the policy in `train_dir` on the held-out episodes -> metrics.json, plots/, report.html in `out`."""
-    ThreadTuner(cfg.threads)  # auto: every core; evaluation is short, so it is set once
-    device = torch.device("cpu")
-    caches = Caches(prepare_dir, geometry_path, features_path, memory_budget_gb=1e9)  # reads every val frame anyway
-    rows = caches.rows("val")
-    if not len(rows):
-        n, skipped = len(caches.manifest.episodes), len(caches.manifest.raw["skipped"])
-        raise StoreError(f"evaluate: no validation episodes in {prepare_dir}: prepare found {n} usable episode(s) "
-                         f"({skipped} skipped, see episodes.json) and put all of them in training; record more "
-                         f"episodes or lower data.train_ratio")
+def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path, device) -> tuple[dict, dict, dict]:
+    """Action errors against baselines, open-loop replay and alignment on held-out frames.
+    -> (metrics, per-model error results, the loaded policy and HSA heads)."""
     policy, hsa, meta = load_trained(train_dir, device)
-    stats = caches.stats
-    codec = ActionCodec.from_stats(stats, meta["act"].get("relative_actions", False))
+    codec = ActionCodec.from_stats(caches.stats, meta["act"].get("relative_actions", False))
     angles = caches.geo_attrs["angle_columns"]
-    k = meta["act"]["chunk_size"]
-    shift = caches.manifest.action_shift
-    offs = caches.manifest.offsets
+    k, shift, offs = meta["act"]["chunk_size"], caches.manifest.action_shift, caches.manifest.offsets
     eps = np.array([caches.episode_of(int(r)) for r in rows])
     starts, ends = offs[eps], offs[eps + 1]
 
@@ -229,14 +223,12 @@ def run_evaluate(cfg: EvalConfig, prepare_dir: Path, geometry_path: Path, featur
 
     replay_err = {"ensembled": [], "chunked": []}
     for e in caches.manifest.split("val"):
-        ep_rows = np.arange(offs[e], offs[e + 1])
-        sel = np.isin(rows, ep_rows)
+        sel = np.isin(rows, np.arange(offs[e], offs[e + 1]))
         recorded = to_units(target[sel][:, 0])
         for mode, ens in (("ensembled", True), ("chunked", False)):
             executed = to_units(replay(pred[sel], cfg.ensemble_k, ens))
             replay_err[mode].append(np.abs(executed - recorded)[valid[sel][:, 0]].mean())
     align = alignment(caches, policy, hsa, rows, device)
-
     metrics = {
         "chunk_l1": results["policy"]["chunk_l1"], "first_l1": results["policy"]["first_l1"],
         **{f"{b}_chunk_l1": results[b]["chunk_l1"] for b in ("hold", "const_vel") if b in results},
@@ -250,20 +242,74 @@ def run_evaluate(cfg: EvalConfig, prepare_dir: Path, geometry_path: Path, featur
     }
     if "hold" in results:
         metrics["chunk_l1_vs_hold"] = metrics["chunk_l1"] / max(metrics["hold_chunk_l1"], 1e-12)
-    write_outputs(Path(out), metrics, results, align, caches, policy, hsa, rows, cfg, device)
-    print(f"evaluate: chunk L1 {metrics['chunk_l1']:.3f} (hold {metrics.get('hold_chunk_l1', float('nan')):.3f}, "
-          f"const-vel {metrics.get('const_vel_chunk_l1', float('nan')):.3f}); alignment "
+    return metrics, results, {"policy": policy, "hsa": hsa}
+
+
+def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
+                cameras: dict[str, CameraConfig], train_dir: Path) -> tuple[dict, dict[str, RolloutResult]]:
+    """`cfg.rollouts` rollouts of the exported policy in the touch world, on scenes no
+    training episode used. -> (summary, {"success": one, "failure": one} recorded rollouts)."""
+    from .policy import Policy
+    from .synth import scene_seed
+    from .world import TouchWorld
+    from .world.tasks import phases
+
+    policy = Policy.load(Path(train_dir) / "policy", device="cpu")
+    env = TouchWorld(world, robot, sensors, cameras, max_steps=cfg.max_steps)
+    check_compatible(policy, env, str(Path(train_dir) / "policy"))
+    threads = ThreadTuner(cfg.threads)
+    results, examples = [], {}
+    for j in tqdm(range(cfg.rollouts), desc="evaluate: rollouts", unit="rollout"):
+        record = len(examples) < 2  # keep the frames of the first success and the first failure
+        r = run_rollout(env, policy, scene_seed("eval", cfg.seed, j), cfg.ensemble_k, record, threads)
+        key = "success" if r.success else "failure"
+        if record and key not in examples:
+            examples[key] = r
+        results.append(r)
+    summary = summarise(results, phases(world), cfg.max_steps)
+    summary["task"] = world.task
+    summary["guess_rate"] = 1 / world.candidates if world.task == "match" else None
+    return summary, examples
+
+
+def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
+                 cameras: dict[str, CameraConfig], prepare_dir: Path, geometry_path: Path, features_path: Path,
+                 train_dir: Path, out: Path) -> dict:
+    """Score the policy in `train_dir`: open loop on the held-out episodes, closed loop in
+    the touch world -> metrics.json, plots/, report.html in `out`."""
+    ThreadTuner(cfg.threads)
+    device = torch.device("cpu")
+    caches = Caches(prepare_dir, geometry_path, features_path, memory_budget_gb=1e9)  # reads every val frame anyway
+    rows = caches.rows("val")
+    if not len(rows):
+        n, skipped = len(caches.manifest.episodes), len(caches.manifest.raw["skipped"])
+        raise StoreError(f"evaluate: no validation episodes in {prepare_dir}: prepare found {n} usable episode(s) "
+                         f"({skipped} skipped, see episodes.json) and put all of them in training; record more "
+                         f"episodes or lower data.train_ratio")
+    metrics, results, models = open_loop(cfg, caches, rows, train_dir, device)
+    examples: dict[str, RolloutResult] = {}
+    if cfg.rollouts:
+        summary, examples = closed_loop(cfg, world, robot, sensors, cameras, train_dir)
+        metrics = {"success_rate": summary["success_rate"], "success_ci95": summary["success_ci95"], **metrics,
+                   "closed_loop": summary}
+    write_outputs(Path(out), metrics, results, caches, models, rows, cfg, examples, device)
+    align = metrics["alignment"]
+    closed = (f"success {metrics['success_rate']:.0%} [{metrics['success_ci95'][0]:.0%}, "
+              f"{metrics['success_ci95'][1]:.0%}] over {cfg.rollouts} rollouts; " if cfg.rollouts else "")
+    print(f"evaluate: {closed}chunk L1 {metrics['chunk_l1']:.3f} (hold {metrics.get('hold_chunk_l1', float('nan')):.3f},"
+          f" const-vel {metrics.get('const_vel_chunk_l1', float('nan')):.3f}); alignment "
           + ", ".join(f"{k}: top1 {v.get('top1', float('nan')):.2f} (chance {v.get('top1_chance', float('nan')):.2f}), "
                       f"loc {v['loc_acc']:.2f} (chance {v['loc_chance']:.2f})" for k, v in align.items()))
     return metrics
 
 
 # --------------------------------------------------------------------------- outputs
-def write_outputs(out: Path, metrics: dict, results: dict, align: dict, caches: Caches, policy, hsa, rows,
-                  cfg: EvalConfig, device) -> None:
+def write_outputs(out: Path, metrics: dict, results: dict, caches: Caches, models: dict, rows, cfg: EvalConfig,
+                  examples: dict[str, RolloutResult], device) -> None:
     from .report import render_report
 
     names = list(results)
+    align = metrics["alignment"]
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", _round(metrics))
         plots = tmp / "plots"
@@ -276,7 +322,13 @@ def write_outputs(out: Path, metrics: dict, results: dict, align: dict, caches: 
         _csv(plots / "retrieval.csv", ["query", "metric", "value", "chance"],
              [[q, m, v[m], v.get(f"{m}_chance", v.get("loc_chance"))] for q, v in align.items()
               for m in ("top1", "top5", "loc_acc") if m in v])
-        render_report(tmp / "report.html", metrics, results, align, caches, policy, hsa, rows, cfg, device)
+        (tmp / "rollouts").mkdir()  # one animated success and one failure, when there are rollouts
+        if "closed_loop" in metrics:
+            phase = metrics["closed_loop"]["phase_success"]
+            _csv(plots / "phases.csv", ["phase", "success"], [[k, float(v)] for k, v in phase.items()])
+            for kind, r in examples.items():
+                write_gif(r.frames, tmp / "rollouts" / f"{kind}.gif")
+        render_report(tmp / "report.html", metrics, results, caches, models, rows, cfg, examples, device)
 
 
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:

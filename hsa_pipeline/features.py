@@ -34,7 +34,6 @@ from .cameras import GridMapping
 from .closure import code_fingerprint
 from .config import FeaturesConfig
 from .encoder import Encoder, preprocess
-from .episodes import Episode
 from .errors import EpisodeError, StoreError
 from .runtime import ThreadTuner
 from .stores import Manifest, sha256_file, sha256_json
@@ -47,11 +46,10 @@ class FrameImages(Dataset):
     workers. Errors are returned, not raised, so the main process reports them in one line."""
 
     def __init__(self, manifest: Manifest, items: list[tuple[str, int]], mappings: dict[str, GridMapping]):
-        self.paths = [str(manifest.path(e)) for e in manifest.episodes]
-        self.layouts = [e["layout"] for e in manifest.episodes]
+        self.manifest = manifest
         self.offsets = manifest.offsets
         self.items, self.mappings = items, mappings
-        self._open: dict[int, Episode] = {}  # per worker process
+        self._open: dict = {}  # episode index -> open reader, per worker process
 
     def __len__(self) -> int:
         return len(self.items)
@@ -63,7 +61,7 @@ class FrameImages(Dataset):
         t = row - int(self.offsets[e])
         try:
             if e not in self._open:
-                self._open[e] = Episode(self.paths[e], self.layouts[e])
+                self._open[e] = self.manifest.open(self.manifest.episodes[e])
             img = self._open[e].frame(stream, t)
             return i, torch.from_numpy(preprocess(img, mapping)), ""
         except (EpisodeError, ValueError) as err:

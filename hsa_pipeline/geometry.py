@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from .atomic import atomic_dir
 from .config import CameraConfig, GeometryConfig, RobotConfig, SensorConfig
-from .episodes import Episode
 from .errors import ConfigError, EpisodeError
 from .rig import Rig
 from .stores import Manifest, sha256_json
@@ -57,7 +56,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
     width = rig.qpos_width()
     for ep, start in tqdm(list(zip(manifest.episodes, manifest.offsets)), desc="geometry", unit="ep"):
         path = manifest.path(ep)
-        with Episode(path, ep["layout"]) as f:
+        with manifest.open(ep) as f:
             qpos = f.qpos
         if qpos.shape[1] < width:
             raise EpisodeError(f"{path}: /observations/qpos has {qpos.shape[1]} columns; the arms in robot.arms "

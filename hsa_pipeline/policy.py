@@ -45,11 +45,13 @@ class Policy:
 
     @torch.no_grad()
     def features(self, images: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Raw (H, W, 3) uint8 RGB images -> (1, G, G, C) grids, exactly as the cache."""
+        """Raw (H, W, 3) uint8 RGB images -> (1, G, G, C) grids, exactly as the cache (one
+        encoder batch for all streams)."""
         missing = [s for s in self.streams if s not in images]
         if missing:
             raise KeyError(f"images for streams {missing} are missing; the policy needs {self.streams}")
-        return {s: self.encoder.encode_frames([images[s]]).to(self.device) for s in self.streams}
+        grids = self.encoder.encode_frames([images[s] for s in self.streams]).to(self.device)  # (S, G, G, C)
+        return {s: grids[i: i + 1] for i, s in enumerate(self.streams)}
 
     @torch.no_grad()
     def predict_chunk(self, images: dict[str, np.ndarray] | None, qpos: np.ndarray,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_dir, write_json
 from .config import DataConfig
-from .episodes import Episode, episode_files
+from .episodes import episode_files, open_episode, resolve_layout
 from .errors import EpisodeError
 from .stores import CONTACT_FILE, EPISODES_FILE, STATS_FILE, TRAINING_FILE, sha256_file
 
@@ -49,9 +49,18 @@ def _thumb(img: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(THUMB, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def read_and_check(path: Path, cfg: DataConfig, chunk_size: int) -> EpisodeInfo:
+def lerobot_mapping(cfg: DataConfig) -> dict:
+    """The LeRobot feature of every stream, recorded in episodes.json for the later stages."""
+    m = cfg.lerobot
+    names = [*cfg.cameras, *cfg.tactile]
+    return {"qpos": m.qpos, "action": m.action, "images": {n: m.streams.get(n, f"observation.images.{n}") for n in names}}
+
+
+def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str) -> EpisodeInfo:
     """Open one episode and check everything later stages rely on; EpisodeError otherwise."""
-    with Episode(path, cfg.layout) as ep:
+    with open_episode(path, layout, lerobot_mapping(cfg)) as ep:
+        if layout == "lerobot":
+            ep.check_timestamps()
         qpos, action = ep.qpos, ep.action
         T = len(qpos)
         if len(action) != T:
@@ -80,7 +89,8 @@ def read_and_check(path: Path, cfg: DataConfig, chunk_size: int) -> EpisodeInfo:
                     raise EpisodeError(f"{path}: /{stream.key} frame {t} has shape {img.shape}")
                 if is_tactile:
                     thumbs[name][t] = _thumb(img)
-    return EpisodeInfo(path.stem, path.name, T, ep.layout, sha256_file(path), shapes, qpos, action, thumbs)
+    digest = ep.sha256() if layout == "lerobot" else sha256_file(path)
+    return EpisodeInfo(path.stem, path.name, T, ep.layout, digest, shapes, qpos, action, thumbs)
 
 
 def split_episodes(ids: list[str], train_ratio: float, seed: int) -> dict[str, str]:
@@ -108,12 +118,13 @@ def contact_scores(thumbs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray]
 
 
 def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
-    files = episode_files(cfg.episodes_dir)
+    layout = resolve_layout(cfg.episodes_dir, cfg.layout)
+    files = episode_files(cfg.episodes_dir, layout)
     infos: list[EpisodeInfo] = []
     skipped = []
     for path in tqdm(files, desc="prepare: checking episodes", unit="ep"):
         try:
-            infos.append(read_and_check(path, cfg, chunk_size))
+            infos.append(read_and_check(path, cfg, chunk_size, layout))
         except EpisodeError as e:
             if cfg.on_bad_episode == "error":
                 raise
@@ -154,6 +165,7 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
         "tactile": {n: {"shape": ref.shapes[n]} for n in cfg.tactile},
         "qpos_dim": int(ref.qpos.shape[1]),
         "action_dim": int(ref.action.shape[1]),
+        **({"lerobot": lerobot_mapping(cfg)} if layout == "lerobot" else {}),
     }
     training = {"split": split, "action_shift": cfg.action_shift, "contact_threshold": cfg.contact_threshold}
     with atomic_dir(out_dir) as tmp:

@@ -10,8 +10,9 @@ from PIL import Image
 
 from .config import CameraConfig, DataConfig, RobotConfig, SensorConfig
 from .draw import draw_boxes
-from .episodes import Episode
+from .episodes import open_episode, resolve_layout
 from .errors import ConfigError
+from .prepare import lerobot_mapping
 from .rig import Rig
 
 
@@ -22,7 +23,7 @@ def run_preview(data: DataConfig, robot: RobotConfig, sensors: dict[str, SensorC
     out_dir.mkdir(parents=True, exist_ok=True)
     rig = Rig(robot, sensors, cameras, margin_px)
     written = []
-    with Episode(episode, data.layout) as ep:
+    with open_episode(episode, resolve_layout(Path(episode).parent, data.layout), lerobot_mapping(data)) as ep:
         qpos = ep.qpos
         geo = rig.episode_geometry(qpos, where=f"{episode}: /observations/qpos")
         ts = np.linspace(0, len(qpos) - 1, frames).round().astype(int)
@@ -34,7 +35,7 @@ def run_preview(data: DataConfig, robot: RobotConfig, sensors: dict[str, SensorC
             for t in ts:
                 img = ep.frame(cam, int(t))
                 boxes = [(geo.boxes[cam][s].box[t], bool(geo.boxes[cam][s].visible[t])) for s in rig.sensors]
-                im = draw_boxes(img, boxes)
+                im = draw_boxes(img, boxes, width=max(2, round(img.shape[1] / 128)))  # 2+ px on the contact sheet
                 path = out_dir / f"{episode.stem}_{cam}_{t:05d}.png"
                 im.save(path)
                 written.append(path)

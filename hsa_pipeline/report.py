@@ -84,8 +84,6 @@ def _charts(results: dict, align: dict, joint_names: list[str]) -> list[tuple[st
 @torch.no_grad()
 def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple[str, list[str]]]:
     """A few contact frames: each camera image with its box and the similarity heat map."""
-    from .episodes import Episode
-
     if n == 0 or not caches.pairs:
         return []
     pair = caches.pairs[0]
@@ -98,7 +96,7 @@ def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple
         info = caches.manifest.episodes[e]
         t = int(row - caches.manifest.offsets[e])
         imgs = []
-        with Episode(caches.manifest.path(info), info["layout"]) as ep:
+        with caches.manifest.open(info) as ep:
             tac = torch.from_numpy(caches.tokens[pair.sensor][row:row + 1].astype(np.float32)).to(device)
             t_ad = policy.adapters[pair.sensor](tac).mean(1)
             q = hsa.head_tactile(t_ad) if hsa else torch.nn.functional.normalize(t_ad, dim=-1)
@@ -135,13 +133,44 @@ def _overlay(frame: np.ndarray, sim: np.ndarray, mapping: dict, box: np.ndarray)
     return np.asarray(draw_boxes(img, [(box, bool(box[2] > box[0]))], width=1).convert("RGB"))
 
 
-def render_report(path: Path, metrics: dict, results: dict, align: dict, caches, policy, hsa, rows, cfg,
+def _closed_loop_html(summary: dict, examples: dict) -> str:
+    """The closed-loop section: success with its interval, phases, failures, timings, and
+    the animation of one success and one failure."""
+    import base64
+
+    lo, hi = summary["success_ci95"]
+    guess = f" (guessing: {summary['guess_rate']:.0%})" if summary.get("guess_rate") else ""
+    rows = [("task", summary["task"]), ("rollouts", summary["rollouts"]),
+            ("success", f"{summary['success_rate']:.0%} (95% Wilson interval {lo:.0%}-{hi:.0%}){guess}"),
+            *[(f"reached: {k}", f"{v:.0%}") for k, v in summary["phase_success"].items()],
+            ("time to success (steps, median)", summary["time_to_success_steps"]["median"]),
+            *[(f"failure: {k}", v) for k, v in summary["failures"].items()],
+            *[(f"ms per step: {k}", f"{v:.1f}") for k, v in summary["ms_per_step"].items() if v is not None],
+            ("policy step ms (encode + ACT + ensembling), p50 / p99",
+             f"{summary['policy_step_ms']['p50']:.1f} / {summary['policy_step_ms']['p99']:.1f}")]
+    table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    from .rollout import write_gif
+
+    gifs = ""
+    for r in examples.values():
+        buf = io.BytesIO()
+        write_gif(r.frames, buf)
+        what = "succeeded" if r.success else f"failed: {r.failure}"
+        gifs += (f"<div class='frame'><p>rollout of scene seed {r.seed}, {what} after {r.steps} steps "
+                 f"(cameras and touch)</p><img src='data:image/gif;base64,{base64.b64encode(buf.getvalue()).decode()}'/>"
+                 "</div>")
+    return f"<h2>Closed loop in the touch world</h2><table>{table}</table>{gifs}"
+
+
+def render_report(path: Path, metrics: dict, results: dict, caches, models: dict, rows, cfg, examples: dict,
                   device) -> None:
+    policy, hsa, align = models["policy"], models["hsa"], metrics["alignment"]
+
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{fmt(v)}</td></tr>" for k, v in metrics.items()
-                    if not isinstance(v, dict))
+                    if not isinstance(v, (dict, list)))
     align_rows = "".join(
         f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{fmt(v.get(m, float('nan')))}</td>" for m in
                                                    ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance", "n"))
@@ -152,12 +181,14 @@ def render_report(path: Path, metrics: dict, results: dict, align: dict, caches,
                      f"similarity to the tactile embedding as heat)</p>"
                      + "".join(f"<img src='data:image/png;base64,{b}'/>" for b in imgs) + "</div>"
                      for title, imgs in _frames(caches, policy, hsa, rows, cfg.report_frames, device))
+    closed = _closed_loop_html(metrics["closed_loop"], examples) if "closed_loop" in metrics else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hsa-pipeline evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td{{padding:2px 8px;border-bottom:1px solid #ddd}}
 img{{margin:4px;image-rendering:pixelated;max-width:100%}}.frame img{{height:160px}}</style></head><body>
-<h1>Evaluation on held-out episodes</h1>
+<h1>Evaluation</h1>
 <p>HSA {'on' if metrics['hsa_enabled'] else 'off'}; {metrics['val_frames']} held-out frames. Errors in {metrics['units']}.</p>
-<h2>Metrics</h2><table>{table}</table>
+{closed}
+<h2>Open loop on held-out episodes</h2><table>{table}</table>
 <h2>Alignment (tactile query vs vision candidates)</h2>
 <table><tr><th>query</th><th>top-1</th><th>chance</th><th>top-5</th><th>chance</th><th>localisation</th><th>chance</th><th>frames</th></tr>{align_rows}</table>
 <h2>Curves</h2>{charts}

@@ -86,6 +86,12 @@ class Manifest:
     def path(self, episode: dict) -> Path:
         return Path(self.raw["episodes_dir"]) / episode["file"]
 
+    def open(self, episode: dict):
+        """The reader of one episode (HDF5 or LeRobot), as prepare validated it."""
+        from .episodes import open_episode
+
+        return open_episode(self.path(episode), episode["layout"], self.raw.get("lerobot"))
+
     def _training(self, key: str):
         if self.training is None:
             raise StoreError(f"{TRAINING_FILE} (stage prepare) not found beside {EPISODES_FILE}; run `dvc repro prepare`")

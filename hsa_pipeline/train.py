@@ -396,13 +396,12 @@ class RunLog:
 def log_box_images(writer, caches: Caches, rows: np.ndarray, n: int = 4) -> None:
     """A few frames with their sensor boxes, so a user sees what HSA is told to align."""
     from .draw import draw_boxes
-    from .episodes import Episode
 
     for i, row in enumerate(rows[np.linspace(0, len(rows) - 1, n).round().astype(int)]):
         e = caches.episode_of(int(row))
         t = int(row - caches.manifest.offsets[e])
         ep_info = caches.manifest.episodes[e]
-        with Episode(caches.manifest.path(ep_info), ep_info["layout"]) as ep:
+        with caches.manifest.open(ep_info) as ep:
             for cam in caches.manifest.raw["cameras"]:
                 if cam not in caches.boxes_px:
                     continue

@@ -1,40 +1,109 @@
 #!/usr/bin/env bash
-# Docker smoke test: build the image FROM a local base image and run `hsa --help` and a
-# tiny demo pipeline inside it, as the invoking (non-root) user on a mounted clone.
+# Docker smoke test: build the image, then run a tiny pipeline in it on a fresh clone, as
+# the calling user and as another uid, and check what the stages DID.
 #
-#   BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 scripts/docker_smoke.sh   # with registry access
-#   scripts/docker_smoke.sh                                                      # no registry: makes a local base
+#   scripts/docker_smoke.sh                          # no registry: makes a local Debian 12 base first (root)
+#   BASE=debian:12-slim scripts/docker_smoke.sh      # with registry access
+#   SMOKE_BREAK=prepare scripts/docker_smoke.sh      # break a stage on purpose: the smoke test must fail
 #
-# Without registry access the base is made here with debootstrap (Debian bookworm,
-# python3 3.11) and `docker import`. Needs a running Docker engine; on a machine with only
-# the client: apt-get install docker.io debootstrap; dockerd --iptables=false --storage-driver=vfs &
+# It checks, in the container: `hsa --help`; an edit made in the mounted checkout is what
+# `dvc exp run` runs; the committed metrics files, deleted first, come back with fresh
+# content (a policy trained 4 steps, a closed-loop evaluation); every file written into the
+# mount belongs to the uid that ran the container; a second uid (no passwd entry, no git
+# identity of its own) reruns training with another learning rate.
+#
+# Needs a running Docker engine. On a machine with only the client (as root):
+#   apt-get install docker.io debootstrap; dockerd --iptables=false --storage-driver=vfs &
+# With vfs every layer is a full copy: the build needs about 55 GB free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 BASE=${BASE:-hsa-local-python}
 TAG=${TAG:-hsa-pipeline:smoke}
+OTHER_UID=${OTHER_UID:-4321}
 
+say() { echo "docker smoke: $*"; }
+fail() { echo "docker smoke: FAILED: $*" >&2; exit 1; }
+
+# --- room to build
+driver=$(docker info --format '{{.Driver}}')
+root_dir=$(docker info --format '{{.DockerRootDir}}')
+need_gb=$([ "$driver" = vfs ] && echo 55 || echo 15)
+free_gb=$(( $(df -Pk "$root_dir" 2>/dev/null | awk 'NR==2 {print $4}' || echo 0) / 1048576 ))
+[ "$free_gb" -ge "$need_gb" ] || fail "$free_gb GB free under $root_dir; the $driver storage driver needs about $need_gb GB"
+
+# --- a base image without a registry: Debian 12 (Python 3.11) made with debootstrap
 if ! docker image inspect "$BASE" > /dev/null 2>&1; then
-    if [ "$BASE" != "hsa-local-python" ]; then
-        echo "base image $BASE not found (docker pull it first)" >&2
-        exit 1
-    fi
+    [ "$BASE" = hsa-local-python ] || fail "base image $BASE not found (docker pull it first)"
+    [ "$(id -u)" = 0 ] || fail "making the local base needs root (debootstrap); run this once as root"
     rootfs=$(mktemp -d)
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,git,ca-certificates \
-        bookworm "$rootfs" http://deb.debian.org/debian
-    # a base made here trusts what this machine trusts (e.g. a TLS-inspecting proxy's CA)
-    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    debootstrap --variant=minbase --include=python3,python3-venv,git,ca-certificates bookworm "$rootfs" \
+        http://deb.debian.org/debian
+    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"  # trust what this host trusts
+    chmod 755 "$rootfs"  # mktemp -d is 0700: the image's / would be unreachable for non-root users
     tar -C "$rootfs" -c . | docker import - hsa-local-python
     rm -rf "$rootfs"
 fi
 
 docker build --network host --build-arg BASE="$BASE" -t "$TAG" .
-docker run --rm "$TAG" hsa --help
+docker run --rm "$TAG" hsa --help > /dev/null || fail "hsa --help in the image"
+say "image $TAG: $(docker image inspect "$TAG" --format '{{.Size}}' | awk '{printf "%.2f GB", $1 / 1e9}')"
 
+# --- a fresh clone, its committed outputs removed, a stage edited
 work=$(mktemp -d)
-git clone -q . "$work/repo"
-docker run --rm --network none --user "$(id -u):$(id -g)" -v "$work/repo:/workspace" "$TAG" \
-    dvc exp run -S synth.episodes=3 -S synth.touches=1 -S synth.frames_per_touch=12 -S act.chunk_size=5 \
-        -S data.min_length=5 -S train.steps=4 -S train.val_every=4 -S train.log_every=2
-test -f "$work/repo/outputs/eval/metrics.json"
-test "$(stat -c %u "$work/repo/outputs/eval/metrics.json")" = "$(id -u)"
-echo "docker smoke: ok ($TAG from $BASE)"
+trap 'chmod -R u+rwX "$work" 2>/dev/null; rm -rf "$work"' EXIT
+git clone -q "$repo" "$work/repo"
+clone=$work/repo
+rm -f "$clone/outputs/eval/metrics.json" "$clone/outputs/train/metrics.json"
+marker="SMOKE-EDIT-$RANDOM$RANDOM"
+python3 - "$clone/hsa_pipeline/prepare.py" "$marker" <<'PY'
+import sys
+path, marker = sys.argv[1], sys.argv[2]
+src = open(path).read()
+anchor = "    layout = resolve_layout(cfg.episodes_dir, cfg.layout)\n"
+assert anchor in src, "run_prepare changed: update the smoke test's edit"
+open(path, "w").write(src.replace(anchor, f"    print({marker!r})\n" + anchor, 1))
+PY
+if [ -n "${SMOKE_BREAK:-}" ]; then
+    echo "raise RuntimeError('broken on purpose by SMOKE_BREAK')" >> "$clone/stages/$SMOKE_BREAK.py"
+    say "stage $SMOKE_BREAK broken on purpose: the run below must fail"
+fi
+chmod -R a+rwX "$clone"  # the second uid writes here too
+
+tiny=(-S world.frames_per_touch=12 -S world.max_joint_speed_deg=360 -S synth.episodes=4 -S act.chunk_size=5
+      -S data.min_length=5 -S act.hidden_dim=32 -S act.dim_feedforward=64 -S act.heads=2 -S act.enc_layers=1
+      -S act.dec_layers=1 -S act.vae_enc_layers=1 -S train.steps=4 -S train.val_every=4 -S train.log_every=2
+      -S features.workers=0 -S eval.rollouts=2 -S eval.max_steps=6 -S eval.report_frames=1)
+run_as() {  # uid, then the command
+    local uid=$1; shift
+    docker run --rm --network none --shm-size=1g --user "$uid:$uid" -v "$clone:/workspace" "$TAG" "$@"
+}
+
+# --- the caller's uid
+me=$(id -u)
+out=$(run_as "$me" dvc exp run "${tiny[@]}" 2>&1) || { echo "$out" | tail -30; fail "dvc exp run as uid $me"; }
+echo "$out" | grep -q "$marker" || fail "the container did not run the checkout's edited hsa_pipeline/prepare.py"
+say "uid $me: dvc exp run ran the checkout's edited code"
+python3 - "$clone" <<'PY' || fail "the stages' outputs"
+import json, sys
+root = sys.argv[1]
+t = json.load(open(f"{root}/outputs/train/metrics.json"))
+e = json.load(open(f"{root}/outputs/eval/metrics.json"))
+assert (t["start_step"], t["steps_trained"], t["step"]) == (0, 4, 4), t
+assert e["val_frames"] > 0 and e["closed_loop"]["rollouts"] == 2 and "chunk_l1" in e, e
+PY
+owners=$(find "$clone/outputs" "$clone/data" -newer "$clone/dvc.yaml" -printf '%u\n' | sort -u | tr '\n' ' ')
+[ "$(find "$clone/outputs" "$clone/data" -newer "$clone/dvc.yaml" ! -uid "$me" | wc -l)" = 0 ] \
+    || fail "files in the mount that are not the caller's (uid $me): owners $owners"
+say "uid $me: fresh metrics (4 steps trained, 2 rollouts), every new file owned by uid $me"
+
+# --- another uid: no passwd entry, the image's git identity; retrains
+chmod -R a+rwX "$clone"  # let it replace the first run's outputs and commit to the clone's git
+before=$(cat "$clone/outputs/eval/metrics.json")
+out=$(run_as "$OTHER_UID" dvc exp run "${tiny[@]}" -S train.lr=0.001 2>&1) \
+    || { echo "$out" | tail -30; fail "dvc exp run as uid $OTHER_UID"; }
+echo "$out" | grep -q "Running stage 'train'" || fail "uid $OTHER_UID: train did not rerun"
+[ "$(stat -c %u "$clone/outputs/train/metrics.json")" = "$OTHER_UID" ] || fail "uid $OTHER_UID does not own its outputs"
+[ "$(cat "$clone/outputs/eval/metrics.json")" != "$before" ] || fail "uid $OTHER_UID: evaluation did not change"
+say "uid $OTHER_UID: retrained and re-evaluated, outputs owned by uid $OTHER_UID"
+say "ok ($TAG from $BASE)"

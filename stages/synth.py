@@ -1,7 +1,7 @@
 """Stage `synth`: render the embedded demo dataset (a no-op marker with real data).
 
-Reads    params synth, robot, sensors, cameras (the demo is rendered from the same rig the
-         geometry stage uses)
+Reads    params synth, world, robot, sensors, cameras (the touch world is the same rig the geometry
+         stage uses; its scripted expert is recorded)
 Writes   <synth.out_dir>/episodes/episode_*.hdf5, or only SYNTH_DISABLED when synth.enabled is false
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from hsa_pipeline.synth import run_synth
 from stages import main
 
-PARAMS = ["synth", "robot", "sensors", "cameras"]
+PARAMS = ["synth", "world", "robot", "sensors", "cameras"]
 DISABLED_MARKER = "SYNTH_DISABLED"
 
 
@@ -22,7 +22,7 @@ def run(p) -> Path:
         (out / "episodes" / DISABLED_MARKER).write_text("synth.enabled is false: no demo episodes were generated.\n")
         print("synth: disabled (synth.enabled: false); the pipeline reads data.episodes_dir")
         return out / "episodes"
-    episodes = run_synth(p.synth, p.robot, p.sensors, p.cameras, out)
+    episodes = run_synth(p.synth, p.world, p.robot, p.sensors, p.cameras, out)
     print(f"synth: wrote {p.synth.episodes} episodes to {episodes}")
     return episodes
 

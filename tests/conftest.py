@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 # A demo small enough for unit tests: 4 episodes of 1 + 2 x 12 frames.
-TINY = ["synth.episodes=4", "synth.touches=2", "synth.frames_per_touch=12", "synth.distractors=2",
+TINY = ["synth.episodes=4", "world.frames_per_touch=12", "world.max_joint_speed_deg=360",
         "act.chunk_size=5", "data.min_length=5", "data.train_ratio=0.75"]
 
 
@@ -52,7 +52,7 @@ def demo_dir(tmp_path_factory) -> Path:
     from hsa_pipeline.synth import run_synth
 
     p = make_params()
-    return run_synth(p.synth, p.robot, p.sensors, p.cameras, tmp_path_factory.mktemp("demo"))
+    return run_synth(p.synth, p.world, p.robot, p.sensors, p.cameras, tmp_path_factory.mktemp("demo"))
 
 
 TINY_TRAIN = ["act.hidden_dim=32", "act.dim_feedforward=64", "act.heads=2", "act.enc_layers=1", "act.dec_layers=2",

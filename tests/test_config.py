@@ -22,7 +22,7 @@ def load_with(*overrides: str) -> Params:
     return load_params(REPO / "params.yaml", list(overrides))
 
 
-FIXED_SECTIONS = ["synth", "data", "geometry", "features", "act", "hsa", "train", "eval"]
+FIXED_SECTIONS = ["world", "synth", "data", "geometry", "features", "act", "hsa", "train", "eval"]
 
 
 def test_the_repository_params_yaml_equals_the_typed_defaults():

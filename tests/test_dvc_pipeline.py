@@ -25,7 +25,8 @@ from hsa_pipeline.config import apply_overrides
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
 ALL = ["synth", "prepare", "geometry", "features", "train", "evaluate"]
-E2E = TINY + TINY_TRAIN + ["train.steps=4", "train.val_every=4", "train.log_every=2", "eval.report_frames=1"]
+E2E = TINY + TINY_TRAIN + ["train.steps=4", "train.val_every=4", "train.log_every=2", "eval.report_frames=1",
+                           "eval.rollouts=2", "eval.max_steps=6"]
 
 
 def env_for(cwd: Path) -> dict:
@@ -154,7 +155,7 @@ def test_calibration_change_with_real_data_reruns_geometry_train_evaluate(repo):
     set_params(repo, ["synth.enabled=false", f"data.episodes_dir={data / 'episodes'}"])
     run([DVC, "repro"], repo)
     set_params(repo, ["cameras.top.K=[[310.0, 0.0, 128.0], [0.0, 310.0, 96.0], [0.0, 0.0, 1.0]]"])
-    assert stale(run([DVC, "status"], repo)) == {"synth", "geometry"}
+    assert stale(run([DVC, "status"], repo)) == {"synth", "geometry", "evaluate"}  # evaluate acts in the world
     out = run([DVC, "repro"], repo)
     # synth is a no-op without the demo: its output is unchanged, so prepare and features are skipped
     assert ran(out) == ["synth", "geometry", "train", "evaluate"]

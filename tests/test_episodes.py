@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import demo_rig, make_params
+from conftest import make_params
 from hsa_pipeline.config import DataConfig
 from hsa_pipeline.episodes import Episode, EpisodeError, write_episode
 from hsa_pipeline.prepare import STD_MIN, contact_scores, run_prepare, split_episodes
@@ -278,15 +278,17 @@ def test_contact_score_is_distance_from_the_no_contact_reference():
 
 
 def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
+    from hsa_pipeline.synth import record_episode, scene_seed
+    from hsa_pipeline.world import TouchWorld
+
     p = make_params()
     cfg = p.data
     cfg.episodes_dir = str(demo_dir)
     m = run_prepare(cfg, p.act.chunk_size, tmp_path / "out")
     assert len(m["episodes"]) == 4 and m["cameras"]["top"]["shape"] == [192, 256]
     contact = json.loads((tmp_path / "out/contact.json").read_text())["tactile"]
-    from hsa_pipeline.synth import render_episode
-
-    truth = render_episode(p.synth, demo_rig(p), 0)["contact_class"]["tactile"] >= 0
+    env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=10**6)
+    truth = record_episode(env, scene_seed("train", 0, 0))["felt"]["tactile"] >= 0  # what the world says is felt
     predicted = np.array(contact["episode_0"]) > cfg.contact_threshold
     np.testing.assert_array_equal(predicted, truth)
 

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN, tiny_pipeline_params
 from hsa_pipeline.evaluate import (
@@ -21,6 +22,7 @@ from hsa_pipeline.evaluate import (
     retrieval,
     run_evaluate,
 )
+from hsa_pipeline.rollout import wilson
 
 
 def test_perfect_policy_scores_zero_and_hold_scores_what_numpy_says():
@@ -93,19 +95,87 @@ def test_contact_events_and_retrieval_chance():
 def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_dir):
     from hsa_pipeline.train import run_train
 
-    p = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.report_frames=2"])
+    p = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.report_frames=2", "eval.rollouts=3",
+                              "eval.max_steps=12"])
     run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, TRAIN)
-    m = run_evaluate(p.eval, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL)
+    m = run_evaluate(p.eval, p.world, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL)
     saved = json.loads((EVAL / "metrics.json").read_text())
     for key in ("chunk_l1", "hold_chunk_l1", "const_vel_chunk_l1", "replay_l1_ensembled", "replay_l1_chunked"):
         assert isinstance(saved[key], float) and saved[key] >= 0, key
     assert saved["hsa_enabled"] is True and "tactile_to_wrist" in saved["alignment"]
     a = saved["alignment"]["tactile_to_wrist"]
-    assert 0 <= a["top1"] <= 1 and 0 < a["top1_chance"] < 1 and 0 < a["loc_chance"] < 1
+    assert 0 <= a["top1"] <= 1 and 0 < a["top1_chance"] <= 1 and 0 < a["loc_chance"] < 1
     assert m["chunk_l1"] == pytest.approx(saved["chunk_l1"], rel=1e-5)
+    # closed loop: 3 rollouts of a 6-step policy, each ending in a counted way
+    c = saved["closed_loop"]
+    assert c["rollouts"] == 3 and c["successes"] + sum(c["failures"].values()) == 3
+    assert saved["success_rate"] == c["successes"] / 3 and saved["success_ci95"] == [round(x, 6) for x in
+                                                                                      wilson(c["successes"], 3)]
+    assert set(c["phase_success"]) == {"picked up", "put down", "success"} and c["guess_rate"] == pytest.approx(1 / 3)
+    assert c["policy_step_ms"]["p50"] > 0 and c["ms_per_step"]["world_render"] > 0
+    assert all(not f.startswith("crashed") for f in c["failures"]), c["failures"]
+    gifs = list((EVAL / "rollouts").glob("*.gif"))
+    assert gifs and all(Image.open(g).n_frames >= 5 for g in gifs)
     horizon = (EVAL / "plots" / "horizon.csv").read_text().splitlines()
     assert horizon[0] == "horizon,policy,hold,const_vel" and len(horizon) == 1 + 5
+    assert (EVAL / "plots" / "phases.csv").read_text().startswith("phase,success\npicked up,")
     page = (EVAL / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 + 2 * 3  # 3 charts + 2 frames x (tactile, wrist, top)
+    assert "Closed loop in the touch world" in page and "data:image/gif;base64," in page
     assert not re.search(r"(src|href)\s*=\s*['\"](?!data:)", page), "the report must not load anything external"
     assert "<script" not in page and "http" not in page
+
+
+def test_wilson_interval_matches_known_values():
+    # 8 successes in 10: 0.490-0.943 (worked by hand from Wilson's formula, z = 1.96)
+    lo, hi = wilson(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.49, 0.943)
+    assert wilson(0, 20)[0] == 0.0 and wilson(0, 20)[1] == pytest.approx(0.1611, abs=1e-4)  # 3.84 / (20 + 3.84)
+    assert wilson(20, 20)[1] == 1.0 and wilson(0, 0) == (0.0, 1.0)
+
+
+def test_a_crashed_rollout_is_a_failure_with_its_reason():
+    from hsa_pipeline.rollout import run_rollout, summarise
+
+    class Broken:
+        streams, t = ["top"], 0
+
+        def reset(self, seed):
+            raise RuntimeError("renderer exploded")
+
+    r = run_rollout(Broken(), None, seed=1, ensemble_k=0.01)
+    assert not r.success and r.failure == "crashed: RuntimeError: renderer exploded"
+    s = summarise([r], ["success"], 10)
+    assert s["success_rate"] == 0.0 and s["failures"] == {"crashed: RuntimeError: renderer exploded": 1}
+
+
+def test_a_policy_for_another_rig_is_refused_in_one_line(work_dir):
+    from conftest import bimanual_params
+    from hsa_pipeline.errors import StoreError
+    from hsa_pipeline.policy import Policy
+    from hsa_pipeline.rollout import check_compatible
+    from hsa_pipeline.train import run_train
+    from hsa_pipeline.world import TouchWorld
+
+    p = tiny_pipeline_params(["train.steps=2", "train.val_every=2"])
+    run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, TRAIN)
+    b = bimanual_params()
+    env = TouchWorld(b.world, b.robot, b.sensors, b.cameras)
+    with pytest.raises(StoreError, match=r"the policy reads streams \['top', 'wrist', 'tactile'\] and acts with 7 "
+                                         r"values, but the touch world renders \['top', 'left_wrist', 'right_wrist', "
+                                         r"'tactile_left', 'tactile_right'\] and takes 14"):
+        check_compatible(Policy.load(TRAIN / "policy"), env, "outputs/train/policy")
+
+
+def test_hsa_rollout_writes_an_animation_of_the_expert(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "expert.gif"
+    r = subprocess.run([sys.executable, "-m", "hsa_pipeline.cli", "rollout", "--expert", "--scene", "2", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "rollout: scene 2, success" in r.stdout
+    assert Image.open(out).n_frames > 20

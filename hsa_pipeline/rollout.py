@@ -1,0 +1,173 @@
+"""Closed-loop evaluation: the exported policy drives the touch world.
+
+The same code path a real robot uses: `Policy` computes features from the raw images
+with the online encoder (the cache's exact preprocessing), ACT predicts a chunk, and
+temporal ensembling turns the chunks into one action per step. A rollout ends on success,
+on a failure the world detects (wrong tile, collision, joint limit) or after
+`eval.max_steps` steps (timeout). A rollout that raises is a failure with its reason,
+never dropped.
+
+Success rates come with a 95% Wilson score interval (Wilson 1927), which stays inside
+[0, 1] and is honest for small counts, unlike the normal approximation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import StoreError
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion successes / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class RolloutResult:
+    seed: int
+    success: bool
+    failure: str | None  # None on success
+    phases_reached: int
+    steps: int
+    ms: dict[str, list[float]] = field(default_factory=dict)  # per step: world, encode, act
+    frames: list[np.ndarray] = field(default_factory=list)  # contact sheets, when recorded
+
+
+def check_compatible(policy, env, where: str) -> None:
+    """One clear error when the policy was made for other streams or another action width."""
+    missing = [s for s in policy.streams if s not in env.streams]
+    width = policy.meta["shapes"]["action_dim"]
+    if missing or width != env.width or policy.meta["shapes"]["qpos_dim"] != env.width:
+        raise StoreError(f"{where}: the policy reads streams {policy.streams} and acts with {width} values, but the "
+                         f"touch world renders {env.streams} and takes {env.width}; closed-loop evaluation needs a "
+                         f"policy trained on the demo world's rig (for real-robot data set eval.rollouts: 0)")
+
+
+def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
+    """One scene, the policy in the loop, until the world says it is over."""
+    from .policy import TemporalEnsembler
+    from .world import contact_sheet
+
+    result = RolloutResult(seed, False, None, 0, 0, {"world": [], "encode": [], "act": []})
+    try:
+        obs, info = env.reset(seed=seed)
+        ens = TemporalEnsembler(policy.chunk_size, ensemble_k)
+        done = False
+        while not done:
+            if threads is not None:
+                threads.update()
+            if record:
+                result.frames.append(contact_sheet(obs, env.streams, height=96))
+            t0 = time.perf_counter()
+            tokens = policy.features({s: obs[s] for s in policy.streams})
+            t1 = time.perf_counter()
+            action = ens.step(policy.predict_chunk(None, obs["qpos"], tokens))
+            t2 = time.perf_counter()
+            obs, _, terminated, truncated, info = env.step(action)
+            t3 = time.perf_counter()
+            result.ms["encode"].append(1e3 * (t1 - t0))
+            result.ms["act"].append(1e3 * (t2 - t1))
+            result.ms["world"].append(1e3 * (t3 - t2))
+            done = terminated or truncated
+        if record:
+            result.frames.append(contact_sheet(obs, env.streams, height=96))
+        result.success, result.failure = bool(info["success"]), info["failure"]
+        result.phases_reached, result.steps = int(info["phases_reached"]), int(info["step"])
+    except Exception as e:  # reported as a failure with its reason
+        result.failure = f"crashed: {type(e).__name__}: {str(e)[:200]}"
+        result.steps = env.t if hasattr(env, "t") else 0
+    return result
+
+
+def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: int) -> dict:
+    """Success rate with its interval, per-phase success, time to success, failure kinds, timings."""
+    n = len(results)
+    k = sum(r.success for r in results)
+    low, high = wilson(k, n)
+    failures: dict[str, int] = {}
+    for r in results:
+        if not r.success:
+            kind = r.failure or "unknown"
+            failures[kind] = failures.get(kind, 0) + 1
+    steps_ok = [r.steps for r in results if r.success]
+    per_step = {name: [x for r in results for x in r.ms.get(name, [])] for name in ("world", "encode", "act")}
+    policy_ms = [e + a for r in results for e, a in zip(r.ms.get("encode", []), r.ms.get("act", []))]
+
+    def pct(xs, q):
+        return float(np.percentile(xs, q)) if xs else None
+
+    return {
+        "success_rate": k / n if n else None, "success_ci95": [low, high], "rollouts": n, "successes": k,
+        "phase_success": {name: sum(r.phases_reached > i for r in results) / max(n, 1)
+                          for i, name in enumerate(phase_names)},
+        "time_to_success_steps": {"mean": float(np.mean(steps_ok)) if steps_ok else None,
+                                  "median": float(np.median(steps_ok)) if steps_ok else None},
+        "failures": failures, "max_steps": max_steps,
+        "ms_per_step": {"world_render": pct(per_step["world"], 50), "encode": pct(per_step["encode"], 50),
+                        "act_and_ensemble": pct(per_step["act"], 50)},
+        "policy_step_ms": {"p50": pct(policy_ms, 50), "p99": pct(policy_ms, 99)},
+    }
+
+
+def write_gif(frames: list[np.ndarray], path, fps: float = 10.0) -> None:
+    """An animated GIF of contact sheets (plays in any browser and image viewer)."""
+    from PIL import Image
+
+    images = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE, colors=64) for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0,
+                   optimize=True)
+
+
+def run_expert(env, seed: int, record: bool = True) -> RolloutResult:
+    """The scripted expert on one scene, recorded like a policy rollout (for comparison)."""
+    from .world import ScriptedExpert, contact_sheet
+
+    result = RolloutResult(seed, False, None, 0, 0)
+    obs, info = env.reset(seed=seed)
+    expert = ScriptedExpert(env)
+    expert.reset()
+    done = False
+    while not done:
+        if record:
+            result.frames.append(contact_sheet(obs, env.streams, height=96))
+        obs, _, terminated, truncated, info = env.step(expert.act())
+        done = terminated or truncated
+    if record:
+        result.frames.append(contact_sheet(obs, env.streams, height=96))
+    result.success, result.failure = bool(info["success"]), info["failure"]
+    result.phases_reached, result.steps = int(info["phases_reached"]), int(info["step"])
+    return result
+
+
+def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False) -> RolloutResult:
+    """`hsa rollout`: scene `scene` of the evaluate stage's rollouts (eval.seed), driven by
+    the policy in `policy_dir` (or the scripted expert), written as an animated GIF."""
+    from pathlib import Path
+
+    from .policy import Policy
+    from .synth import scene_seed
+    from .world import TouchWorld
+
+    env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=p.eval.max_steps)
+    seed = scene_seed("eval", p.eval.seed, scene)
+    if expert:
+        result = run_expert(env, seed)
+    else:
+        policy = Policy.load(Path(policy_dir), device="cpu")
+        check_compatible(policy, env, str(policy_dir))
+        result = run_rollout(env, policy, seed, p.eval.ensemble_k, record=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_gif(result.frames, out)
+    return result

@@ -1,0 +1,293 @@
+"""The touch world: the gymnasium env's contact and success logic on hand-made states, the
+scripted expert on seeded scenes, the demo recorded from the world (one renderer), and
+honest pixels: the sensor drawn where the geometry code puts its box."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from conftest import bimanual_params, demo_rig, make_params
+from hsa_pipeline.episodes import Episode
+from hsa_pipeline.synth import record_episode, run_synth, scene_seed
+from hsa_pipeline.world import ScriptedExpert, TouchWorld
+from hsa_pipeline.world.expert import ArmIK
+from hsa_pipeline.world.render import PAD_RGB, object_texture, tactile_image
+from hsa_pipeline.world.tasks import ArmTask, Tile
+
+
+def world(p, **kw) -> TouchWorld:
+    return TouchWorld(p.world, p.robot, p.sensors, p.cameras, **kw)
+
+
+def synth_to(p, out):
+    return run_synth(p.synth, p.world, p.robot, p.sensors, p.cameras, out)
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    p = make_params()
+    env = world(p, max_steps=10**6)
+    return p, env, [record_episode(env, scene_seed("train", 0, i)) for i in range(3)]
+
+
+# --------------------------------------------------------------------------- the env on hand-made states
+def hand_made(env: TouchWorld, task: str) -> ArmTask:
+    """A scene we choose: tiles at known places in front of the arm."""
+    env.reset(seed=0)
+    if task == "match":
+        tiles = [Tile(-0.15, -0.5, 0, "candidate"), Tile(0.0, -0.5, 1, "candidate"), Tile(0.15, -0.5, 2, "candidate"),
+                 Tile(0.0, -0.3, 1, "probe")]
+        t = ArmTask("arm", "tactile", tiles, order=[1], probe=3)
+    else:
+        tiles = [Tile(-0.1, -0.4, 0, "target"), Tile(0.1, -0.4, 1, "target"), Tile(0.0, -0.3, 2, "distractor")]
+        t = ArmTask("arm", "tactile", tiles, order=[0, 1])
+    env.tasks = [t]
+    return t
+
+
+def go(env: TouchWorld, x: float, y: float, z: float, grip: float = 0.3):
+    """Move the sensor to (x, y, z) along a joint-space line, slower than the speed limit."""
+    ik = ArmIK(env, "arm", "tactile", None)
+    ik.q = env.qpos[:6].copy()
+    start, target = env.qpos.copy(), np.append(ik.solve(x, y, z), grip)
+    n = int(np.ceil(np.abs(target - start).max() / (0.5 * env.max_step_rad))) + 1
+    for i in range(1, n + 1):
+        obs, r, term, trunc, info = env.step(start + (target - start) * i / n)
+        if term:
+            break
+    return obs, info
+
+
+def sensor_xyz(env):
+    _, pose, _ = env._poses()
+    return pose["tactile"][0, :3, 3]
+
+
+def test_match_picks_up_carries_and_succeeds_on_the_matching_tile():
+    p = make_params()
+    env = world(p)
+    task = hand_made(env, "match")
+    obs, info = go(env, 0.0, -0.3, 0.05)
+    assert not task.held and info["phases_reached"] == 0 and env.felt_class(task) == -1
+    obs, info = go(env, 0.0, -0.3, -0.004)  # press the probe: it sticks to the gel
+    assert task.held and info["phase"] == "picked up" and env.felt_class(task) == 1
+    obs, info = go(env, 0.0, -0.3, 0.08)  # lift: still felt, the probe is gone from the table
+    assert task.held and env.felt_class(task) == 1 and env.depth["tactile"] == 0
+    blank = tactile_image(None, 0.0, p.world.tactile_size, np.random.default_rng(0)).astype(float)
+    assert np.abs(obs["tactile"].astype(float) - blank).mean() > 3  # the imprint while carrying
+    go(env, 0.0, -0.5, 0.05)
+    obs, info = go(env, 0.0, -0.5, -0.004)  # put it down on the tile of its class
+    assert info["success"] and info["failure"] is None and task.placed_on == 1 and not task.held
+
+
+@pytest.mark.parametrize("where, failure", [((0.15, -0.5), "wrong tile"), ((0.3, -0.4), "put down off the tiles")])
+def test_match_fails_on_the_wrong_tile_or_off_the_tiles(where, failure):
+    env = world(make_params())
+    hand_made(env, "match")
+    go(env, 0.0, -0.3, -0.004)
+    go(env, 0.0, -0.3, 0.08)
+    go(env, where[0], where[1], 0.05)
+    _, info = go(env, where[0], where[1], -0.004)
+    assert not info["success"] and info["failure"] == failure and info["phases_reached"] == 2
+
+
+def test_press_task_wants_the_targets_in_order():
+    env = world(make_params(["world.task=press"]))
+    task = hand_made(env, "press")
+    go(env, -0.1, -0.4, -0.004)
+    go(env, -0.1, -0.4, 0.05)
+    _, info = go(env, 0.1, -0.4, -0.004)
+    assert info["success"] and task.presses == [0, 1]
+    task = hand_made(env, "press")
+    _, info = go(env, 0.1, -0.4, -0.004)  # the right-hand target first
+    assert info["failure"] == "wrong tile"
+
+
+def test_pressing_through_the_table_and_leaving_the_joint_limits_fail():
+    env = world(make_params())
+    hand_made(env, "match")
+    _, info = go(env, 0.1, -0.4, -0.05)
+    assert info["failure"] == "collision with the table"
+    env.reset(seed=1)
+    bad = env.qpos.copy()
+    bad[2] = np.deg2rad(170)  # joint 3's limit is 160 deg
+    _, _, terminated, _, info = env.step(bad)
+    assert terminated and info["failure"] == "joint limit"
+
+
+def test_joints_move_at_most_their_speed_limit_and_time_runs_out():
+    p = make_params()
+    env = world(p, max_steps=3)
+    env.reset(seed=0)
+    start = env.qpos.copy()
+    far = start.copy()
+    far[0] += 1.0
+    _, _, terminated, truncated, info = env.step(far)
+    assert env.qpos[0] - start[0] == pytest.approx(np.deg2rad(p.world.max_joint_speed_deg) / p.world.control_hz)
+    env.step(far)
+    _, _, terminated, truncated, info = env.step(far)
+    assert truncated and not terminated and info["failure"] == "timeout"
+
+
+def test_observations_match_the_spaces_and_the_stream_names():
+    p = make_params()
+    env = world(p)
+    obs, info = env.reset(seed=4)
+    assert set(obs) == {"qpos", "top", "wrist", "tactile"} == set(env.observation_space.spaces)
+    assert env.observation_space.contains(obs)
+    with pytest.raises(ValueError, match="an action has 7 values"):
+        env.step(np.zeros(6))
+    again, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(obs["top"], again["top"])  # a seed is a scene
+
+
+# --------------------------------------------------------------------------- the expert and the recorded demo
+@pytest.mark.parametrize("task", ["match", "press"])
+def test_the_scripted_expert_solves_seeded_scenes(task):
+    env = world(make_params([f"world.task={task}"]), max_steps=10**6)
+    solved = sum(record_episode(env, scene_seed("eval", 0, i))["success"] for i in range(8))
+    assert solved == 8
+
+
+def test_the_demo_is_the_world_replayed(recorded):
+    """One renderer: replaying an episode's actions in a fresh env gives its frames."""
+    p, env, eps = recorded
+    ep = eps[0]
+    replay = world(p, max_steps=10**6)
+    obs, _ = replay.reset(seed=scene_seed("train", 0, 0))
+    for t in (0, 7, len(ep["qpos"]) - 1):
+        while replay.t < t:
+            obs, *_ = replay.step(ep["action"][replay.t])
+        np.testing.assert_allclose(obs["qpos"], ep["qpos"][t], atol=1e-6)
+        for s in ("top", "wrist", "tactile"):
+            np.testing.assert_array_equal(obs[s], (ep["images"] | ep["tactile"])[s][t])
+    assert scene_seed("train", 0, 5) % 2 == 0 and scene_seed("eval", 0, 5) % 2 == 1  # never the same scene
+
+
+def test_generator_is_deterministic_for_a_seed(tmp_path):
+    a = synth_to(make_params(["synth.episodes=2"]), tmp_path / "a")
+    b = synth_to(make_params(["synth.episodes=2"]), tmp_path / "b")
+    c = synth_to(make_params(["synth.episodes=2", "synth.seed=1"]), tmp_path / "c")
+    digest = lambda d: [hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir())]  # noqa: E731
+    assert digest(a) == digest(b) and digest(a) != digest(c)
+
+
+def test_demo_reads_back_through_the_episode_reader(demo_dir):
+    files = sorted(demo_dir.glob("*.hdf5"))
+    assert len(files) == 4
+    with Episode(files[0]) as ep:
+        assert ep.layout == "xtrainer"
+        T = len(ep.qpos)
+        assert T == 1 + 2 * 12 and ep.qpos.shape[1] == 7  # match: pick up + put down, 12 frames each
+        np.testing.assert_allclose(ep.action[:-1], ep.qpos[1:], atol=1e-6)  # action = next commanded qpos
+        assert ep.frame("top", 0).shape == (192, 256, 3) and ep.frame("wrist", 0).shape == (144, 192, 3)
+        assert ep.frame("tactile", T - 1).shape == (96, 96, 3)
+
+
+def test_act_layout_option(tmp_path):
+    out = synth_to(make_params(["synth.episodes=2", "synth.layout=act"]), tmp_path)
+    with Episode(out / "episode_1.hdf5") as ep:
+        assert ep.layout == "act" and not ep.stream("top").compressed
+
+
+def test_joints_are_smooth_and_within_limits(recorded):
+    p, env, eps = recorded
+    arm = env.rig.arms["arm"]
+    for ep in eps:
+        q = ep["qpos"][:, :6]
+        assert not arm.check_limits(q)
+        assert np.abs(np.diff(q, axis=0)).max() <= np.deg2rad(p.world.max_joint_speed_deg) / p.world.control_hz
+
+
+def test_drawn_sensor_pad_lies_inside_the_geometry_box(recorded):
+    """Pixels of the bare pad's colour appear only inside the box, in both cameras."""
+    p, env, eps = recorded
+    rig = demo_rig(p)
+    counted = {"top": 0, "wrist": 0}
+    for ep in eps:
+        geo = rig.episode_geometry(ep["qpos"], margin_px=1.0)  # 1 px for polygon rasterisation
+        for cam in ("top", "wrist"):
+            for t in np.nonzero(ep["felt"]["tactile"] < 0)[0]:
+                img = ep["images"][cam][t].astype(int)
+                ys, xs = np.nonzero((np.abs(img - PAD_RGB) <= 6).all(axis=-1))
+                b = geo.boxes[cam]["tactile"].box[t]
+                assert geo.boxes[cam]["tactile"].visible[t]
+                assert ((xs >= b[0]) & (xs < b[2]) & (ys >= b[1]) & (ys < b[3])).all(), (cam, t)
+                counted[cam] += len(xs)
+    assert counted["wrist"] > 1000 and counted["top"] > 50  # the pad really is drawn
+
+
+def test_pad_shows_the_pressed_texture_while_pressing():
+    p = make_params(["world.task=press"])
+    env = world(p, max_steps=10**6)
+    ep = record_episode(env, scene_seed("train", 0, 0))
+    geo = demo_rig(p).episode_geometry(ep["qpos"], margin_px=0.0)
+    t = int(np.nonzero(ep["felt"]["tactile"] >= 0)[0][1])
+    b = geo.boxes["wrist"]["tactile"].box[t].astype(int)
+    inside = ep["images"]["wrist"][t][b[1] + 4: b[3] - 4, b[0] + 4: b[2] - 4].reshape(-1, 3).mean(0)
+    tex = object_texture(int(ep["felt"]["tactile"][t])).reshape(-1, 3).mean(0)
+    assert np.abs(inside - tex).max() < 25 and np.abs(inside - PAD_RGB).max() > 25
+
+
+def test_tactile_is_blank_without_contact_and_differs_between_classes():
+    rng = np.random.default_rng(0)
+    blank = [tactile_image(None, 0.0, 64, rng).astype(float) for _ in range(2)]
+    assert np.abs(blank[0] - blank[1]).mean() < 3  # only sensor noise
+    imprints = [tactile_image(c, 1.0, 64, rng).astype(float) for c in range(12)]
+    for c in range(12):
+        assert np.abs(imprints[c] - blank[0]).mean() > 3
+        for d in range(c):
+            assert np.abs(imprints[c] - imprints[d]).mean() > 2, (c, d)
+    textures = [object_texture(c).astype(float) for c in range(12)]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(textures) for b in textures[:i]) > 10
+
+
+def test_the_match_tasks_class_is_felt_never_seen(recorded):
+    """Touch-dependence: the probe looks the same whatever its class, and while it is
+    carried the tactile image shows its class."""
+    p, env, eps = recorded
+    env.reset(seed=scene_seed("train", 0, 0), options={"key_classes": [0]})
+    a = env._observe()["top"]
+    env.reset(seed=scene_seed("train", 0, 0), options={"key_classes": [3]})
+    b = env._observe()["top"]
+    probe = env.tasks[0].tiles[env.tasks[0].probe]
+    u, v = env.rig.cameras["top"].project(np.linalg.inv(env._poses()[2]["top"][0])[:3] @ [probe.x, probe.y, 0, 1])
+    patch = (slice(int(v) - 3, int(v) + 4), slice(int(u) - 3, int(u) + 4))
+    assert np.abs(a[patch].astype(float) - b[patch]).mean() < 4  # camera noise only
+    for ep in eps:
+        carried = ep["felt"]["tactile"] >= 0
+        assert carried.sum() >= 10 and len(set(ep["felt"]["tactile"][carried])) == 1
+
+
+def test_bimanual_rig_gives_each_arm_its_own_task(tmp_path):
+    p = bimanual_params()
+    env = world(p, max_steps=10**6)
+    ep = record_episode(env, scene_seed("train", 0, 0), [0, 1])
+    assert ep["success"] and ep["qpos"].shape[1] == 14 and set(ep["tactile"]) == {"tactile_left", "tactile_right"}
+    assert set(ep["felt"]["tactile_left"]) == {-1, 0} and set(ep["felt"]["tactile_right"]) == {-1, 1}
+    geo = demo_rig(p).episode_geometry(ep["qpos"], margin_px=1.0)
+    for side in ("left", "right"):
+        sensor, cam = f"tactile_{side}", f"{side}_wrist"
+        for t in np.nonzero(ep["felt"][sensor] < 0)[0][::3]:
+            ys, xs = np.nonzero((np.abs(ep["images"][cam][t].astype(int) - PAD_RGB) <= 6).all(-1))
+            b = geo.boxes[cam][sensor].box[t]
+            assert len(xs) > 100 and ((xs >= b[0]) & (xs < b[2]) & (ys >= b[1]) & (ys < b[3])).all()
+    p.synth.episodes = 2
+    out = run_synth(p.synth, p.world, p.robot, p.sensors, p.cameras, tmp_path / "bi")
+    with Episode(out / "episode_0.hdf5") as f:
+        assert f.qpos.shape[1] == 14 and f.frame("right_wrist", 3).shape == (144, 192, 3)
+
+
+def test_expert_actions_drive_the_env_exactly():
+    p = make_params()
+    env = world(p, max_steps=10**6)
+    env.reset(seed=3)
+    expert = ScriptedExpert(env)
+    expert.reset()
+    for _ in range(expert.length):
+        target = expert.act()
+        env.step(target)
+        np.testing.assert_allclose(env.qpos, target)  # within the speed limit: no lag
