@@ -47,11 +47,11 @@ def worker(threads: str, seconds: float) -> None:
     off = torch.autocast("cpu", enabled=False)
     step = 0
     for _ in range(3):  # warm-up
-        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, False, off)
+        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, off)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         tuner.update()
-        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, False, off)
+        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, off)
         step += 1
     print(f"{step / (time.perf_counter() - t0):.4f}", flush=True)
 

@@ -8,14 +8,20 @@ stream), in one run on one machine:
 
     python benchmarks/bench_train.py [--steps 3] [--grid-pool 2] [--device auto]
 
-On CUDA both run under bf16 autocast with TF32, as the train stage does.
+Each side runs in its own process, so each one's peak memory (RSS, and CUDA's peak
+allocation on a GPU) is its own. On CUDA both run under bf16 autocast with TF32, as the
+train stage does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import platform
+import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -67,13 +73,11 @@ def time_steps(step_fn, steps: int, device: torch.device) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--grid-pool", type=int, default=2, help="act.grid_pool for the cached trainer")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    args = ap.parse_args()
-    dev = pick_device(args.device)
+def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int) -> dict:
+    """One side in this process: steps/s and peak memory."""
+    global B
+    B = batch
+    dev = pick_device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -82,50 +86,79 @@ def main() -> None:
     torch.manual_seed(0)
     qpos, actions = torch.randn(B, D, device=dev), torch.randn(B, K, D, device=dev)
     is_pad = torch.zeros(B, K, dtype=torch.bool, device=dev)
+    if side == "cached":
+        cfg = xtrainer_act(grid_pool)
+        policy = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=14, token_dim=768)).to(dev)
+        hsa = HSALoss(512, HsaConfig(proj_dim=128), 1000).to(dev)
+        opt = torch.optim.AdamW(list(policy.parameters()) + list(hsa.parameters()), lr=1e-5)
+        grids = {s: torch.randn(B, 14, 14, 768, device=dev).half() for s in CAMS + ["tactile"]}  # as the cache stores them
+        box = torch.zeros(B, 196, dtype=torch.bool, device=dev)
+        box[:, 90:94] = True
 
-    cfg = xtrainer_act(args.grid_pool)
-    policy = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=14, token_dim=768)).to(dev)
-    hsa = HSALoss(512, HsaConfig(proj_dim=128), 1000).to(dev)
-    opt = torch.optim.AdamW(list(policy.parameters()) + list(hsa.parameters()), lr=1e-5)
-    # float16 grids, as the Zarr cache stores them
-    grids = {s: torch.randn(B, 14, 14, 768, device=dev).half() for s in CAMS + ["tactile"]}
-    box = torch.zeros(B, 196, dtype=torch.bool, device=dev)
-    box[:, 90:94] = True
+        def step():
+            with autocast():
+                pred, latent, adapted = policy(qpos, {s: g.float() for s, g in grids.items()}, actions, is_pad)
+                losses = act_losses(pred, actions, is_pad, latent)
+                x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
+                              valid=torch.ones(B, dtype=torch.bool, device=dev), tp=adapted["top"], tp_box=box,
+                              tp_alpha=torch.ones(B, device=dev))
+                loss = losses["l1"] + 10 * losses["kl"] + hsa(x, 0, False)[0]  # no diagnostics, as on most steps
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    else:
+        raw = RawImageACT(xtrainer_act(1), grid=15).to(dev)
+        opt = torch.optim.AdamW(raw.parameters(), lr=1e-5)
+        images = {s: torch.randn(B, 3, 480, 640, device=dev) for s in CAMS + ["tactile"]}
 
-    def cached_step():
-        with autocast():
-            pred, latent, adapted = policy(qpos, {s: g.float() for s, g in grids.items()}, actions, is_pad)
-            losses = act_losses(pred, actions, is_pad, latent)
-            x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
-                          valid=torch.ones(B, dtype=torch.bool, device=dev), tp=adapted["top"], tp_box=box,
-                          tp_alpha=torch.ones(B, device=dev))
-            loss = losses["l1"] + 10 * losses["kl"] + hsa(x, 0, False)[0]  # no diagnostics, as on non-logging steps
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        def step():
+            with autocast():
+                pred, latent, _ = raw(qpos, images, actions, is_pad)
+                losses = act_losses(pred, actions, is_pad, latent)
+                loss = losses["l1"] + 10 * losses["kl"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    raw = RawImageACT(xtrainer_act(1), grid=15).to(dev)
-    opt_raw = torch.optim.AdamW(raw.parameters(), lr=1e-5)
-    images = {s: torch.randn(B, 3, 480, 640, device=dev) for s in CAMS + ["tactile"]}
+    rate = time_steps(step, steps, dev)
+    out = {"steps_per_s": rate, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "machine": (f"{torch.cuda.get_device_name(dev)}, bf16 autocast" if dev.type == "cuda"
+                       else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")}
+    if dev.type == "cuda":
+        out["peak_cuda_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    return out
 
-    def raw_step():
-        with autocast():
-            pred, latent, _ = raw(qpos, images, actions, is_pad)
-            losses = act_losses(pred, actions, is_pad, latent)
-            loss = losses["l1"] + 10 * losses["kl"]
-        opt_raw.zero_grad()
-        loss.backward()
-        opt_raw.step()
 
-    fast = time_steps(cached_step, args.steps, dev)
-    slow = time_steps(raw_step, args.steps, dev)
-    machine = (f"{torch.cuda.get_device_name(dev)}, bf16 autocast" if dev.type == "cuda"
-               else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    print(f"machine: {machine}, torch {torch.__version__}")
-    print(f"X-Trainer config: batch {B}, chunk {K}, hidden 512, 3 cameras + 1 tactile")
-    print(f"cached ViT-B-16 grids + HSA (grid_pool {args.grid_pool}): {fast:.3f} steps/s")
-    print(f"raw 480x640 images + ResNet18 (original ACT recipe): {slow:.3f} steps/s")
-    print(f"speed-up: {fast / slow:.1f}x")
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--grid-pool", type=int, default=2, help="act.grid_pool for the cached trainer")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--batch", type=int, default=B, help="batch size (X-Trainer: 16)")
+    ap.add_argument("--sides", nargs="+", default=["cached", "raw"], choices=["cached", "raw"])
+    ap.add_argument("--side", choices=["cached", "raw"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        print(json.dumps(run_side(args.side, args.steps, args.grid_pool, args.device, args.batch)))
+        return
+    res = {}
+    for side in args.sides:
+        r = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--grid-pool",
+                            str(args.grid_pool), "--device", args.device, "--batch", str(args.batch)],
+                           capture_output=True, text=True, check=True)
+        res[side] = json.loads(r.stdout.strip().splitlines()[-1])
+    mem = lambda r: f"peak RSS {r['peak_rss_gb']:.2f} GB" + (f", CUDA {r['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in r else "")  # noqa: E731
+    first = next(iter(res.values()))
+    print(f"machine: {first['machine']}, torch {torch.__version__}")
+    print(f"X-Trainer config: batch {args.batch}, chunk {K}, hidden 512, 3 cameras + 1 tactile")
+    if "cached" in res:
+        print(f"cached ViT-B-16 grids + HSA (grid_pool {args.grid_pool}): {res['cached']['steps_per_s']:.3f} steps/s, "
+              f"{mem(res['cached'])}")
+    if "raw" in res:
+        print(f"raw 480x640 images + ResNet18 (original ACT recipe): {res['raw']['steps_per_s']:.3f} steps/s, "
+              f"{mem(res['raw'])}")
+    if len(res) == 2:
+        print(f"speed-up: {res['cached']['steps_per_s'] / res['raw']['steps_per_s']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,12 @@ class ACTPolicy(nn.Module):
         super().__init__()
         self.cfg, self.shapes = cfg, shapes
         H = cfg.hidden_dim
-        g = shapes.grid // cfg.grid_pool
-        self.n_tokens = g * g
+        # each stream's grid is average-pooled by grid_pool, except the streams in full_grid
+        self.pool = {s: 1 if s in cfg.full_grid else cfg.grid_pool for s in shapes.streams}
         self.adapters = nn.ModuleDict({s: Adapter(shapes.token_dim, H) for s in shapes.streams})
-        self.grid_pos = nn.Parameter(torch.randn(self.n_tokens, H) * 0.02)  # 2-D position, flattened
+        # a learned 2-D position per token (flattened), one table per grid resolution
+        self.grid_pos = nn.ParameterDict({str(p): nn.Parameter(torch.randn((shapes.grid // p) ** 2, H) * 0.02)
+                                          for p in sorted(set(self.pool.values()))})
         self.stream_emb = nn.Parameter(torch.randn(len(shapes.streams), H) * 0.02)
         self.qpos_in = nn.Linear(shapes.qpos_dim, H)
         self.latent_in = nn.Linear(cfg.latent_dim, H)
@@ -116,9 +118,9 @@ class ACTPolicy(nn.Module):
         adapted = adapted if adapted is not None else self.stream_tokens(tokens)
         seq = [self.latent_in(z)[:, None] + self.special_pos[0], self.qpos_in(qpos)[:, None] + self.special_pos[1]]
         for i, s in enumerate(self.shapes.streams):
-            pooled = pool_tokens(adapted[s], self.shapes.grid, self.cfg.grid_pool)  # (B, n_tokens, H)
-            seq.append(pooled + self.grid_pos + self.stream_emb[i])
-        memory = self.encoder(torch.cat(seq, 1))  # (B, 2 + S * n_tokens, H)
+            pooled = pool_tokens(adapted[s], self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
+            seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
+        memory = self.encoder(torch.cat(seq, 1))  # (B, 2 + all streams' tokens, H)
         h = self.decoder(self.queries.expand(B, -1, -1), memory)  # (B, k, H)
         return self.action_out(h), latent, adapted
 

@@ -115,7 +115,8 @@ class DataConfig:
     layout: Literal["auto", "act", "xtrainer", "lerobot"] = param(
         "auto", "episode layout; auto: a LeRobot dataset when meta/info.json is there, else HDF5 (JPEG-compressed "
         "X-Trainer files are detected)")
-    lerobot: LeRobotConfig = param(factory=LeRobotConfig)
+    lerobot: LeRobotConfig = param(doc="LeRobot datasets only: which features are qpos, action and the streams",
+                                   factory=LeRobotConfig)
     cameras: dict[str, Literal["third_person", "wrist"]] = param(
         doc="camera stream name -> role", factory=lambda: {"top": "third_person", "wrist": "wrist"})
     tactile: list[str] = param(doc="tactile image stream names", factory=lambda: ["tactile"])
@@ -213,6 +214,8 @@ class ActConfig:
     vae_enc_layers: int = param(2, "CVAE encoder layers (ACT: 4)", ge=1)
     kl_weight: float = param(10.0, "weight of the KL term", ge=0.0)
     grid_pool: int = param(2, "average-pool camera token grids by this factor before the transformer", ge=1)
+    full_grid: list[str] = param(doc="streams the transformer sees unpooled (every patch token), e.g. the camera "
+                                     "whose small details decide the task", factory=list)
     relative_actions: bool = param(
         False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
     blind: list[str] = param(doc="streams the policy does not see (their tokens are zeroed), for ablations such as "
@@ -253,7 +256,9 @@ class TrainConfig:
     seed: int = param(0, "seed for torch, numpy and sampling")
     device: str = param("auto", DEVICE_DOC)
     threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
-    compile: bool = param(False, "torch.compile the model")
+    compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune"]] = param(
+        False, "torch.compile the training forward: true (= default) or a mode; reduce-overhead captures CUDA graphs "
+        "(GPU). HSA diagnostics run outside the compiled graph, so logging steps do not break it")
     memory_budget_gb: float = param(4.0, "hold the caches in RAM below this size, else stream from Zarr", gt=0.0)
     workers: int = param(0, "DataLoader workers when streaming", ge=0)
     log_every: int = param(25, "steps between TensorBoard/TSV scalars", ge=1)
@@ -446,6 +451,9 @@ def _cross_check(p: Params) -> None:
     for t in p.data.tactile:
         if p.sensors and t not in p.sensors:
             raise ConfigError(f"data.tactile: stream '{t}' has no sensor under sensors.{t}")
+    for s in p.act.full_grid:
+        if s not in p.data.cameras and s not in p.data.tactile:
+            raise ConfigError(f"act.full_grid: '{s}' is not a stream of data.cameras or data.tactile")
     for s in p.act.blind:
         if s not in p.data.cameras and s not in p.data.tactile:
             raise ConfigError(f"act.blind: '{s}' is not a stream of data.cameras or data.tactile")

@@ -14,7 +14,8 @@ Atomic and resumable: work happens in `features.zarr.partial`; each finished sha
 a marker file there; a rerun with the same fingerprint skips finished shards; only a
 complete store is renamed into place (the previous complete store survives until then).
 Whole shards are written at once (writing frame by frame rewrites the shard each time), by
-a background thread while the next frames encode. Under torchrun, shards are divided among ranks.
+background threads (several shards at once) while the next frames encode. Under
+torchrun, shards are divided among ranks.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from .runtime import ThreadTuner
 from .stores import Manifest, sha256_file, sha256_json
 
 SHARD_BYTES = 64 * 2**20  # target shard size: tens of files per store, not one per frame
+# Shards are written by this many threads at once (each shard is its own file, so they never
+# touch the same bytes): one writer thread could not keep up with a GPU encoder (README).
+WRITERS = 4
 
 
 class FrameImages(Dataset):
@@ -170,8 +174,8 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
                    mappings: dict, cfg: FeaturesConfig, root, done_dir: Path, rank: int) -> None:
     """Encode the frames of `shards` in order with ONE DataLoader (its workers stay busy
     across shard boundaries; a loader per shard left all but one worker idle whenever a
-    shard held fewer frames than a batch), and write each shard, whole, in a background
-    thread while the next batches encode. A shard's done marker is written after its data."""
+    shard held fewer frames than a batch), and write each shard, whole, in background
+    threads while the next batches encode. A shard's done marker is written after its data."""
     spans = [range(k * shard_frames, min(N, (k + 1) * shard_frames)) for _, k in shards]
     items = [(name, row) for (name, _), rows in zip(shards, spans) for row in rows]
     starts = np.cumsum([0] + [len(r) for r in spans])  # item index where shard j begins; starts[-1] = len(items)
@@ -184,7 +188,7 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
     # On a CPU the decode workers (and other ranks, other jobs) share the cores with the
     # encoder: with threads: auto it takes the cores they leave.
     threads = ThreadTuner(cfg.threads, enc.device)
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=WRITERS) as writer:
         for idx, images, errors in loader:
             threads.update()
             bad = [e for e in errors if e]
@@ -199,7 +203,7 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
                     bufs[j] = np.empty((len(spans[j]), enc.grid, enc.grid, enc.width), np.float16)
                 bufs[j][idx[sel] - starts[j]] = grids[sel]
                 if idx[-1] >= starts[j + 1] - 1:  # the shard's last frame has arrived: it is whole
-                    while len(pending) >= 2:  # bound memory: at most two shards queued
+                    while len(pending) >= 2 * WRITERS:  # bound memory: a few shards in flight
                         pending.pop(0).result()  # re-raises a write error
                     name, k = shards[j]
                     pending.append(writer.submit(_write_shard, root, name, spans[j], bufs.pop(j), done_dir / f"{name}.{k}"))

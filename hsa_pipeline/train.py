@@ -266,12 +266,24 @@ def resume(run_dir: Path, key: str, module: TrainModule, opt, sched, gen: torch.
 
 
 # --------------------------------------------------------------------------- one step
-def train_step(fwd, opt, sched, params: list, batch: dict, step: int, grad_clip: float, diagnostics: bool,
-               autocast) -> tuple[dict, dict, torch.Tensor]:
-    """Forward, backward, clip, update. -> loss terms, HSA diagnostics, gradient norm.
-    Raises TrainingDiverged on a non-finite loss (the one host sync of an ordinary step)."""
+@torch.no_grad()
+def diagnostics(module: TrainModule, batch: dict, step: int, autocast) -> dict[str, float]:
+    """HSA diagnostics (retrieval, localisation, chance levels) of a batch, for logging
+    steps: a separate no-grad forward in eval mode without the latent, so it neither
+    draws random numbers (training stays the same) nor breaks a compiled training graph."""
+    module.eval()
     with autocast:
-        total, terms, stats, _ = fwd(batch, step, diagnostics=diagnostics)
+        _, _, stats, _ = module(batch, step, use_latent=False, diagnostics=True)
+    module.train()
+    return stats
+
+
+def train_step(fwd, opt, sched, params: list, batch: dict, step: int, grad_clip: float,
+               autocast) -> tuple[dict, torch.Tensor]:
+    """Forward, backward, clip, update. -> loss terms, gradient norm. Raises
+    TrainingDiverged on a non-finite loss (the one host sync of an ordinary step)."""
+    with autocast:
+        total, terms, _, _ = fwd(batch, step, diagnostics=False)
     if not torch.isfinite(total):
         name, value = next(((n, v) for n, v in terms.items() if not torch.isfinite(v)), ("total", total))
         raise TrainingDiverged(f"train: loss term '{name}' is {float(value.detach())} at step {step + 1}; see "
@@ -281,7 +293,7 @@ def train_step(fwd, opt, sched, params: list, batch: dict, step: int, grad_clip:
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     opt.step()
     sched.step()
-    return terms, stats, grad_norm
+    return terms, grad_norm
 
 
 @torch.no_grad()
@@ -445,7 +457,9 @@ def run_train(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
     step, best = resume(run_dir, key, module, opt, sched, data.gen, cfg.resume, dist.main)
     start = step
     dist.barrier()
-    fwd = torch.compile(module) if cfg.compile else module
+    fwd = module
+    if cfg.compile:
+        fwd = torch.compile(module, mode=None if cfg.compile is True else cfg.compile)
     if dist.world > 1:
         fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     threads = ThreadTuner(cfg.threads, dist.device)  # auto: the cores other processes leave
@@ -473,7 +487,8 @@ def run_train(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
         threads.update()
         batch = data.next_batch()
         log_now = log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps)
-        terms, stats, grad_norm = train_step(fwd, opt, sched, params, batch, step, cfg.grad_clip, log_now, autocast)
+        stats = diagnostics(module, batch, step, autocast) if log_now and hsa.enabled else {}
+        terms, grad_norm = train_step(fwd, opt, sched, params, batch, step, cfg.grad_clip, autocast)
         step += 1
         if log_now:
             rate = (step - start) * cfg.batch_size * dist.world / (time.perf_counter() - t0)

@@ -24,7 +24,7 @@ def test_every_stage_module_is_a_dvc_stage_run_with_python_m():
 def test_deps_list_exactly_the_code_the_stage_imports(name):
     code = {str(p.relative_to(REPO)) for p in import_closure(REPO / "stages" / f"{name}.py")}
     listed = {d for d in DVC[name]["deps"] if d.endswith(".py")}
-    assert code - listed == set(), f"dvc.yaml stage {name} misses modules it imports"
+    assert code - listed == set(), f"dvc.yaml stage {name} misses modules it imports (scripts/sync_dvc_deps.py)"
     assert listed - code == set(), f"dvc.yaml stage {name} lists modules it does not import (spurious reruns)"
 
 
