@@ -39,10 +39,9 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
     && python3 -c "import tomllib; deps = tomllib.load(open('/opt/hsa/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /opt/hsa/requirements.txt \
     && pip install -c /opt/hsa/constraints.txt -r /opt/hsa/requirements.txt
 
-# The code: small layers on top.
-COPY README.md /opt/hsa/README.md
-COPY hsa_pipeline /opt/hsa/hsa_pipeline
-COPY stages /opt/hsa/stages
+# The code: two small layers on top (.dockerignore lets in only the package, the stages
+# and the README).
+COPY . /opt/hsa/
 RUN pip install --no-deps /opt/hsa \
     && hsa --help > /dev/null \
     && git config --system user.name "hsa-pipeline container" \

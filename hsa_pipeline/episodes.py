@@ -42,6 +42,17 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     return out.getvalue()
 
 
+def checked_matrix(a: np.ndarray, where: str) -> np.ndarray:
+    """A (T, D) array of finite numbers, or one EpisodeError naming the first bad frame."""
+    if a.ndim != 2:
+        raise EpisodeError(f"{where} has shape {a.shape}, expected (T, D)")
+    bad = np.argwhere(~np.isfinite(a))
+    if len(bad):
+        t, d = bad[0]
+        raise EpisodeError(f"{where} frame {t} column {d} is {a[t, d]} (NaN/Inf not allowed)")
+    return a
+
+
 @dataclass
 class Stream:
     name: str
@@ -91,13 +102,7 @@ class Episode:
             a = np.asarray(ds[()], dtype=np.float64)
         except (OSError, ValueError) as e:
             raise EpisodeError(f"{self.path}: /{key} cannot be read (truncated file?): {e}") from None
-        if a.ndim != 2:
-            raise EpisodeError(f"{self.path}: /{key} has shape {a.shape}, expected (T, D)")
-        bad = np.argwhere(~np.isfinite(a))
-        if len(bad):
-            t, d = bad[0]
-            raise EpisodeError(f"{self.path}: /{key} frame {t} column {d} is {a[t, d]} (NaN/Inf not allowed)")
-        return a
+        return checked_matrix(a, f"{self.path}: /{key}")
 
     @property
     def qpos(self) -> np.ndarray:

@@ -257,14 +257,9 @@ class LeRobotEpisode:
         if key not in self.ds.features or key not in table.column_names:
             raise EpisodeError(f"{where}: feature '{key}' missing; features: {', '.join(self.ds.features)} "
                                f"(data.lerobot maps the pipeline's qpos and action to features)")
-        a = np.asarray(table.column(key).to_pylist(), dtype=np.float64)
-        if a.ndim != 2:
-            raise EpisodeError(f"{where}: feature '{key}' has shape {a.shape}, expected (T, D)")
-        bad = np.argwhere(~np.isfinite(a))
-        if len(bad):
-            t, d = bad[0]
-            raise EpisodeError(f"{where}: feature '{key}' frame {t} column {d} is {a[t, d]} (NaN/Inf not allowed)")
-        return a
+        from .episodes import checked_matrix
+
+        return checked_matrix(np.asarray(table.column(key).to_pylist(), dtype=np.float64), f"{where}: feature '{key}'")
 
     @property
     def qpos(self) -> np.ndarray:
