@@ -13,6 +13,9 @@
 # what runs. Any user: run with --user "$(id -u):$(id -g)"; USER/LOGNAME/HOME are set so
 # nothing needs a passwd entry, and git has a default identity (a mounted
 # ~/.gitconfig at /home/hsa/.gitconfig or GIT_AUTHOR_*/GIT_COMMITTER_* override it).
+# Layer order: everything small first, then the dependencies (the big layer: only
+# pyproject.toml and constraints.txt go into it), then the code in two small layers, so a
+# code or README change rebuilds only those two.
 # The digest below was not pulled here (no registry); refresh it with
 # `docker buildx imagetools inspect debian:12-slim`.
 ARG BASE=debian:12-slim@sha256:1209d8fd77def86ceb6663deef7956481cc6c14a25e1e64daec12c0ceffcc19d
@@ -23,36 +26,22 @@ ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates tini \
-    && rm -rf /var/lib/apt/lists/*
-
-ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-
-# Dependencies, the big layer: only pyproject.toml and constraints.txt go in, so a code or
-# README change never rebuilds it.
-COPY pyproject.toml constraints.txt /opt/hsa/
-RUN python3 -m venv "$VIRTUAL_ENV" \
-    && pip install pip==26.3 \
-    && python3 -c "import tomllib; deps = tomllib.load(open('/opt/hsa/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /opt/hsa/requirements.txt \
-    && pip install -c /opt/hsa/constraints.txt -r /opt/hsa/requirements.txt
-
-# The code: two small layers on top (.dockerignore lets in only the package, the stages
-# and the README).
-COPY . /opt/hsa/
-RUN pip install --no-deps /opt/hsa \
-    && hsa --help > /dev/null \
+    && rm -rf /var/lib/apt/lists/* \
     && git config --system user.name "hsa-pipeline container" \
     && git config --system user.email "hsa-pipeline@localhost" \
     && git config --system --add safe.directory '*' \
     && useradd --uid 1000 --no-create-home --home-dir /home/hsa --shell /bin/bash hsa \
-    && mkdir -p /home/hsa /workspace \
+    && mkdir -p /opt/venv /opt/hsa /home/hsa /workspace \
+    && chown 1000:1000 /opt/venv /opt/hsa \
     && chmod 1777 /home/hsa
 
 # Caches live in HOME (any uid may write there), never in the mounted checkout.
-ENV HOME=/home/hsa \
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/home/hsa \
     USER=hsa \
     LOGNAME=hsa \
     XDG_CACHE_HOME=/home/hsa/.cache \
@@ -63,3 +52,14 @@ WORKDIR /workspace
 USER 1000:1000
 ENTRYPOINT ["tini", "--"]
 CMD ["dvc", "repro"]
+
+# The dependencies, from pyproject.toml's list pinned by constraints.txt.
+COPY --chown=1000:1000 pyproject.toml constraints.txt /opt/hsa/
+RUN python3 -m venv "$VIRTUAL_ENV" \
+    && pip install pip==26.3 \
+    && python3 -c "import tomllib; deps = tomllib.load(open('/opt/hsa/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /opt/hsa/requirements.txt \
+    && pip install -c /opt/hsa/constraints.txt -r /opt/hsa/requirements.txt
+
+# The code (.dockerignore lets in only the package, the stages and the README).
+COPY --chown=1000:1000 . /opt/hsa/
+RUN pip install --no-deps /opt/hsa && hsa --help > /dev/null

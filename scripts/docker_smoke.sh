@@ -14,7 +14,7 @@
 #
 # Needs a running Docker engine. On a machine with only the client (as root):
 #   apt-get install docker.io debootstrap; dockerd --iptables=false --storage-driver=vfs &
-# With vfs every layer is a full copy: the build needs about 55 GB free.
+# With vfs every layer is a full copy: a first build needs about 40 GB free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -29,8 +29,8 @@ fail() { echo "docker smoke: FAILED: $*" >&2; exit 1; }
 driver=$(docker info --format '{{.Driver}}')
 root_dir=$(docker info --format '{{.DockerRootDir}}')
 need_gb=15
-if [ "$driver" = vfs ]; then  # every layer a full copy: a first build ~55 GB, a rebuild of the code layers ~25 GB
-    need_gb=$(docker image inspect "$TAG" > /dev/null 2>&1 && echo 25 || echo 55)
+if [ "$driver" = vfs ]; then  # every layer a full copy: a first build ~40 GB, a rebuild of the code layers ~20 GB
+    need_gb=$(docker image inspect "$TAG" > /dev/null 2>&1 && echo 20 || echo 40)
 fi
 free_gb=$(( $(df -Pk "$root_dir" 2>/dev/null | awk 'NR==2 {print $4}' || echo 0) / 1048576 ))
 [ "$free_gb" -ge "$need_gb" ] || fail "$free_gb GB free under $root_dir; the $driver storage driver needs about $need_gb GB"
