@@ -90,7 +90,7 @@ class SynthConfig:
     enabled: bool = param(True, "generate the demo dataset; set false when data.episodes_dir points at real data")
     out_dir: str = param("data/demo", "where the demo episodes are written (episodes/ below it); "
                                       "data.episodes_dir must be <out_dir>/episodes while enabled")
-    episodes: int = param(12, "number of episodes", ge=2)
+    episodes: int = param(80, "number of episodes", ge=2)
     layout: Literal["xtrainer", "act"] = param("xtrainer", "HDF5 layout written: X-Trainer JPEG or ACT raw")
     jpeg_quality: int = param(90, "JPEG quality for the xtrainer layout", ge=1, le=100)
     seed: int = param(0, "scene seed; the dataset is a pure function of params (scenes of evaluate's rollouts are "

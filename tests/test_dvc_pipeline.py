@@ -180,8 +180,9 @@ def test_the_stages_run_the_checkouts_code(repo):
     installed package, which a non-editable install or a Docker image would hold)."""
     source = repo / "hsa_pipeline" / "prepare.py"
     original = source.read_text()
-    source.write_text(original.replace('    files = episode_files(cfg.episodes_dir)\n',
-                                       '    print("EDITED-IN-THE-CHECKOUT")\n    files = episode_files(cfg.episodes_dir)\n'))
+    anchor = "    layout = resolve_layout(cfg.episodes_dir, cfg.layout)\n"
+    assert anchor in original
+    source.write_text(original.replace(anchor, '    print("EDITED-IN-THE-CHECKOUT")\n' + anchor))
     try:
         assert "EDITED-IN-THE-CHECKOUT" in run([DVC, "repro", "prepare"], repo)
     finally:
