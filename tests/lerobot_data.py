@@ -91,3 +91,37 @@ def from_hdf5(directory: Path, root: Path, streams: list[str], **kw) -> Path:
             episodes.append({"qpos": ep.qpos, "action": ep.action,
                              "images": {s: np.stack([ep.frame(s, t) for t in range(T)]) for s in streams}})
     return write_lerobot(root, episodes, **kw)
+
+
+def write_lerobot_v2(root: Path, episodes: list[dict], fps: float = 10.0) -> Path:
+    """The v2.1 layout: one parquet file and one mp4 per episode and stream, episodes in
+    meta/episodes.jsonl, every video starting at 0."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    streams = list(episodes[0]["images"])
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    start = 0
+    with open(root / "meta/episodes.jsonl", "w") as f:
+        for e, ep in enumerate(episodes):
+            T = len(ep["qpos"])
+            rows = [{"observation.state": ep["qpos"][t].astype(np.float32).tolist(),
+                     "action": ep["action"][t].astype(np.float32).tolist(), "timestamp": np.float32(t / fps).item(),
+                     "frame_index": t, "episode_index": e, "index": start + t, "task_index": 0} for t in range(T)]
+            (root / "data/chunk-000").mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows), root / f"data/chunk-000/episode_{e:06d}.parquet")
+            for s in streams:
+                write_video(root / f"videos/chunk-000/observation.images.{s}/episode_{e:06d}.mp4", list(ep["images"][s]), fps)
+            f.write(json.dumps({"episode_index": e, "tasks": ["touch"], "length": T}) + "\n")
+            start += T
+    features = {"observation.state": {"dtype": "float32", "shape": [episodes[0]["qpos"].shape[1]]},
+                "action": {"dtype": "float32", "shape": [episodes[0]["action"].shape[1]]},
+                **{f"observation.images.{s}": {"dtype": "video", "shape": list(episodes[0]["images"][s].shape[1:])}
+                   for s in streams}}
+    info = {"codebase_version": "v2.1", "fps": fps, "chunks_size": 1000, "total_episodes": len(episodes),
+            "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+            "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+            "features": features}
+    (root / "meta/info.json").write_text(json.dumps(info, indent=2))
+    return root

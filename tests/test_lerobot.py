@@ -178,3 +178,20 @@ def test_dvc_repro_through_evaluate_on_a_lerobot_dataset(dataset, tmp_path):
     episodes = json.loads((repo / "outputs/prepare/episodes.json").read_text())
     assert episodes["episodes"][0]["layout"] == "lerobot"
     assert digest(dataset) == before
+
+
+def test_the_v2_layout_reads_the_same(demo_dir, tmp_path):
+    from lerobot_data import write_lerobot_v2
+
+    eps = []
+    for i in range(2):
+        with Episode(demo_dir / f"episode_{i}.hdf5") as h5:
+            T = len(h5.qpos)
+            eps.append({"qpos": h5.qpos, "action": h5.action,
+                        "images": {s: np.stack([h5.frame(s, t) for t in range(T)]) for s in STREAMS}})
+    root = write_lerobot_v2(tmp_path / "v2", eps)
+    m = run_prepare(cfg(root), 5, tmp_path / "out")
+    assert [e["id"] for e in m["episodes"]] == ["episode_000000", "episode_000001"]
+    with open_episode(root / "episode_000001", "lerobot", lerobot_mapping(cfg(root))) as lr:
+        np.testing.assert_array_equal(lr.qpos, eps[1]["qpos"].astype(np.float32))
+        assert np.abs(lr.frame("top", 9).astype(float) - eps[1]["images"]["top"][9]).mean() < 3.0
