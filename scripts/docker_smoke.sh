@@ -56,7 +56,12 @@ say "image $TAG: $(docker image inspect "$TAG" --format '{{.Size}}' | awk '{prin
 # --- a fresh clone per uid, its committed outputs removed, a stage edited
 work=$(mktemp -d)
 chmod 755 "$work"
-trap 'chmod -R u+rwX "$work" 2>/dev/null; rm -rf "$work"' EXIT
+cleanup() {  # the other uid's files are not ours to delete: hand them back first (as root in the container)
+    docker run --rm --user 0 -v "$work:/w" "$TAG" chown -R "$(id -u):$(id -g)" /w > /dev/null 2>&1 || true
+    chmod -R u+rwX "$work" 2> /dev/null || true
+    rm -rf "$work" 2> /dev/null || echo "docker smoke: could not remove $work" >&2
+}
+trap 'rc=$?; cleanup; exit $rc' EXIT
 marker="SMOKE-EDIT-$RANDOM$RANDOM"
 fresh_clone() {  # directory
     git clone -q "$repo" "$1"

@@ -4,10 +4,10 @@
 #   train     train + evaluate the demo on the GPU (bf16 autocast, TF32), closed loop included
 #   resume    the CUDA resume test (resume = an uninterrupted run, dropout draws included)
 #   torchrun  50 training steps under torchrun (NCCL, one process)
-#   bench     training steps/s, X-Trainer config, batch 16 and 64, eager and
-#             torch.compile(mode="reduce-overhead") (CUDA graphs); the feature stage against
-#             its bare encoder (ViT-B-16, 16x the demo episodes); the policy's control step
-#   compile   demo training with train.compile=reduce-overhead (graph breaks counted)
+#   bench     training steps/s, X-Trainer config, batch 16 and 64 (eager, bf16 autocast);
+#             the feature stage against its bare encoder and the disk's write rate (ViT-B-16,
+#             16x the demo episodes); the policy's control step (p50, p99)
+#   compile   demo training with train.compile=reduce-overhead (CUDA graphs; graph breaks counted)
 # Needs the demo's data/demo and outputs/prepare, outputs/geometry.zarr (`dvc repro geometry`)
 # and the project importable. Usage: scripts/gpu_check.sh OUT_DIR [check ...]  (default: all)
 set -uo pipefail
