@@ -6,7 +6,7 @@ stream), in one run on one machine:
 2. the original recipe: the same ACT fed raw 480x640 images through a trainable
    ResNet18 backbone (torchvision, random weights), its 15x20 feature maps as tokens.
 
-    python benchmarks/bench_train.py [--steps 3] [--grid-pool 2] [--device auto]
+    python benchmarks/bench_train.py [--steps 3] [--grid-pool 2] [--device auto] [--checkpoint-layers]
 
 Each side runs in its own process, so each one's peak memory (RSS, and CUDA's peak
 allocation on a GPU) is its own. On CUDA both run under bf16 autocast with TF32, as the
@@ -37,9 +37,10 @@ B, K, D = 16, 45, 14
 CAMS = ["top", "left_wrist", "right_wrist"]
 
 
-def xtrainer_act(grid_pool: int) -> ActConfig:
+def xtrainer_act(grid_pool: int, checkpoint_layers: bool = False) -> ActConfig:
     return ActConfig(chunk_size=K, hidden_dim=512, dim_feedforward=3200, enc_layers=4, dec_layers=7, heads=8,
-                     dropout=0.1, latent_dim=32, vae_enc_layers=4, kl_weight=10.0, grid_pool=grid_pool)
+                     dropout=0.1, latent_dim=32, vae_enc_layers=4, kl_weight=10.0, grid_pool=grid_pool,
+                     checkpoint_layers=checkpoint_layers)
 
 
 class RawImageACT(nn.Module):
@@ -73,7 +74,7 @@ def time_steps(step_fn, steps: int, device: torch.device) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int) -> dict:
+def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int, checkpoint_layers: bool = False) -> dict:
     """One side in this process: steps/s and peak memory."""
     global B
     B = batch
@@ -87,7 +88,7 @@ def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int) -> 
     qpos, actions = torch.randn(B, D, device=dev), torch.randn(B, K, D, device=dev)
     is_pad = torch.zeros(B, K, dtype=torch.bool, device=dev)
     if side == "cached":
-        cfg = xtrainer_act(grid_pool)
+        cfg = xtrainer_act(grid_pool, checkpoint_layers)
         policy = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=14, token_dim=768)).to(dev)
         hsa = HSALoss(512, HsaConfig(proj_dim=128), 1000).to(dev)
         opt = torch.optim.AdamW(list(policy.parameters()) + list(hsa.parameters()), lr=1e-5)
@@ -136,15 +137,18 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--batch", type=int, default=B, help="batch size (X-Trainer: 16)")
     ap.add_argument("--sides", nargs="+", default=["cached", "raw"], choices=["cached", "raw"])
+    ap.add_argument("--checkpoint-layers", action="store_true",
+                    help="act.checkpoint_layers for the cached trainer (less memory, slower)")
     ap.add_argument("--side", choices=["cached", "raw"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        print(json.dumps(run_side(args.side, args.steps, args.grid_pool, args.device, args.batch)))
+        print(json.dumps(run_side(args.side, args.steps, args.grid_pool, args.device, args.batch, args.checkpoint_layers)))
         return
     res = {}
     for side in args.sides:
         r = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--grid-pool",
-                            str(args.grid_pool), "--device", args.device, "--batch", str(args.batch)],
+                            str(args.grid_pool), "--device", args.device, "--batch", str(args.batch)]
+                           + ["--checkpoint-layers"] * args.checkpoint_layers,
                            capture_output=True, text=True, check=True)
         res[side] = json.loads(r.stdout.strip().splitlines()[-1])
     mem = lambda r: f"peak RSS {r['peak_rss_gb']:.2f} GB" + (f", CUDA {r['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in r else "")  # noqa: E731
@@ -152,7 +156,8 @@ def main() -> None:
     print(f"machine: {first['machine']}, torch {torch.__version__}")
     print(f"X-Trainer config: batch {args.batch}, chunk {K}, hidden 512, 3 cameras + 1 tactile")
     if "cached" in res:
-        print(f"cached ViT-B-16 grids + HSA (grid_pool {args.grid_pool}): {res['cached']['steps_per_s']:.3f} steps/s, "
+        ckpt = ", checkpointed layers" if args.checkpoint_layers else ""
+        print(f"cached ViT-B-16 grids + HSA (grid_pool {args.grid_pool}{ckpt}): {res['cached']['steps_per_s']:.3f} steps/s, "
               f"{mem(res['cached'])}")
     if "raw" in res:
         print(f"raw 480x640 images + ResNet18 (original ACT recipe): {res['raw']['steps_per_s']:.3f} steps/s, "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import ActConfig
 
@@ -52,6 +53,15 @@ def pool_tokens(x: torch.Tensor, grid: int, pool: int) -> torch.Tensor:
     B, _, H = x.shape
     g = x.transpose(1, 2).reshape(B, H, grid, grid)
     return F.avg_pool2d(g, pool).flatten(2).transpose(1, 2)
+
+
+def recompute_layers(layers: nn.ModuleList, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """The layers of a TransformerEncoder/Decoder (no final norm), each under activation
+    checkpointing: its inner activations are recomputed in the backward pass, not kept.
+    The RNG state is replayed, so dropout draws and gradients equal the plain forward."""
+    for layer in layers:
+        x = checkpoint(layer, x, *args, use_reentrant=False, **kwargs)
+    return x
 
 
 class ACTPolicy(nn.Module):
@@ -100,7 +110,10 @@ class ACTPolicy(nn.Module):
         x = torch.cat([self.vae_cls.expand(B, -1, -1), self.vae_qpos_in(qpos)[:, None], self.vae_action_in(actions)], 1)
         x = x + self.vae_pos  # (B, 2 + k, H)
         pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool, device=qpos.device), is_pad], 1)
-        h = self.vae_encoder(x, src_key_padding_mask=pad)[:, 0]  # (B, H) at CLS
+        if self.cfg.checkpoint_layers and torch.is_grad_enabled():
+            h = recompute_layers(self.vae_encoder.layers, x, src_key_padding_mask=pad)[:, 0]
+        else:
+            h = self.vae_encoder(x, src_key_padding_mask=pad)[:, 0]  # (B, H) at CLS
         mu, logvar = self.vae_out(h).chunk(2, dim=-1)
         return mu, logvar
 
@@ -120,8 +133,14 @@ class ACTPolicy(nn.Module):
         for i, s in enumerate(self.shapes.streams):
             pooled = pool_tokens(adapted[s], self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
             seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
-        memory = self.encoder(torch.cat(seq, 1))  # (B, 2 + all streams' tokens, H)
-        h = self.decoder(self.queries.expand(B, -1, -1), memory)  # (B, k, H)
+        x = torch.cat(seq, 1)  # (B, 2 + all streams' tokens, H)
+        queries = self.queries.expand(B, -1, -1)
+        if self.cfg.checkpoint_layers and torch.is_grad_enabled():
+            memory = recompute_layers(self.encoder.layers, x)
+            h = recompute_layers(self.decoder.layers, queries, memory)  # (B, k, H)
+        else:
+            memory = self.encoder(x)
+            h = self.decoder(queries, memory)  # (B, k, H)
         return self.action_out(h), latent, adapted
 
 

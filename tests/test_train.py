@@ -125,6 +125,43 @@ def test_every_decoder_layer_receives_gradient():
         assert all(g is not None and g.abs().sum() > 0 for g in grads), f"decoder layer {i} got no gradient"
 
 
+
+def test_checkpointed_layers_give_the_plain_forwards_loss_and_gradients():
+    """act.checkpoint_layers recomputes activations in the backward pass: same dropout draws
+    (dropout on, padded chunk), same loss and gradients, fewer tensors kept for backward."""
+    kw = dict(hidden_dim=16, dim_feedforward=32, heads=2, enc_layers=2, dec_layers=2, vae_enc_layers=2,
+              latent_dim=4, chunk_size=5, dropout=0.3)
+    shapes = ActShapes(7, 7, ["cam", "tac"], grid=4, token_dim=8)
+    torch.manual_seed(0)
+    plain = ACTPolicy(ActConfig(**kw), shapes)
+    ckpt = ACTPolicy(ActConfig(**kw, checkpoint_layers=True), shapes)
+    ckpt.load_state_dict(plain.state_dict())
+    B = 3
+    g = torch.Generator().manual_seed(1)
+    tokens = {s: torch.randn(B, 4, 4, 8, generator=g) for s in ("cam", "tac")}
+    qpos, actions, target = (torch.randn(B, 7, generator=g), torch.randn(B, 5, 7, generator=g),
+                             torch.randn(B, 5, 7, generator=g))
+    is_pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 4 + [True]])
+
+    def loss_and_grads(model):
+        saved = []
+        torch.manual_seed(7)  # the same dropout draws for both
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            pred, latent, _ = model(qpos, tokens, actions, is_pad)
+        loss = sum(act_losses(pred, target, is_pad, latent).values())
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, sum(saved)
+
+    loss_a, grads_a, kept_a = loss_and_grads(plain)
+    loss_b, grads_b, kept_b = loss_and_grads(ckpt)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert kept_b < 0.6 * kept_a, (kept_b, kept_a)
+    with torch.no_grad():  # inference takes the plain path: no recomputation to pay for
+        torch.testing.assert_close(ckpt.eval()(qpos, tokens)[0], plain.eval()(qpos, tokens)[0])
+
 def test_tiny_run_learns_logs_and_checkpoints(work_dir):
     p = tiny_pipeline_params(["train.steps=120", "train.val_every=60", "train.log_every=5", "train.lr=0.002"])
     final = train(p)
