@@ -12,29 +12,19 @@ and rotation error against the preset's values, reprojection error.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from hsa_pipeline.calibrate import run
+from hsa_pipeline.calibrate import pose_error, run
 from hsa_pipeline.config import load_params
-from hsa_pipeline.kinematics import pose_matrix
 from hsa_pipeline.world import TouchWorld
 from hsa_pipeline.world.calibration import BoardSpec, record
 
 PRESET = Path(__file__).resolve().parents[1] / "presets" / "xtrainer.yaml"
 BOARD = "5x4,0.04,0.03,DICT_4X4_50"
-
-
-def pose_error(found: dict, truth) -> tuple[float, float]:
-    """(position error in mm, rotation error in degrees)."""
-    A = pose_matrix(type(truth)(xyz=found["xyz"], rpy_deg=found["rpy_deg"]))
-    B = pose_matrix(truth)
-    R = A[:3, :3].T @ B[:3, :3]
-    return 1000 * float(np.linalg.norm(A[:3, 3] - B[:3, 3])), math.degrees(math.acos(min(1.0, (np.trace(R) - 1) / 2)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             K = np.array(k.values["K"])
             we = pose_error(w.values["pose"], p.cameras["top"].pose)
             he = pose_error(h.values["pose"], p.cameras["right_wrist"].pose)
+            we, he = (1000 * we[0], we[1]), (1000 * he[0], he[1])  # mm, degrees
             print(f"| {seed} | {we[0]:.1f} mm, {we[1]:.2f} deg, {w.rms_px:.2f} px "
                   f"| {he[0]:.1f} mm, {he[1]:.2f} deg, {h.rms_px:.2f} px "
                   f"| {K[0, 0]:.0f}, {K[1, 1]:.0f}, {K[0, 2]:.0f}, {K[1, 2]:.0f} ({k.rms_px:.2f} px) |", flush=True)

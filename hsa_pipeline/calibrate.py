@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, EpisodeError
-from .kinematics import invert_rigid
+from .kinematics import invert_rigid, pose_matrix
 from .world.calibration import BoardSpec
 
 MIN_CORNERS = 6  # a frame needs this many ChArUco corners to count
@@ -128,6 +128,15 @@ def rpy_deg(R: np.ndarray) -> list[float]:
     roll = math.atan2(R[2, 1], R[2, 2])
     yaw = math.atan2(R[1, 0], R[0, 0])
     return [math.degrees(a) for a in (roll, pitch, yaw)]
+
+
+def pose_error(found: dict, truth) -> tuple[float, float]:
+    """(position error in m, rotation error in degrees) between a found pose (params.yaml's
+    {xyz, rpy_deg}) and a config Pose: how far a calibration is from the truth."""
+    A = pose_matrix(type(truth)(xyz=found["xyz"], rpy_deg=found["rpy_deg"]))
+    B = pose_matrix(truth)
+    R = A[:3, :3].T @ B[:3, :3]
+    return float(np.linalg.norm(A[:3, 3] - B[:3, 3])), math.degrees(math.acos(min(1.0, (np.trace(R) - 1) / 2)))
 
 
 def pose_values(T: np.ndarray) -> dict:

@@ -115,7 +115,11 @@ class LeRobotDataset:
         return self.root / rel, 0.0
 
     def files(self, ep: int, image_keys: list[str]) -> list[Path]:
-        return [self.data_file(ep)] + [self.video(ep, k)[0] for k in image_keys]
+        """Every file episode `ep` is read from: metadata, its data file, its videos."""
+        meta = self.root / "meta"
+        tables = sorted((meta / "episodes").glob("chunk-*/file-*.parquet")) if self.version == "v3.0" \
+            else [meta / "episodes.jsonl"]
+        return [meta / "info.json", *tables, self.data_file(ep)] + [self.video(ep, k)[0] for k in image_keys]
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,7 +221,7 @@ class LeRobotEpisode:
         self.path = Path(root) / episode_name(index)
         if index not in self.ds.episodes:
             raise EpisodeError(f"{self.path}: no episode {index} in {self.ds.root}/meta")
-        self._videos: dict[str, VideoReader] = {}
+        self._videos: dict[str, tuple[VideoReader, float]] = {}  # key -> reader, episode start (s)
         self._rows = None
 
     def __enter__(self) -> "LeRobotEpisode":
@@ -227,8 +231,8 @@ class LeRobotEpisode:
         self.close()
 
     def close(self) -> None:
-        for v in self._videos.values():
-            v.close()
+        for video, _ in self._videos.values():
+            video.close()
         self._videos.clear()
 
     @property
@@ -306,27 +310,28 @@ class LeRobotEpisode:
         if not 0 <= t < self.length:
             raise EpisodeError(f"{self.path}: frame {t} outside 0..{self.length - 1}")
         if s.key not in self._videos:
-            path, _ = self.ds.video(self.index, s.key)
-            self._videos[s.key] = VideoReader(path)
-        _, start = self.ds.video(self.index, s.key)
-        where = f"{self.path}: '{s.key}' frame {t}"
-        return self._videos[s.key].frame(start + t / self.ds.fps, where)
+            path, start = self.ds.video(self.index, s.key)
+            self._videos[s.key] = (VideoReader(path), start)
+        video, start = self._videos[s.key]
+        return video.frame(start + t / self.ds.fps, f"{self.path}: '{s.key}' frame {t}")
 
-    def sha256(self) -> str:
-        """Content of this episode: its rows and the bytes of every file it reads."""
+    def sha256(self, file_digests: dict[str, str] | None = None) -> str:
+        """Content of this episode: which one it is and the bytes of every file it reads
+        (meta/info.json with fps and features, the episodes table, its data file and
+        videos), read from disk, not from the metadata this process has cached.
+        `file_digests` (path -> digest) is the caller's memo for one pass over the dataset:
+        a v3.0 file holds many episodes and is then read once, not once per episode."""
         import hashlib
 
-        h = hashlib.sha256(json.dumps(self.ds.episodes[self.index], sort_keys=True, default=str).encode())
+        from .stores import sha256_file
+
+        memo = {} if file_digests is None else file_digests
+        h = hashlib.sha256(str(self.index).encode())
         keys = [self.keys.image_key(n) for n, _ in self.keys.images]
         for f in sorted({str(p) for p in self.ds.files(self.index, keys)}):
-            h.update(_file_digest(f).encode())
+            if f not in memo:
+                if not Path(f).is_file():
+                    raise EpisodeError(f"{f}: missing")
+                memo[f] = sha256_file(f)
+            h.update(memo[f].encode())
         return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str) -> str:
-    from .stores import sha256_file
-
-    if not Path(path).is_file():
-        raise EpisodeError(f"{path}: missing")
-    return sha256_file(path)

@@ -56,8 +56,10 @@ def lerobot_mapping(cfg: DataConfig) -> dict:
     return {"qpos": m.qpos, "action": m.action, "images": {n: m.streams.get(n, f"observation.images.{n}") for n in names}}
 
 
-def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str) -> EpisodeInfo:
-    """Open one episode and check everything later stages rely on; EpisodeError otherwise."""
+def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str,
+                   file_digests: dict[str, str] | None = None) -> EpisodeInfo:
+    """Open one episode and check everything later stages rely on; EpisodeError otherwise.
+    `file_digests`: LeRobot files already hashed in this pass (shared by several episodes)."""
     with open_episode(path, layout, lerobot_mapping(cfg)) as ep:
         if layout == "lerobot":
             ep.check_timestamps()
@@ -89,7 +91,7 @@ def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str) ->
                     raise EpisodeError(f"{path}: /{stream.key} frame {t} has shape {img.shape}")
                 if is_tactile:
                     thumbs[name][t] = _thumb(img)
-    digest = ep.sha256() if layout == "lerobot" else sha256_file(path)
+    digest = ep.sha256(file_digests) if layout == "lerobot" else sha256_file(path)
     return EpisodeInfo(path.stem, path.name, T, ep.layout, digest, shapes, qpos, action, thumbs)
 
 
@@ -122,9 +124,10 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
     files = episode_files(cfg.episodes_dir, layout)
     infos: list[EpisodeInfo] = []
     skipped = []
+    file_digests: dict[str, str] = {}  # this pass only: a file edited later is hashed again next time
     for path in tqdm(files, desc="prepare: checking episodes", unit="ep"):
         try:
-            infos.append(read_and_check(path, cfg, chunk_size, layout))
+            infos.append(read_and_check(path, cfg, chunk_size, layout, file_digests))
         except EpisodeError as e:
             if cfg.on_bad_episode == "error":
                 raise

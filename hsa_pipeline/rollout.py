@@ -55,31 +55,25 @@ def check_compatible(policy, env, where: str) -> None:
                          f"policy trained on the demo world's rig (for real-robot data set eval.rollouts: 0)")
 
 
-def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
-    """One scene, the policy in the loop, until the world says it is over."""
-    from .policy import TemporalEnsembler
+def drive(env, seed: int, start, record: bool = False, threads=None) -> RolloutResult:
+    """One scene until the world says it is over. `start()` is called after the reset and
+    returns `choose(obs, ms) -> action` (which may time its parts into `ms`)."""
     from .world import contact_sheet
 
     result = RolloutResult(seed, False, None, 0, 0, {"world": [], "encode": [], "act": []})
     try:
         obs, info = env.reset(seed=seed)
-        ens = TemporalEnsembler(policy.chunk_size, ensemble_k)
+        choose = start()
         done = False
         while not done:
             if threads is not None:
                 threads.update()
             if record:
                 result.frames.append(contact_sheet(obs, env.streams, height=96))
-            t0 = time.perf_counter()
-            tokens = policy.features({s: obs[s] for s in policy.streams})
-            t1 = time.perf_counter()
-            action = ens.step(policy.predict_chunk(None, obs["qpos"], tokens))
-            t2 = time.perf_counter()
+            action = choose(obs, result.ms)
+            t = time.perf_counter()
             obs, _, terminated, truncated, info = env.step(action)
-            t3 = time.perf_counter()
-            result.ms["encode"].append(1e3 * (t1 - t0))
-            result.ms["act"].append(1e3 * (t2 - t1))
-            result.ms["world"].append(1e3 * (t3 - t2))
+            result.ms["world"].append(1e3 * (time.perf_counter() - t))
             done = terminated or truncated
         if record:
             result.frames.append(contact_sheet(obs, env.streams, height=96))
@@ -89,6 +83,26 @@ def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False,
         result.failure = f"crashed: {type(e).__name__}: {str(e)[:200]}"
         result.steps = env.t if hasattr(env, "t") else 0
     return result
+
+
+def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
+    """One scene with the policy in the loop: encode, ACT, temporal ensembling, each timed."""
+    from .policy import TemporalEnsembler
+
+    def start():
+        ens = TemporalEnsembler(policy.chunk_size, ensemble_k)
+
+        def choose(obs, ms):
+            t0 = time.perf_counter()
+            tokens = policy.features({s: obs[s] for s in policy.streams})
+            t1 = time.perf_counter()
+            action = ens.step(policy.predict_chunk(None, obs["qpos"], tokens))
+            ms["encode"].append(1e3 * (t1 - t0))
+            ms["act"].append(1e3 * (time.perf_counter() - t1))
+            return action
+        return choose
+
+    return drive(env, seed, start, record, threads)
 
 
 def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: int) -> dict:
@@ -132,23 +146,14 @@ def write_gif(frames: list[np.ndarray], path, fps: float = 10.0) -> None:
 
 def run_expert(env, seed: int, record: bool = True) -> RolloutResult:
     """The scripted expert on one scene, recorded like a policy rollout (for comparison)."""
-    from .world import ScriptedExpert, contact_sheet
+    from .world import ScriptedExpert
 
-    result = RolloutResult(seed, False, None, 0, 0)
-    obs, info = env.reset(seed=seed)
-    expert = ScriptedExpert(env)
-    expert.reset()
-    done = False
-    while not done:
-        if record:
-            result.frames.append(contact_sheet(obs, env.streams, height=96))
-        obs, _, terminated, truncated, info = env.step(expert.act())
-        done = terminated or truncated
-    if record:
-        result.frames.append(contact_sheet(obs, env.streams, height=96))
-    result.success, result.failure = bool(info["success"]), info["failure"]
-    result.phases_reached, result.steps = int(info["phases_reached"]), int(info["step"])
-    return result
+    def start():
+        expert = ScriptedExpert(env)  # plans from the scene the reset made
+        expert.reset()
+        return lambda obs, ms: expert.act()
+
+    return drive(env, seed, start, record)
 
 
 def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False) -> RolloutResult:

@@ -4,16 +4,14 @@ hand-made PnP cases; the board-free check; params.yaml edited in place, never ha
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from conftest import REPO
-from hsa_pipeline.calibrate import box_check, read_marks, rpy_deg, run, write_params
+from hsa_pipeline.calibrate import box_check, pose_error, read_marks, rpy_deg, run, write_params
 from hsa_pipeline.config import load_params
 from hsa_pipeline.errors import ConfigError, EpisodeError
-from hsa_pipeline.kinematics import pose_matrix, rpy_matrix
+from hsa_pipeline.kinematics import rpy_matrix
 from hsa_pipeline.rig import Rig
 from hsa_pipeline.world import TouchWorld
 from hsa_pipeline.world.calibration import BoardSpec, record
@@ -24,14 +22,6 @@ BOARD = "5x4,0.04,0.03,DICT_4X4_50"
 
 def preset(*overrides):
     return load_params(PRESET, list(overrides))
-
-
-def pose_error(found: dict, truth) -> tuple[float, float]:
-    """(position error in m, rotation error in degrees) between a found pose and a config Pose."""
-    A = pose_matrix(type(truth)(xyz=found["xyz"], rpy_deg=found["rpy_deg"]))
-    B = pose_matrix(truth)
-    R = A[:3, :3].T @ B[:3, :3]
-    return float(np.linalg.norm(A[:3, 3] - B[:3, 3])), math.degrees(math.acos(min(1.0, (np.trace(R) - 1) / 2)))
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +147,15 @@ def test_rpy_round_trips_and_a_reflection_is_not_written():
     mirror = np.diag([1.0, 1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="not a proper rotation"):
         pose_values(mirror)
+
+
+def test_pose_error_against_a_hand_made_offset():
+    """3 mm along x and y (4.24 mm) and 0.2 deg of yaw from the truth, worked by hand."""
+    truth = load_params(PRESET).cameras["top"].pose
+    found = {"xyz": [truth.xyz[0] + 0.003, truth.xyz[1] - 0.003, truth.xyz[2]],
+             "rpy_deg": [truth.rpy_deg[0], truth.rpy_deg[1], truth.rpy_deg[2] + 0.2]}
+    dist, angle = pose_error(found, truth)
+    assert dist == pytest.approx(0.003 * 2**0.5, abs=1e-9) and angle == pytest.approx(0.2, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- writing params.yaml

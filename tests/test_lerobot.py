@@ -73,6 +73,20 @@ def bad_copy(dataset, tmp_path, name):
     return dst
 
 
+def test_an_episodes_content_hash_covers_info_json(dataset, tmp_path):
+    """fps lives in meta/info.json and places every frame in its video: changing it must
+    change the episode's hash (so nothing downstream is reused)."""
+    keys = lerobot_mapping(cfg(dataset))
+    a, b = bad_copy(dataset, tmp_path, "a"), bad_copy(dataset, tmp_path, "b")
+    info = json.loads((b / "meta" / "info.json").read_text())
+    info["fps"] = info["fps"] * 2
+    (b / "meta" / "info.json").write_text(json.dumps(info))
+    with open_episode(a / "episode_000001", "lerobot", keys) as ea, open_episode(b / "episode_000001", "lerobot", keys) as eb:
+        assert ea.sha256() != eb.sha256()
+    with open_episode(dataset / "episode_000001", "lerobot", keys) as e:
+        assert e.sha256() == ea.sha256()  # the same content elsewhere: the same hash
+
+
 def rewrite_parquet(path, fn):
     import pyarrow as pa
     import pyarrow.parquet as pq
