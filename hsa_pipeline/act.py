@@ -7,12 +7,14 @@ Camera and tactile grids enter through trainable per-stream adapters (LayerNorm 
 on the frozen CLIP tokens), plus a learned 2-D position and a stream embedding. The HSA
 loss is computed on the same adapter outputs, so alignment shapes what the policy sees.
 Every decoder layer is used (the original ACT built 7 and used the first).
-At inference the CVAE encoder is skipped and z = 0.
+At inference the CVAE encoder is skipped and z = 0. With `act.vae: false` there is no
+CVAE at all: z = 0 in training too, so a choice can only come from the observation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import ActConfig
+from .hsa import ProjectionHead
 
 
 @dataclass
@@ -31,6 +34,7 @@ class ActShapes:
     streams: list[str]  # cameras then tactile, in cache order
     grid: int  # G of the cached G x G grids
     token_dim: int  # C of the cached tokens
+    tactile: list[str] = field(default_factory=list)  # which of `streams` are tactile (act.touch_map reads them)
 
 
 class Adapter(nn.Module):
@@ -84,13 +88,19 @@ class ACTPolicy(nn.Module):
             layer = nn.TransformerEncoderLayer(H, cfg.heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
             return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
-        # CVAE encoder over [CLS, qpos, actions]
-        self.vae_cls = nn.Parameter(torch.randn(1, 1, H) * 0.02)
-        self.vae_action_in = nn.Linear(shapes.action_dim, H)
-        self.vae_qpos_in = nn.Linear(shapes.qpos_dim, H)
-        self.vae_pos = nn.Parameter(torch.randn(2 + cfg.chunk_size, H) * 0.02)
-        self.vae_encoder = encoder(cfg.vae_enc_layers)
-        self.vae_out = nn.Linear(H, 2 * cfg.latent_dim)
+        if cfg.vae:  # CVAE encoder over [CLS, qpos, actions]
+            self.vae_cls = nn.Parameter(torch.randn(1, 1, H) * 0.02)
+            self.vae_action_in = nn.Linear(shapes.action_dim, H)
+            self.vae_qpos_in = nn.Linear(shapes.qpos_dim, H)
+            self.vae_pos = nn.Parameter(torch.randn(2 + cfg.chunk_size, H) * 0.02)
+            self.vae_encoder = encoder(cfg.vae_enc_layers)
+            self.vae_out = nn.Linear(H, 2 * cfg.latent_dim)
+
+        if cfg.touch_map:  # where does each camera see what the sensors feel? (touch_map_bias)
+            # the same kind of heads as HSA's; with HSA on they ARE its heads (train.build)
+            self.touch_query, self.touch_key = ProjectionHead(H, H), ProjectionHead(H, H)
+            self.touch_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # 1 / temperature, learned
+            self.touch_emb = nn.Parameter(torch.randn(H) * 0.02)
 
         self.encoder = encoder(cfg.enc_layers)
         dec_layer = nn.TransformerDecoderLayer(H, cfg.heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
@@ -103,6 +113,24 @@ class ACTPolicy(nn.Module):
         A stream in `act.blind` is zeroed first: the policy cannot tell one frame from another."""
         blind = set(self.cfg.blind)
         return {s: self.adapters[s](torch.zeros_like(tokens[s]) if s in blind else tokens[s]) for s in self.shapes.streams}
+
+    def felt(self, adapted: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, H): what the sensors feel, the mean of every tactile token (act.touch_map only)."""
+        if not self.cfg.touch_map or not self.shapes.tactile:
+            return None
+        return torch.stack([adapted[s].mean(1) for s in self.shapes.tactile]).mean(0)
+
+    def touch_map_bias(self, felt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Explicit grounding of touch in sight: each camera token gets a learned vector times
+        how well it matches what is felt: the cosine of the two heads' embeddings (HSA's
+        heads when HSA is on) over a learned temperature, softmax over the camera's tokens,
+        times their count (a uniform map adds the vector once everywhere, a peaked one
+        marks a place). felt (B, H), tokens (B, N, H) -> (B, N, H)."""
+        q = self.touch_query(felt)  # (B, P) unit length
+        k = self.touch_key(tokens)  # (B, N, P) unit length
+        score = torch.einsum("bp,bnp->bn", q, k) * self.touch_scale.exp()
+        weight = score.softmax(-1) * k.shape[1]  # (B, N), mean 1
+        return weight[..., None] * self.touch_emb
 
     def encode_latent(self, qpos: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor):
         """(B, Dq), (B, k, Da), (B, k) -> mu, logvar (B, latent)."""
@@ -121,17 +149,21 @@ class ACTPolicy(nn.Module):
                 is_pad: torch.Tensor | None = None, adapted: dict[str, torch.Tensor] | None = None):
         """Returns predicted actions (B, k, Da), (mu, logvar) or None, adapter outputs."""
         B = qpos.shape[0]
-        if actions is not None:
+        if actions is not None and self.cfg.vae:
             mu, logvar = self.encode_latent(qpos, actions, is_pad)
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
             latent = (mu, logvar)
         else:
-            z = qpos.new_zeros(B, self.cfg.latent_dim)  # inference: the prior's mean
+            z = qpos.new_zeros(B, self.cfg.latent_dim)  # inference (or no CVAE): the prior's mean
             latent = None
         adapted = adapted if adapted is not None else self.stream_tokens(tokens)
         seq = [self.latent_in(z)[:, None] + self.special_pos[0], self.qpos_in(qpos)[:, None] + self.special_pos[1]]
+        felt = self.felt(adapted)
         for i, s in enumerate(self.shapes.streams):
-            pooled = pool_tokens(adapted[s], self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
+            tokens = adapted[s]  # (B, G*G, H)
+            if felt is not None and s not in self.shapes.tactile:  # the map at full resolution, then pooled
+                tokens = tokens + self.touch_map_bias(felt, tokens)
+            pooled = pool_tokens(tokens, self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
             seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
         x = torch.cat(seq, 1)  # (B, 2 + all streams' tokens, H)
         queries = self.queries.expand(B, -1, -1)

@@ -54,8 +54,9 @@ class Pose:
 
 DEVICE_DOC = "auto (a GPU when there is one), cpu, cuda or cuda:N"
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-THREADS_DOC = ("CPU threads for torch: auto = the cores other processes leave, re-checked every 2 s (a team "
-               "larger than the free cores collapses on small ops), or a fixed number")
+THREADS_DOC = ("CPU threads for torch: a fixed number (the default 1: the same results whatever else runs, since a "
+               "CPU op's summation order follows the thread count), or auto = the cores other processes leave, "
+               "re-checked every 2 s (faster alone, but results then vary with the machine's load)")
 
 
 # --------------------------------------------------------------------------- sections
@@ -73,6 +74,11 @@ class WorldConfig:
     object_classes: int = param(6, "distinct object classes (a texture each, and an imprint shape)", ge=2, le=12)
     candidates: int = param(3, "match: tiles to choose from (one is the probe's class); guessing succeeds 1 in this",
                             ge=2, le=4)
+    candidate_order: Literal["random", "by_class"] = param(
+        "random", "match: where the candidate tiles lie. random: in random order (the felt class must be matched to "
+                  "the seen tile); by_class: sorted by class, so with object_classes = candidates each class's tile "
+                  "always lies at the same place and the felt class alone decides it (the control task: touch "
+                  "reaching the decision, no matching)")
     touches: int = param(3, "press: target tiles to press", ge=1)
     distractors: int = param(3, "press: distractor tiles (in-image hard negatives)", ge=0)
     frames_per_touch: int = param(20, "the expert's frames for one approach-press-hold-lift cycle", ge=6)
@@ -181,6 +187,9 @@ class GeometryConfig:
     """Options of the `geometry` stage beyond the calibration itself."""
 
     margin_px: float = param(4.0, "pixels added on every side of a box to absorb calibration error", ge=0.0)
+    press_tolerance_m: float = param(
+        0.01, "next-contact boxes (hsa.positives: next_contact): a press is a run of frames with the sensor within "
+              "this of its lowest height in the episode", gt=0.0)
 
 
 @dataclass
@@ -196,7 +205,7 @@ class FeaturesConfig:
     batch_size: int = param(64, "images per encoder batch", ge=1)
     workers: int = param(2, "DataLoader workers that decode and resize", ge=0)
     device: str = param("auto", DEVICE_DOC)
-    threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
+    threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
 
 
 @dataclass
@@ -212,10 +221,21 @@ class ActConfig:
     dropout: float = param(0.1, "dropout", ge=0.0, lt=1.0)
     latent_dim: int = param(32, "CVAE latent size", ge=1)
     vae_enc_layers: int = param(2, "CVAE encoder layers (ACT: 4)", ge=1)
-    kl_weight: float = param(10.0, "weight of the KL term", ge=0.0)
+    vae: bool = param(True, "the CVAE of ACT: in training an encoder reads the demonstrated actions into a latent "
+                            "z; at inference z = 0. false: no CVAE (z is always 0), so nothing but the observation "
+                            "can carry a choice into the actions")
+    kl_weight: float = param(10.0, "weight of the KL term (with vae: true); it is what keeps z from carrying a "
+                                   "choice the observation should make (README, 'Why the policy ignored touch')",
+                             ge=0.0)
     grid_pool: int = param(2, "average-pool camera token grids by this factor before the transformer", ge=1)
     full_grid: list[str] = param(doc="streams the transformer sees unpooled (every patch token), e.g. the camera "
                                      "whose small details decide the task", factory=list)
+    touch_map: bool = param(
+        True, "explicit grounding of touch in sight: every camera token gets a learned vector weighted by how well it "
+               "matches the mean tactile token (cosine of two projection heads over a learned temperature, softmax "
+               "over the camera's tokens), so 'where do I see what I feel' is an input of the transformer, not "
+               "something attention must find. With hsa.enabled the heads are HSA's own: the alignment HSA learns "
+               "is the map the policy reads")
     relative_actions: bool = param(
         False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
     blind: list[str] = param(doc="streams the policy does not see (their tokens are zeroed), for ablations such as "
@@ -242,7 +262,13 @@ class HsaConfig:
     in_image_negatives: bool = param(True, "use out-of-box tokens of the same image as hard negatives")
     bank_size: int = param(0, "FIFO memory bank of past wrist embeddings used as extra negatives; 0 = off", ge=0)
     bank_topk: int = param(0, "keep only the k hardest bank negatives; 0 = all", ge=0)
-    require_contact: bool = param(True, "only frames in contact count as positives")
+    require_contact: bool = param(False, "only frames in contact count as positives (the published method, with "
+                                         "positives: now); with next_contact every frame points at its next press")
+    positives: Literal["now", "next_contact"] = param(
+        "next_contact", "the positive box: now = where the sensor is in the image (the published method); next_contact = where "
+               "it presses NEXT, from the recording's own future (forward kinematics of the next press projected "
+               "into the current frame, geometry.press_tolerance_m), so what is felt is aligned with the place it "
+               "must go to")
     reduction: Literal["mean", "sum"] = param("mean", "mean or sum of the per-sample losses over usable samples")
 
 
@@ -258,7 +284,7 @@ class TrainConfig:
     warmup_steps: int = param(100, "linear warm-up steps", ge=0)
     seed: int = param(0, "seed for torch, numpy and sampling")
     device: str = param("auto", DEVICE_DOC)
-    threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
+    threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
     compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune"]] = param(
         False, "torch.compile the training forward: true (= default) or a mode; reduce-overhead captures CUDA graphs "
         "(GPU). HSA diagnostics run outside the compiled graph, so logging steps do not break it")
@@ -282,7 +308,7 @@ class EvalConfig:
                               "none (real-robot data: the policy cannot act in the demo world)", ge=0)
     max_steps: int = param(80, "a rollout that has not succeeded after this many steps is a failure (timeout)", ge=1)
     seed: int = param(0, "seed of the rollout scenes")
-    threads: Union[Literal["auto"], int] = param("auto", THREADS_DOC, ge=1)
+    threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
 
 
 @dataclass(kw_only=True)

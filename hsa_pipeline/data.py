@@ -103,7 +103,8 @@ class Caches:
     """Everything training and evaluation read, opened once: the prepare outputs, the
     geometry store (as box -> token masks) and the feature store."""
 
-    def __init__(self, prepare_dir: Path, geometry_path: Path, features_path: Path, memory_budget_gb: float):
+    def __init__(self, prepare_dir: Path, geometry_path: Path, features_path: Path, memory_budget_gb: float,
+                 positives: str = "now"):
         self.manifest = Manifest.load(prepare_dir)
         self.stats = load_stats(prepare_dir)
         contact = load_contact(prepare_dir)
@@ -123,18 +124,20 @@ class Caches:
         threshold = self.manifest.contact_threshold
         self.contact = {s: np.concatenate([np.asarray(contact[s][e["id"]]) for e in self.manifest.episodes]) > threshold
                         for s in contact}
-        # box -> token masks for every frame, with the feature store's exact image -> grid mapping
+        # box -> token masks for every frame, with the feature store's exact image -> grid mapping:
+        # the sensor's box now, or (positives: next_contact) the box of where it presses next
         self.box, self.visible, self.weight = {}, {}, {}
+        pre = "next_" if positives == "next_contact" else ""
         for p in self.pairs:
             s = geo.sensors.index(p.sensor)
             for cam in (p.wrist, p.third_person):
                 if cam is None:
                     continue
                 mapping = GridMapping(**self.feat_attrs["mapping"][cam])
-                vis = geo.cam[cam]["visible"][:, s]
-                self.box[p.key(cam)] = box_token_mask(geo.cam[cam]["box"][:, s], mapping) & vis[:, None, None]
+                vis = geo.cam[cam][pre + "visible"][:, s]
+                self.box[p.key(cam)] = box_token_mask(geo.cam[cam][pre + "box"][:, s], mapping) & vis[:, None, None]
                 self.visible[p.key(cam)] = vis
-                self.weight[p.key(cam)] = geo.cam[cam]["weight"][:, s]
+                self.weight[p.key(cam)] = geo.cam[cam][pre + "weight"][:, s]
         self.boxes_px = {c: geo.cam[c]["box"] for c in geo.cameras}
         # qpos / actions for every frame, normalised, in memory (small)
         q, a = [], []

@@ -36,6 +36,7 @@ from .data import ActionCodec, Caches, chunk_window
 from .errors import StoreError
 from .hsa import HSALoss, masked_mean
 from .policy import TemporalEnsembler
+from .reliance import touch_reliance
 from .rollout import RolloutResult, check_compatible, run_rollout, summarise, write_gif
 from .runtime import ThreadTuner
 
@@ -186,7 +187,9 @@ def load_trained(train_dir: Path, device):
     ck_path = ckpts / "best.pt" if (ckpts / "best.pt").exists() else ckpts / "last.pt"
     ck = torch.load(ck_path, map_location="cpu", weights_only=True) if ck_path.exists() else None
     if ck is not None and any(k.startswith("hsa.") for k in ck["module"]):
-        hsa = HSALoss(meta["act"]["hidden_dim"], HsaConfig(**ck["config"]["hsa"]))
+        from .train import hsa_loss_for
+
+        hsa = hsa_loss_for(policy, HsaConfig(**ck["config"]["hsa"]))
         hsa.load_state_dict({k.removeprefix("hsa."): v for k, v in ck["module"].items() if k.startswith("hsa.")})
     return policy.to(device).eval(), (hsa.to(device).eval() if hsa else None), meta
 
@@ -229,6 +232,7 @@ def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path
             executed = to_units(replay(pred[sel], cfg.ensemble_k, ens))
             replay_err[mode].append(np.abs(executed - recorded)[valid[sel][:, 0]].mean())
     align = alignment(caches, policy, hsa, rows, device)
+    reliance = touch_reliance(policy, caches, rows, codec, valid, to_units, device)
     metrics = {
         "chunk_l1": results["policy"]["chunk_l1"], "first_l1": results["policy"]["first_l1"],
         **{f"{b}_chunk_l1": results[b]["chunk_l1"] for b in ("hold", "const_vel") if b in results},
@@ -237,6 +241,7 @@ def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path
         "replay_l1_chunked": float(np.mean(replay_err["chunked"])),
         "hsa_enabled": hsa is not None,
         "alignment": align,
+        "touch_reliance": reliance,
         "units": "degrees for arm joints, raw units for other columns",
         "val_frames": int(len(rows)),
     }
@@ -246,9 +251,11 @@ def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path
 
 
 def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
-                cameras: dict[str, CameraConfig], train_dir: Path) -> tuple[dict, dict[str, RolloutResult]]:
+                cameras: dict[str, CameraConfig], train_dir: Path) -> tuple[dict, dict[str, RolloutResult],
+                                                                            list[RolloutResult]]:
     """`cfg.rollouts` rollouts of the exported policy in the touch world, on scenes no
-    training episode used. -> (summary, {"success": one, "failure": one} recorded rollouts)."""
+    training episode used. -> (summary, {"success": one, "failure": one} recorded rollouts,
+    every rollout's result in scene order)."""
     from .policy import Policy
     from .synth import scene_seed
     from .world import TouchWorld
@@ -269,7 +276,7 @@ def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors
     summary = summarise(results, phases(world), cfg.max_steps)
     summary["task"] = world.task
     summary["guess_rate"] = 1 / world.candidates if world.task == "match" else None
-    return summary, examples
+    return summary, examples, results
 
 
 def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
@@ -288,11 +295,13 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensor
                          f"episodes or lower data.train_ratio")
     metrics, results, models = open_loop(cfg, caches, rows, train_dir, device)
     examples: dict[str, RolloutResult] = {}
+    outcomes: list[RolloutResult] = []
     if cfg.rollouts:
-        summary, examples = closed_loop(cfg, world, robot, sensors, cameras, train_dir)
+        summary, examples, outcomes = closed_loop(cfg, world, robot, sensors, cameras, train_dir)
         metrics = {"success_rate": summary["success_rate"], "success_ci95": summary["success_ci95"], **metrics,
                    "closed_loop": summary}
-    write_outputs(Path(out), metrics, results, caches, models, rows, cfg, examples, device)
+    write_outputs(Path(out), metrics, results, caches, models, rows, cfg, examples, outcomes, device)
+    print("\n".join("evaluate: " + line for line in touch_summary(metrics).splitlines()))
     align = metrics["alignment"]
     closed = (f"success {metrics['success_rate']:.0%} [{metrics['success_ci95'][0]:.0%}, "
               f"{metrics['success_ci95'][1]:.0%}] over {cfg.rollouts} rollouts; " if cfg.rollouts else "")
@@ -303,9 +312,55 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensor
     return metrics
 
 
+def touch_summary(metrics: dict) -> str:
+    """Does the policy act on touch? A few lines for the console and TensorBoard."""
+    lines = []
+    for phase, v in (metrics.get("touch_reliance") or {}).items():
+        if isinstance(v, dict) and v.get("frames") and "reliance" in v:
+            lines.append(f"touch reliance {phase}: {v['reliance']:.2f} (tactile swap moves the chunk "
+                         f"{v['tactile_swap']:.2f}, a camera swap up to {v['camera_swap']:.2f} deg): {v['reading']}")
+    decision = (metrics.get("closed_loop") or {}).get("decision") or {}
+    if decision.get("checked"):
+        follows = decision["follows_touch"]
+        lines.append(f"decision after pick-up: the right tile in {decision['accuracy']:.0%} of {decision['checked']}"
+                     f" rollouts; turns to the tile a swapped touch names: "
+                     f"{'n/a' if follows is None else f'{follows:.0%}'}")
+    return "\n".join(lines)
+
+
+def tensorboard_scalars(metrics: dict) -> dict[str, float]:
+    """The evaluation's headline figures as TensorBoard scalars (tag -> value)."""
+    out = {}
+    closed = metrics.get("closed_loop") or {}
+    if closed:
+        out["eval/success_rate"] = closed["success_rate"]
+        if (closed.get("decision") or {}).get("checked"):
+            out["eval/decision_accuracy"] = closed["decision"]["accuracy"]
+            if closed["decision"]["follows_touch"] is not None:
+                out["eval/decision_follows_touch"] = closed["decision"]["follows_touch"]
+    for phase, v in (metrics.get("touch_reliance") or {}).items():
+        if isinstance(v, dict) and v.get("frames"):
+            tag = phase.replace(" ", "_")
+            for k in ("reliance", "tactile_swap", "tactile_blank"):
+                if v.get(k) is not None and math.isfinite(v[k]):
+                    out[f"touch/{k}/{tag}"] = v[k]
+    out["eval/chunk_l1"] = metrics["chunk_l1"]
+    return out
+
+
+def write_tensorboard(directory: Path, metrics: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(directory))
+    for tag, value in tensorboard_scalars(metrics).items():
+        writer.add_scalar(tag, float(value), 0)
+    writer.add_text("touch", touch_summary(metrics), 0)
+    writer.close()
+
+
 # --------------------------------------------------------------------------- outputs
 def write_outputs(out: Path, metrics: dict, results: dict, caches: Caches, models: dict, rows, cfg: EvalConfig,
-                  examples: dict[str, RolloutResult], device) -> None:
+                  examples: dict[str, RolloutResult], outcomes: list[RolloutResult], device) -> None:
     from .report import render_report
 
     names = list(results)
@@ -326,9 +381,22 @@ def write_outputs(out: Path, metrics: dict, results: dict, caches: Caches, model
         if "closed_loop" in metrics:
             phase = metrics["closed_loop"]["phase_success"]
             _csv(plots / "phases.csv", ["phase", "success"], [[k, float(v)] for k, v in phase.items()])
+            _csv(tmp / "rollouts" / "outcomes.csv", OUTCOME_COLUMNS, [outcome_row(i, r) for i, r in enumerate(outcomes)])
             for kind, r in examples.items():
                 write_gif(r.frames, tmp / "rollouts" / f"{kind}.gif")
+        write_tensorboard(tmp / "tb", metrics)
         render_report(tmp / "report.html", metrics, results, caches, models, rows, cfg, examples, device)
+
+
+OUTCOME_COLUMNS = ["scene", "seed", "success", "failure", "phases_reached", "steps", "decision_correct",
+                   "follows_touch"]
+
+
+def outcome_row(scene: int, r: RolloutResult) -> list:
+    """One rollout as a row of rollouts/outcomes.csv (what paired comparisons read)."""
+    d = r.decision or {}
+    return [scene, r.seed, int(r.success), (r.failure or "").replace(",", ";"), r.phases_reached, r.steps,
+            "" if not d else int(d["correct"]), "" if d.get("follows_touch") is None else float(d["follows_touch"])]
 
 
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:

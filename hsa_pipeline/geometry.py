@@ -7,6 +7,8 @@ Store layout (rows are global frame indices: frame t of episode e is offsets[e] 
   <camera>/depth       (N, S)       float32   metres along the optical axis
   <camera>/visible     (N, S)       bool
   <camera>/weight      (N, S)       float32   fraction of the box inside the image
+  <camera>/next_box, next_visible, next_weight   the same for where the sensor presses
+                                     NEXT (rig.next_press), projected into the camera now
   attrs: sensors, cameras, episodes, offsets, margin_px, limit_violations, camera_mounts,
          sensor_arms, angle_columns, column_names, episodes_fingerprint, fingerprint, complete
 `fingerprint` is the sha256 of every array and attribute above: what training keys its
@@ -51,7 +53,9 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
     N, S = manifest.n_frames, len(sensor_names)
     pose = np.zeros((N, S, 4, 4))
     per_cam = {c: {"box": np.zeros((N, S, 4), np.float32), "depth": np.zeros((N, S), np.float32),
-                   "visible": np.zeros((N, S), bool), "weight": np.zeros((N, S), np.float32)} for c in camera_names}
+                   "visible": np.zeros((N, S), bool), "weight": np.zeros((N, S), np.float32),
+                   "next_box": np.zeros((N, S, 4), np.float32), "next_visible": np.zeros((N, S), bool),
+                   "next_weight": np.zeros((N, S), np.float32)} for c in camera_names}
     violations = []
     width = rig.qpos_width()
     for ep, start in tqdm(list(zip(manifest.episodes, manifest.offsets)), desc="geometry", unit="ep"):
@@ -61,7 +65,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
         if qpos.shape[1] < width:
             raise EpisodeError(f"{path}: /observations/qpos has {qpos.shape[1]} columns; the arms in robot.arms "
                                f"need {width}")
-        geo = rig.episode_geometry(qpos, where=f"{path}: /observations/qpos")
+        geo = rig.episode_geometry(qpos, where=f"{path}: /observations/qpos", press_tolerance_m=cfg.press_tolerance_m)
         for v in geo.violations:
             msg = f"{path}: {v}"
             if rig.arms[v.arm].cfg.on_limit_violation == "error":
@@ -77,6 +81,10 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
                 per_cam[c]["depth"][rows, s] = b.depth
                 per_cam[c]["visible"][rows, s] = b.visible
                 per_cam[c]["weight"][rows, s] = b.weight
+                ahead = geo.next_boxes[c][name]
+                per_cam[c]["next_box"][rows, s] = ahead.box
+                per_cam[c]["next_visible"][rows, s] = ahead.visible
+                per_cam[c]["next_weight"][rows, s] = ahead.weight
     summary = {
         "sensors": sensor_names, "cameras": camera_names,
         "camera_sizes": {c: [rig.cameras[c].width, rig.cameras[c].height] for c in camera_names},

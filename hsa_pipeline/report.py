@@ -162,6 +162,36 @@ def _closed_loop_html(summary: dict, examples: dict) -> str:
     return f"<h2>Closed loop in the touch world</h2><table>{table}</table>{gifs}"
 
 
+def _touch_html(metrics: dict) -> str:
+    """Does the policy act on what it feels? The touch-reliance table (reliance.py) and,
+    in the touch world, the decision check after pick-up, each with its plain reading."""
+    rel = metrics.get("touch_reliance") or {}
+    cams = sorted({k for v in rel.values() if isinstance(v, dict) for k in v if k.endswith("_swap")
+                   and k not in ("tactile_swap", "camera_swap")})
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["phase", "frames", "tactile swap", "tactile blank", *cams,
+                                                           "reliance", "reading"])
+    rows = ""
+    for phase, v in rel.items():
+        if not isinstance(v, dict) or not v.get("frames"):
+            continue
+        cells = [phase, v["frames"], *(f"{v[k]:.3f}" for k in ("tactile_swap", "tactile_blank", *cams)),
+                 f"{v['reliance']:.2f}", v["reading"]]
+        rows += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+    text = ("<p>How far the predicted chunk moves (mean |change|, degrees) when the tactile stream is replaced by "
+            "another held-out episode's at the same phase (or blanked), against a camera replaced the same way. "
+            "Reliance = tactile swap / largest camera swap: below 0.1 the actions do not depend on touch.</p>")
+    decision = (metrics.get("closed_loop") or {}).get("decision") or {}
+    if decision.get("checked"):
+        lo, hi = decision["accuracy_ci95"]
+        follows = decision["follows_touch"]
+        text += (f"<p>Decision after pick-up (touch world): the predicted chunk heads for the right tile in "
+                 f"<b>{decision['accuracy']:.0%}</b> (95% interval {lo:.0%}-{hi:.0%}) of {decision['checked']} "
+                 f"rollouts; with another candidate's touch put in, it turns to that candidate in "
+                 f"<b>{'n/a' if follows is None else f'{follows:.0%}'}</b> of the cases (0% = the decision ignores "
+                 f"touch).</p>")
+    return f"<h2>Does the policy act on touch?</h2>{text}<table><tr>{head}</tr>{rows}</table>" if rows else ""
+
+
 def render_report(path: Path, metrics: dict, results: dict, caches, models: dict, rows, cfg, examples: dict,
                   device) -> None:
     policy, hsa, align = models["policy"], models["hsa"], metrics["alignment"]
@@ -188,6 +218,7 @@ img{{margin:4px;image-rendering:pixelated;max-width:100%}}.frame img{{height:160
 <h1>Evaluation</h1>
 <p>HSA {'on' if metrics['hsa_enabled'] else 'off'}; {metrics['val_frames']} held-out frames. Errors in {metrics['units']}.</p>
 {closed}
+{_touch_html(metrics)}
 <h2>Open loop on held-out episodes</h2><table>{table}</table>
 <h2>Alignment (tactile query vs vision candidates)</h2>
 <table><tr><th>query</th><th>top-1</th><th>chance</th><th>top-5</th><th>chance</th><th>localisation</th><th>chance</th><th>frames</th></tr>{align_rows}</table>

@@ -49,12 +49,25 @@ class Sensor:
         return poses
 
 
+def next_press(height: np.ndarray, tolerance: float) -> np.ndarray:
+    """(T,) sensor heights -> (T,) the frame where the sensor's NEXT press begins, -1 when
+    none follows. A press is a run of frames within `tolerance` of the episode's lowest
+    sensor height; a frame inside a press looks ahead to the following one (what it is
+    about to touch next, not what it touches now)."""
+    low = height <= height.min() + tolerance
+    starts = np.flatnonzero(low & ~np.concatenate([[False], low[:-1]]))  # first frame of each press
+    nxt = np.searchsorted(starts, np.arange(len(height)), side="right")  # first start after t
+    return np.where(nxt < len(starts), starts[np.minimum(nxt, len(starts) - 1)], -1)
+
+
 @dataclass
 class EpisodeGeometry:
     flange: dict[str, np.ndarray]  # arm -> (T, 4, 4)
     sensor_pose: dict[str, np.ndarray]  # sensor -> (T, 4, 4)
     camera_pose: dict[str, np.ndarray]  # camera -> (T, 4, 4)
     boxes: dict[str, dict[str, Boxes]]  # camera -> sensor -> Boxes
+    # camera -> sensor -> Boxes of where the sensor presses NEXT, seen from the camera NOW
+    next_boxes: dict[str, dict[str, Boxes]] = field(default_factory=dict)
     violations: list[LimitViolation] = field(default_factory=list)
 
 
@@ -85,8 +98,11 @@ class Rig:
                 names[a.cfg.gripper_index] = f"{a.name}.gripper"
         return names
 
-    def episode_geometry(self, qpos: np.ndarray, where: str = "qpos", margin_px: float | None = None) -> EpisodeGeometry:
-        """All per-frame geometry of one episode from its (T, D) qpos."""
+    def episode_geometry(self, qpos: np.ndarray, where: str = "qpos", margin_px: float | None = None,
+                         press_tolerance_m: float = 0.01) -> EpisodeGeometry:
+        """All per-frame geometry of one episode from its (T, D) qpos: the sensor boxes now,
+        and the boxes of each sensor's next press (next_press) projected into the cameras
+        as they are now: the recording's own future, nothing a real rig lacks."""
         margin = self.margin_px if margin_px is None else margin_px
         n = len(qpos)
         flange, violations, grip = {}, [], {}
@@ -98,9 +114,15 @@ class Rig:
         sensor_pose = {s.name: s.world_poses(flange[s.arm], grip[s.arm]) for s in self.sensors.values()}
         camera_pose = {c.name: c.world_poses(flange, n) for c in self.cameras.values()}
         surface = {s.name: s.surface_world(sensor_pose[s.name]) for s in self.sensors.values()}  # (T, P, 3)
+        nxt = {s: next_press(p[:, 2, 3], press_tolerance_m) for s, p in sensor_pose.items()}
         boxes: dict[str, dict[str, Boxes]] = {}
+        next_boxes: dict[str, dict[str, Boxes]] = {}
         for c in self.cameras.values():
-            boxes[c.name] = {}
+            boxes[c.name], next_boxes[c.name] = {}, {}
             for s in self.sensors.values():
                 boxes[c.name][s.name] = sensor_boxes(c, camera_pose[c.name], surface[s.name], margin)
-        return EpisodeGeometry(flange, sensor_pose, camera_pose, boxes, violations)
+                ahead = sensor_boxes(c, camera_pose[c.name], surface[s.name][np.maximum(nxt[s.name], 0)], margin)
+                none = nxt[s.name] < 0  # no press follows: nothing to point at
+                ahead.visible[none], ahead.weight[none], ahead.box[none] = False, 0.0, 0.0
+                next_boxes[c.name][s.name] = ahead
+        return EpisodeGeometry(flange, sensor_pose, camera_pose, boxes, next_boxes, violations)

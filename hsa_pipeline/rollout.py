@@ -34,6 +34,17 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def paired_difference(a: list[bool], b: list[bool], z: float = Z95) -> tuple[float, float, float]:
+    """Success of A minus success of B on the SAME scenes (and training seeds), with a 95%
+    interval: the mean of the per-scene differences d in {-1, 0, 1} +- z * sd(d) / sqrt(n).
+    Pairing removes the scene-to-scene spread that two independent rates would carry."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference: {len(a)} and {len(b)} outcomes; pair the same scenes")
+    d = np.asarray(a, float) - np.asarray(b, float)
+    half = z * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
 @dataclass
 class RolloutResult:
     seed: int
@@ -42,6 +53,7 @@ class RolloutResult:
     phases_reached: int
     steps: int
     ms: dict[str, list[float]] = field(default_factory=dict)  # per step: world, encode, act
+    decision: dict | None = None  # match: the decision check at the first step after pick-up (decision_check)
     frames: list[np.ndarray] = field(default_factory=list)  # contact sheets, when recorded
 
 
@@ -85,9 +97,36 @@ def drive(env, seed: int, start, record: bool = False, threads=None) -> RolloutR
     return result
 
 
+def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int) -> dict | None:
+    """match task, at the first step every arm carries its probe: which tile the predicted
+    chunk heads for (TouchWorld.chunk_places) against the true one, and whether the
+    decision FOLLOWS TOUCH: with the tactile image of another candidate's class put in
+    (the cameras unchanged), does the chunk turn to that candidate? (over the candidates
+    that are neither the true tile nor the one already chosen; a policy that ignores
+    touch scores 0, one that reads the felt class 1). Uses the
+    world's truth, so it is an evaluation in the touch world only (never training)."""
+    if env.cfg.task != "match" or not all(t.held for t in env.tasks):
+        return None
+    chosen = env.chunk_places(chunk)
+    correct = [c == t.order[0] for c, t in zip(chosen, env.tasks)]
+    rng = np.random.default_rng([seed, 11])  # the counterfactual's own draws: the rollout is unchanged
+    follows = []
+    for a, task in enumerate(env.tasks):
+        for j, tile in enumerate(task.tiles):
+            if tile.kind != "candidate" or j in (task.order[0], chosen[a]):
+                continue  # a tile the chunk heads for already cannot show that it follows
+            other = {**obs, task.sensor: env.felt_image(task, tile.cls, rng)}
+            follows.append(env.chunk_places(policy.predict_chunk(other, obs["qpos"]))[a] == j)
+    return {"chosen": chosen, "true": [t.order[0] for t in env.tasks], "correct": all(correct),
+            "follows_touch": float(np.mean(follows)) if follows else None}
+
+
 def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
-    """One scene with the policy in the loop: encode, ACT, temporal ensembling, each timed."""
+    """One scene with the policy in the loop: encode, ACT, temporal ensembling, each timed;
+    on the match task, the decision check at the first step after pick-up."""
     from .policy import TemporalEnsembler
+
+    checked: dict = {}
 
     def start():
         ens = TemporalEnsembler(policy.chunk_size, ensemble_k)
@@ -96,13 +135,20 @@ def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False,
             t0 = time.perf_counter()
             tokens = policy.features({s: obs[s] for s in policy.streams})
             t1 = time.perf_counter()
-            action = ens.step(policy.predict_chunk(None, obs["qpos"], tokens))
+            chunk = policy.predict_chunk(None, obs["qpos"], tokens)
+            action = ens.step(chunk)
             ms["encode"].append(1e3 * (t1 - t0))
             ms["act"].append(1e3 * (time.perf_counter() - t1))
+            if "decision" not in checked:
+                decision = decision_check(env, policy, obs, chunk, seed)
+                if decision is not None:
+                    checked["decision"] = decision
             return action
         return choose
 
-    return drive(env, seed, start, record, threads)
+    result = drive(env, seed, start, record, threads)
+    result.decision = checked.get("decision")
+    return result
 
 
 def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: int) -> dict:
@@ -122,6 +168,11 @@ def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: i
     def pct(xs, q):
         return float(np.percentile(xs, q)) if xs else None
 
+    checks = [r.decision for r in results if r.decision is not None]
+    follows = [c["follows_touch"] for c in checks if c["follows_touch"] is not None]
+    decisions = len(checks)
+    correct = sum(c["correct"] for c in checks)
+
     return {
         "success_rate": k / n if n else None, "success_ci95": [low, high], "rollouts": n, "successes": k,
         "phase_success": {name: sum(r.phases_reached > i for r in results) / max(n, 1)
@@ -132,6 +183,9 @@ def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: i
         "ms_per_step": {"world_render": pct(per_step["world"], 50), "encode": pct(per_step["encode"], 50),
                         "act_and_ensemble": pct(per_step["act"], 50)},
         "policy_step_ms": {"p50": pct(policy_ms, 50), "p99": pct(policy_ms, 99)},
+        "decision": {"checked": decisions, "accuracy": correct / decisions if decisions else None,
+                     "accuracy_ci95": list(wilson(correct, decisions)) if decisions else None,
+                     "follows_touch": float(np.mean(follows)) if follows else None},
     }
 
 

@@ -150,7 +150,7 @@ def check_rows(attrs: dict, manifest: Manifest, path: Path, stage: str) -> None:
 class GeometryStore:
     """geometry.zarr, whole arrays in memory (they are small)."""
 
-    ARRAYS = ("box", "depth", "visible", "weight")
+    ARRAYS = ("box", "depth", "visible", "weight", "next_box", "next_visible", "next_weight")
 
     def __init__(self, path: str | Path):
         path = Path(path)

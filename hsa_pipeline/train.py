@@ -25,7 +25,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,14 +108,25 @@ class TrainModule(nn.Module):
 
 def build(act: ActConfig, hsa: HsaConfig, total_steps: int, caches: Caches, device: torch.device) -> TrainModule:
     shapes = ActShapes(qpos_dim=caches.qpos.shape[1], action_dim=caches.action_raw.shape[1],
-                       streams=list(caches.streams), grid=caches.grid, token_dim=caches.width)
+                       streams=list(caches.streams), grid=caches.grid, token_dim=caches.width,
+                       tactile=[s for s, role in caches.streams.items() if role == "tactile"])
     if shapes.grid % act.grid_pool:
         from .errors import ConfigError
 
         raise ConfigError(f"act.grid_pool: {act.grid_pool} does not divide the {shapes.grid}x{shapes.grid} feature grid")
     policy = ACTPolicy(act, shapes)
-    loss = HSALoss(act.hidden_dim, hsa, total_steps) if hsa.enabled else None
+    loss = hsa_loss_for(policy, hsa, total_steps) if hsa.enabled else None
     return TrainModule(policy, loss, caches.pairs, act, hsa).to(device)
+
+
+def hsa_loss_for(policy: ACTPolicy, hsa: HsaConfig, total_steps: int = 1) -> HSALoss:
+    """The HSA loss of a policy. With act.touch_map its heads are the policy's touch-map
+    heads (shared modules): the alignment HSA learns is the map the policy reads."""
+    if not policy.cfg.touch_map:
+        return HSALoss(policy.cfg.hidden_dim, hsa, total_steps)
+    loss = HSALoss(policy.cfg.hidden_dim, replace(hsa, proj_dim=policy.cfg.hidden_dim), total_steps)
+    loss.head_tactile, loss.head_vision = policy.touch_query, policy.touch_key
+    return loss
 
 
 # --------------------------------------------------------------------------- setup
@@ -444,7 +455,7 @@ def run_train(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
     were killed there (tests). Returns the final metrics ({"stopped": True, ...} when stopped)."""
     dist = init_distributed(cfg)
     set_seed(cfg.seed + dist.rank)
-    caches = Caches(prepare_dir, geometry_path, features_path, cfg.memory_budget_gb)
+    caches = Caches(prepare_dir, geometry_path, features_path, cfg.memory_budget_gb, hsa.positives)
     data = TrainingData(caches, act, cfg, dist)
     module = build(act, hsa, cfg.steps, caches, dist.device)
     params = [q for q in module.parameters() if q.requires_grad]
@@ -507,6 +518,8 @@ def run_train(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
             checkpoint(ckpt_dir / "last.pt")
         bar.update(1)
     bar.close()
+    if log is not None and not metrics and step == cfg.steps and len(data.val_rows):
+        metrics = validate(module, data, step)  # a finished run resumed at its end: same metrics, not none
     dist.barrier()
     if log is None:
         return {}

@@ -1,20 +1,26 @@
 """The HSA study: does the HSA term make the policy better on the touch task?
 
-Trains and evaluates, on ONE dataset of the touch world (params.yaml's `world`, with
-`--set` overrides), each variant with several training seeds, then tabulates closed-loop
-success (pooled over seeds and rollouts, with a 95% Wilson interval), chunk L1 and the
-alignment metrics:
+Trains and evaluates, on ONE dataset of the touch world per dataset size (params.yaml's
+`world`, with `--set` overrides), each variant with several training seeds, then
+tabulates closed-loop success (pooled over seeds and rollouts, with a 95% Wilson
+interval), the decision check after pick-up, touch reliance in contact, and each
+variant's success MINUS HSA off on the same scenes and seeds (paired, with its interval):
 
-  hsa-on       ACT + HSA (params.yaml as it is)
-  hsa-off      plain ACT on the same tokens (hsa.enabled=false)
-  touch-blind  plain ACT that never sees the tactile stream (act.blind=[tactile]): the
+  hsa-on       ACT + HSA as params.yaml has it (the defaults: positives where the sensor
+               presses next, their heads = the policy's touch map)
+  hsa-on-now   the published HSA: positives where the sensor is now, contact frames only
+  hsa-off      the same ACT without the HSA loss (its touch map learned from actions only)
+  touch-blind  hsa-off that never sees the tactile stream (act.blind=[tactile]): the
                guessing baseline a touch-dependent task must beat
 
-    python scripts/hsa_study.py --out outputs/study [--seeds 0 1 2] [--rollouts 50] \
-        [--variants hsa-on hsa-off touch-blind] [--set synth.episodes=80 ...]
+    python scripts/hsa_study.py --out outputs/study [--seeds 0 1 2] [--rollouts 100] \
+        [--variants hsa-on hsa-off touch-blind] [--episodes 40 80 160 320] [--set world.task=match ...]
 
 Every variant runs the real stages (`python -m stages.<name>`) in its own directory under
---out; the dataset and caches are built once, in --out/shared. A rerun continues: training
+--out; each dataset and its caches are built once, in --out/shared-e<N>. Every run's
+rollouts use the same scenes (eval.seed), so variants are compared scene by scene. Runs
+are independent processes with a fixed thread count (train.threads: 1), so `--jobs 2`
+runs two at once with the same results as one at a time. A rerun continues: training
 resumes or skips by its own content-keyed rule, evaluation reruns. Writes study.md and
 study.json in --out.
 """
@@ -22,11 +28,13 @@ study.json in --out.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -35,13 +43,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hsa_pipeline.config import apply_overrides, params_from_dict  # noqa: E402
-from hsa_pipeline.rollout import wilson  # noqa: E402
+from hsa_pipeline.rollout import paired_difference, wilson  # noqa: E402
 
 VARIANTS = {
     "hsa-on": [],
+    "hsa-on-now": ["hsa.positives=now", "hsa.require_contact=true"],
     "hsa-off": ["hsa.enabled=false"],
     "touch-blind": ["hsa.enabled=false", "act.blind=[tactile]"],
 }
+BASELINE = "hsa-off"  # the paired differences are "variant minus this"
 SHARED = ["data", "outputs/prepare", "outputs/geometry.zarr", "outputs/features.zarr"]
 
 
@@ -61,41 +71,62 @@ def stage(name: str, cwd: Path, log) -> None:
         raise SystemExit(f"{name} failed in {cwd}; see {log.name}")
 
 
+def build_dataset(shared: Path, overrides: list[str]) -> Path:
+    write_params(shared, overrides)
+    with open(shared.parent / f"{shared.name}.log", "a") as log:
+        for name in ("synth", "prepare", "geometry", "features"):
+            stage(name, shared, log)
+    return shared
+
+
+def train_and_evaluate(d: Path, shared: Path, overrides: list[str]) -> None:
+    write_params(d, overrides)
+    for item in SHARED:  # the one dataset and its caches
+        link = d / item
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(shared / item)
+    with open(d / "run.log", "a") as log:
+        stage("train", d, log)
+        stage("evaluate", d, log)
+
+
+def read_run(d: Path, variant: str, seed: int, episodes: int | None) -> dict:
+    m = json.loads((d / "outputs/eval/metrics.json").read_text())
+    with open(d / "outputs/eval/rollouts/outcomes.csv") as f:
+        outcomes = [(int(r["scene"]), int(r["success"])) for r in csv.DictReader(f)]
+    return {"variant": variant, "seed": seed, "episodes": episodes, "outcomes": outcomes, **m}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("outputs/study"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rollouts", type=int, default=50)
+    ap.add_argument("--rollouts", type=int, default=100)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--set", action="append", default=[], help="override for every run, e.g. synth.episodes=80")
+    ap.add_argument("--episodes", type=int, nargs="+", default=[None],
+                    help="dataset sizes (a learning curve); default: params.yaml's synth.episodes")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses train.threads CPU threads)")
+    ap.add_argument("--set", action="append", default=[], help="override for every run, e.g. world.candidate_order=by_class")
     args = ap.parse_args()
     out = args.out.resolve()
     base = args.set + [f"eval.rollouts={args.rollouts}"]
     t0 = time.perf_counter()
 
-    shared = out / "shared"
-    write_params(shared, base)
-    with open(out / "shared.log", "a") as log:
-        for name in ("synth", "prepare", "geometry", "features"):
-            stage(name, shared, log)
+    jobs = []
+    for n in args.episodes:
+        size = [] if n is None else [f"synth.episodes={n}"]
+        tag = "" if n is None else f"-e{n}"
+        shared = build_dataset(out / f"shared{tag}", base + size)
+        for variant in args.variants:
+            for seed in args.seeds:
+                d = out / f"{variant}{tag}-s{seed}"
+                jobs.append((d, shared, base + size + VARIANTS[variant] + [f"train.seed={seed}"], variant, seed, n))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda j: train_and_evaluate(*j[:3]), jobs))
+    runs = [read_run(d, variant, seed, n) for d, _, _, variant, seed, n in jobs]
 
-    runs = []
-    for variant in args.variants:
-        for seed in args.seeds:
-            d = out / f"{variant}-s{seed}"
-            write_params(d, base + VARIANTS[variant] + [f"train.seed={seed}"])
-            for item in SHARED:  # the one dataset and its caches
-                link = d / item
-                link.parent.mkdir(parents=True, exist_ok=True)
-                if not link.is_symlink():
-                    link.symlink_to(shared / item)
-            with open(d / "run.log", "a") as log:
-                stage("train", d, log)
-                stage("evaluate", d, log)
-            m = json.loads((d / "outputs/eval/metrics.json").read_text())
-            runs.append({"variant": variant, "seed": seed, **m})
-
-    table = summarise(runs, args.variants)
+    table = summarise(runs)
     minutes = (time.perf_counter() - t0) / 60
     text = render(table, runs, args, minutes)
     (out / "study.md").write_text(text)
@@ -103,20 +134,32 @@ def main() -> None:
     print(text)
 
 
-def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (dataset size, variant): pooled success, its interval, per seed, the
+    decision check, touch reliance in contact, and the paired difference to BASELINE."""
     rows = []
-    for v in variants:
-        rs = [r for r in runs if r["variant"] == v]
-        k = sum(r["closed_loop"]["successes"] for r in rs)
-        n = sum(r["closed_loop"]["rollouts"] for r in rs)
-        lo, hi = wilson(k, n)
-        align = [r["alignment"].get("tactile_to_wrist", {}) for r in rs]
-        rows.append({"variant": v, "seeds": len(rs), "successes": k, "rollouts": n, "success": k / n if n else None,
-                     "ci95": [lo, hi], "per_seed": [r["closed_loop"]["success_rate"] for r in rs],
-                     "chunk_l1_vs_hold": _mean([r.get("chunk_l1_vs_hold") for r in rs]),
-                     "wrist_top1": _mean([a.get("top1") for a in align]),
-                     "wrist_top1_chance": _mean([a.get("top1_chance") for a in align]),
-                     "wrist_loc": _mean([a.get("loc_acc") for a in align])})
+    for n in dict.fromkeys(r["episodes"] for r in runs):
+        group = [r for r in runs if r["episodes"] == n]
+        base = {(r["seed"], s): ok for r in group if r["variant"] == BASELINE for s, ok in r["outcomes"]}
+        for v in dict.fromkeys(r["variant"] for r in group):
+            rs = [r for r in group if r["variant"] == v]
+            k = sum(r["closed_loop"]["successes"] for r in rs)
+            total = sum(r["closed_loop"]["rollouts"] for r in rs)
+            lo, hi = wilson(k, total)
+            decisions = [r["closed_loop"].get("decision") or {} for r in rs]
+            row = {"episodes": n, "variant": v, "seeds": len(rs), "successes": k, "rollouts": total,
+                   "success": k / total if total else None, "ci95": [lo, hi],
+                   "per_seed": [r["closed_loop"]["success_rate"] for r in rs],
+                   "decision_accuracy": _mean([d.get("accuracy") for d in decisions]),
+                   "follows_touch": _mean([d.get("follows_touch") for d in decisions]),
+                   "reliance_in_contact": _mean([(r.get("touch_reliance") or {}).get("in contact", {}).get("reliance")
+                                                 for r in rs]),
+                   "chunk_l1_vs_hold": _mean([r.get("chunk_l1_vs_hold") for r in rs]),
+                   "wrist_top1": _mean([r["alignment"].get("tactile_to_wrist", {}).get("top1") for r in rs])}
+            pairs = [(ok, base[(r["seed"], s)]) for r in rs for s, ok in r["outcomes"] if (r["seed"], s) in base]
+            if v != BASELINE and pairs:
+                row["minus_" + BASELINE] = list(paired_difference([a for a, _ in pairs], [b for _, b in pairs]))
+            rows.append(row)
     return rows
 
 
@@ -132,18 +175,22 @@ def _f(x, pct=False):
 
 
 def render(table: list[dict], runs: list[dict], args, minutes: float) -> str:
-    lines = [f"HSA study: task {runs[0]['closed_loop']['task']}, seeds {args.seeds}, {args.rollouts} rollouts per run, "
-             f"overrides {args.set or 'none'}; {minutes:.0f} min", "",
-             "| variant | success (pooled) | 95% interval | per seed | chunk L1 / hold | tactile->wrist top-1 (chance) "
-             "| wrist localisation |", "|---|---|---|---|---|---|---|"]
+    world = runs[0]["closed_loop"]
+    lines = [f"HSA study: task {world['task']}, seeds {args.seeds}, {args.rollouts} rollouts per run (the same scenes "
+             f"for every run), overrides {args.set or 'none'}; {minutes:.0f} min", "",
+             f"| episodes | variant | success (pooled) | 95% interval | per seed | minus {BASELINE} (paired, 95%) "
+             "| decision right | follows touch | touch reliance in contact | chunk L1 / hold |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['variant']} | {r['successes']}/{r['rollouts']} = {_f(r['success'], True)} | "
-                     f"{_f(r['ci95'][0], True)}-{_f(r['ci95'][1], True)} | "
-                     f"{', '.join(_f(s, True) for s in r['per_seed'])} | {_f(r['chunk_l1_vs_hold'])} | "
-                     f"{_f(r['wrist_top1'])} ({_f(r['wrist_top1_chance'])}) | {_f(r['wrist_loc'])} |")
-    guess = runs[0]["closed_loop"].get("guess_rate")
-    if guess:
-        lines += ["", f"Guessing the tile: {guess:.0%}."]
+        diff = r.get("minus_" + BASELINE)
+        diff_text = f"{diff[0]:+.0%} ({diff[1]:+.0%} to {diff[2]:+.0%})" if diff else "-"
+        lines.append(f"| {r['episodes'] or 'params'} | {r['variant']} | {r['successes']}/{r['rollouts']} = "
+                     f"{_f(r['success'], True)} | {_f(r['ci95'][0], True)}-{_f(r['ci95'][1], True)} | "
+                     f"{', '.join(_f(s, True) for s in r['per_seed'])} | {diff_text} | "
+                     f"{_f(r['decision_accuracy'], True)} | {_f(r['follows_touch'], True)} | "
+                     f"{_f(r['reliance_in_contact'])} | {_f(r['chunk_l1_vs_hold'])} |")
+    if world.get("guess_rate"):
+        lines += ["", f"Guessing the tile: {world['guess_rate']:.0%}."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@ on the tiny demo (metrics.json, plot files, a report with no external references
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -114,6 +115,9 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     assert set(c["phase_success"]) == {"picked up", "put down", "success"} and c["guess_rate"] == pytest.approx(1 / 3)
     assert c["policy_step_ms"]["p50"] > 0 and c["ms_per_step"]["world_render"] > 0
     assert all(not f.startswith("crashed") for f in c["failures"]), c["failures"]
+    outcomes = (EVAL / "rollouts" / "outcomes.csv").read_text().splitlines()
+    assert outcomes[0].startswith("scene,seed,success,failure") and len(outcomes) == 1 + 3
+    assert sum(int(line.split(",")[2]) for line in outcomes[1:]) == c["successes"]
     gifs = list((EVAL / "rollouts").glob("*.gif"))
     assert gifs and all(Image.open(g).n_frames >= 5 for g in gifs)
     horizon = (EVAL / "plots" / "horizon.csv").read_text().splitlines()
@@ -124,6 +128,20 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     assert "Closed loop in the touch world" in page and "data:image/gif;base64," in page
     assert not re.search(r"(src|href)\s*=\s*['\"](?!data:)", page), "the report must not load anything external"
     assert "<script" not in page and "http" not in page
+    # does the policy act on touch? (tests/test_reliance.py checks the figures themselves)
+    rel = saved["touch_reliance"]
+    assert rel["all"]["frames"] == saved["val_frames"] and rel["all"]["reading"].startswith("this policy's actions")
+    assert {"tactile_swap", "tactile_blank", "top_swap", "wrist_swap", "reliance"} <= set(rel["all"])
+    assert set(c["decision"]) == {"checked", "accuracy", "accuracy_ci95", "follows_touch"}
+    assert "Does the policy act on touch?" in page and html.escape(rel["all"]["reading"]) in page
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(EVAL / "tb"))
+    acc.Reload()
+    scalars = {t: acc.Scalars(t)[0].value for t in acc.Tags()["scalars"]}
+    assert scalars["eval/success_rate"] == pytest.approx(saved["success_rate"])
+    assert scalars["touch/reliance/all"] == pytest.approx(rel["all"]["reliance"], rel=1e-5)
+    assert scalars["touch/tactile_swap/in_contact"] == pytest.approx(rel["in contact"]["tactile_swap"], rel=1e-5)
 
 
 def test_wilson_interval_matches_known_values():
@@ -179,3 +197,17 @@ def test_hsa_rollout_writes_an_animation_of_the_expert(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "rollout: scene 2, success" in r.stdout
     assert Image.open(out).n_frames > 20
+
+
+def test_paired_difference_is_the_mean_difference_with_its_interval():
+    from hsa_pipeline.rollout import paired_difference
+
+    a = [1, 1, 0, 1, 0, 1, 1, 0]
+    b = [0, 1, 0, 0, 0, 1, 0, 1]
+    d = np.array(a) - np.array(b)  # 1 0 0 1 0 0 1 -1: mean 0.25, sd (ddof 1) 0.7071
+    mean, lo, hi = paired_difference(a, b)
+    half = 1.959963984540054 * np.sqrt(((d - 0.25) ** 2).sum() / 7) / np.sqrt(8)
+    assert mean == 0.25 and lo == pytest.approx(0.25 - half) and hi == pytest.approx(0.25 + half)
+    assert paired_difference([1, 1], [1, 1]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="pair the same scenes"):
+        paired_difference([1], [1, 0])

@@ -405,3 +405,86 @@ def test_cuda_resume_matches_the_uninterrupted_run(work_dir):
     for a, b in zip(straight, resumed):
         for k in ("total", "l1", "kl"):
             assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-4, abs=1e-5), (a["step"], k)
+
+
+def test_without_the_cvae_z_is_zero_in_training_too():
+    """act.vae: false builds no CVAE encoder; the forward with the demonstrated actions is
+    the forward without them (nothing but the observation can carry a choice), KL 0."""
+    kw = dict(hidden_dim=16, dim_feedforward=32, heads=2, enc_layers=1, dec_layers=1, vae_enc_layers=1,
+              latent_dim=4, chunk_size=5)
+    shapes = ActShapes(7, 7, ["cam", "tac"], grid=4, token_dim=8)
+    model = ACTPolicy(ActConfig(**kw, vae=False), shapes).eval()
+    assert not any(n.startswith("vae_") for n, _ in model.named_parameters())
+    assert any(n.startswith("vae_") for n, _ in ACTPolicy(ActConfig(**kw), shapes).named_parameters())
+    B = 2
+    tokens = {"cam": torch.randn(B, 4, 4, 8), "tac": torch.randn(B, 4, 4, 8)}
+    qpos, actions, pad = torch.randn(B, 7), torch.randn(B, 5, 7), torch.zeros(B, 5, dtype=torch.bool)
+    with_actions, latent, _ = model(qpos, tokens, actions, pad)
+    assert latent is None and float(act_losses(with_actions, actions, pad, latent)["kl"]) == 0.0
+    torch.testing.assert_close(with_actions, model(qpos, tokens)[0], rtol=0, atol=0)
+
+
+def test_touch_map_weights_camera_tokens_by_their_match_with_the_touch():
+    """act.touch_map: the bias on camera token n is softmax_n(s * q(felt) . k(token_n)) * N
+    times a learned vector (unit-length heads, s a learned inverse temperature; checked
+    against the formula), it moves the prediction when only the touch changes, and the
+    action loss trains its heads."""
+    cfg = ActConfig(hidden_dim=16, dim_feedforward=32, heads=2, enc_layers=1, dec_layers=1, vae_enc_layers=1,
+                    latent_dim=4, chunk_size=5, touch_map=True, dropout=0.0)
+    torch.manual_seed(0)
+    model = ACTPolicy(cfg, ActShapes(7, 7, ["cam", "tac"], grid=4, token_dim=8, tactile=["tac"]))
+    felt, tokens = torch.randn(2, 16), torch.randn(2, 4, 16)
+    q, k = model.touch_query(felt), model.touch_key(tokens)
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
+    scale = 1 / 0.07  # the learned inverse temperature starts at 1 / 0.07
+    expected = torch.softmax((q[:, None] * k).sum(-1) * scale, -1)[..., None] * 4 * model.touch_emb
+    torch.testing.assert_close(model.touch_map_bias(felt, tokens), expected)
+    B = 2
+    cam = torch.randn(B, 4, 4, 8)
+    qpos = torch.randn(B, 7)
+    a = model(qpos, {"cam": cam, "tac": torch.randn(B, 4, 4, 8)})[0]
+    b = model(qpos, {"cam": cam, "tac": torch.randn(B, 4, 4, 8)})[0]
+    assert not torch.allclose(a, b)
+    a.abs().sum().backward()
+    for head in (model.touch_query, model.touch_key):
+        assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in head.parameters())
+
+
+def test_with_hsa_the_touch_map_heads_are_the_hsa_heads(work_dir):
+    """HSA on + act.touch_map: the loss trains the very heads the policy's map reads, and
+    evaluate loads them back from the checkpoint."""
+    from hsa_pipeline.evaluate import load_trained
+
+    p = tiny_pipeline_params(["act.touch_map=true", "act.vae=false", "hsa.positives=next_contact", "train.steps=4",
+                              "train.val_every=4"])
+    caches = Caches(PREPARE, GEOMETRY, FEATURES, 1.0, "next_contact")
+    module = build(p.act, p.hsa, 4, caches, torch.device("cpu"))
+    assert module.hsa.head_tactile is module.policy.touch_query and module.hsa.head_vision is module.policy.touch_key
+    train(p)
+    policy, hsa, _ = load_trained(TRAIN, "cpu")
+    assert hsa.head_tactile is policy.touch_query
+    saved = torch.load(TRAIN / "run" / "checkpoints" / "last.pt", weights_only=True)["module"]
+    torch.testing.assert_close(policy.touch_query.net[0].weight, saved["hsa.head_tactile.net.0.weight"])
+
+
+def test_two_runs_of_the_train_stage_give_identical_weights_beside_a_busy_process(work_dir):
+    """Reproducible training: the default thread count is fixed (1), so the summation order of
+    every op, and with it every weight, is the same whatever else runs on the machine."""
+    import hashlib
+    import shutil
+
+    p = tiny_pipeline_params(["train.steps=12"])
+    assert p.train.threads == 1
+    train(p)
+    first = hashlib.sha256((TRAIN / "policy" / "weights.pt").read_bytes()).hexdigest()
+    metrics = json.loads((TRAIN / "metrics.json").read_text())
+    shutil.rmtree(TRAIN)
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 120: pass"])
+    try:
+        train(p)
+    finally:
+        busy.kill()
+    assert hashlib.sha256((TRAIN / "policy" / "weights.pt").read_bytes()).hexdigest() == first
+    assert json.loads((TRAIN / "metrics.json").read_text()) == metrics
+    again = train(p)  # a rerun of the finished run (dvc repro -f): nothing trained, the same val metrics
+    assert again["steps_trained"] == 0 and again["val_l1_prior"] == pytest.approx(metrics["val_l1_prior"], abs=1e-6)

@@ -123,6 +123,34 @@ class TouchWorld(gym.Env):
         truncated = not terminated and self.t >= self.max_steps
         return self._observe(), float(success), terminated, truncated, self._info(timeout=truncated)
 
+    def sensor_xy(self, qpos: np.ndarray) -> dict[str, np.ndarray]:
+        """(T, D) qpos -> {sensor: (T, 2)} the sensor's position on the table plane."""
+        q = np.asarray(qpos, dtype=float)
+        out = {}
+        for name, s in self.rig.sensors.items():
+            arm = self.rig.arms[s.arm]
+            out[name] = s.world_poses(arm.flange_poses(arm.joints(q)), arm.gripper(q))[:, :2, 3]
+        return out
+
+    def chunk_places(self, chunk: np.ndarray) -> list[int | None]:
+        """match: per arm, the candidate tile an action chunk (k, D) heads for: the one
+        nearest to where the sensor is at the chunk's end (None for an arm not carrying)."""
+        xy = self.sensor_xy(chunk[-1:])
+        out = []
+        for task in self.tasks:
+            cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
+            if not task.held or not cands:
+                out.append(None)
+                continue
+            d = [np.hypot(*(xy[task.sensor][0] - (task.tiles[i].x, task.tiles[i].y))) for i in cands]
+            out.append(cands[int(np.argmin(d))])
+        return out
+
+    def felt_image(self, task: ArmTask, cls: int, rng: np.random.Generator) -> np.ndarray:
+        """The tactile image this sensor would show now if it held a probe of class `cls`
+        (a counterfactual for the diagnostics; `rng` keeps the world's own draws untouched)."""
+        return tactile_image(cls, max(HOLD_DEPTH, self.depth[task.sensor]), self.cfg.tactile_size, rng)
+
     def _poses(self) -> tuple[dict, dict, dict]:
         q = self.qpos[None]
         flange = {n: a.flange_poses(a.joints(q)) for n, a in self.rig.arms.items()}

@@ -9,6 +9,10 @@ there, and the tactile image keeps showing its class while it is carried). Behin
 probe onto a tile puts it down there. Success: put down on the tile of its own class.
 The decision (which tile) needs what the sensor FEELS related to what the camera SEES.
 
+With `candidate_order: by_class` the candidates are sorted by class: with as many classes
+as candidates, each class's tile always lies at the same place, so the felt class alone
+decides where to go (a control task: touch must reach the decision, nothing to match).
+
 `press`: tiles of `touches` classes and distractor tiles; press the targets left to
 right (the demo of earlier versions). Vision alone suffices.
 """
@@ -81,7 +85,9 @@ def sample_task(cfg: WorldConfig, arm: str, sensor: str, base: np.ndarray, rng: 
     if cfg.task == "match":
         others = [int(c) for c in rng.permutation([c for c in range(n) if c != key])[: cfg.candidates - 1]]
         classes = others + [key]
-        rng.shuffle(classes)  # the matching tile's place is random
+        rng.shuffle(classes)  # the matching tile's place is random (drawn in both orders: same scenes otherwise)
+        if cfg.candidate_order == "by_class":
+            classes = sorted(classes)
         # far apart, so that each candidate sits in its own patch tokens of the top camera
         xs = np.linspace(-CANDIDATE_SPAN_M, CANDIDATE_SPAN_M, cfg.candidates)
         tiles = [Tile(*_cell_world(base, x + jitter(), GRID_Y[2] + jitter()), int(c), "candidate")
