@@ -160,10 +160,10 @@ class ACTPolicy(nn.Module):
         seq = [self.latent_in(z)[:, None] + self.special_pos[0], self.qpos_in(qpos)[:, None] + self.special_pos[1]]
         felt = self.felt(adapted)
         for i, s in enumerate(self.shapes.streams):
-            tokens = adapted[s]  # (B, G*G, H)
+            grid = adapted[s]  # (B, G*G, H)
             if felt is not None and s not in self.shapes.tactile:  # the map at full resolution, then pooled
-                tokens = tokens + self.touch_map_bias(felt, tokens)
-            pooled = pool_tokens(tokens, self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
+                grid = grid + self.touch_map_bias(felt, grid)
+            pooled = pool_tokens(grid, self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
             seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
         x = torch.cat(seq, 1)  # (B, 2 + all streams' tokens, H)
         queries = self.queries.expand(B, -1, -1)
