@@ -168,8 +168,8 @@ def _touch_html(metrics: dict) -> str:
     rel = metrics.get("touch_reliance") or {}
     cams = sorted({k for v in rel.values() if isinstance(v, dict) for k in v if k.endswith("_swap")
                    and k not in ("tactile_swap", "camera_swap")})
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["phase", "frames", "tactile swap", "tactile blank", *cams,
-                                                           "reliance", "reading"])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["phase", "frames", "tactile swap", "tactile blank",
+                                                           *(c.replace("_", " ") for c in cams), "reliance", "reading"])
     rows = ""
     for phase, v in rel.items():
         if not isinstance(v, dict) or not v.get("frames"):
@@ -178,7 +178,7 @@ def _touch_html(metrics: dict) -> str:
                  f"{v['reliance']:.2f}", v["reading"]]
         rows += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
     text = ("<p>How far the predicted chunk moves (mean |change|, degrees) when the tactile stream is replaced by "
-            "another held-out episode's at the same phase (or blanked), against a camera replaced the same way. "
+            "another episode's at the same phase (or blanked), against a camera replaced the same way. "
             "Reliance = tactile swap / largest camera swap: below 0.1 the actions do not depend on touch.</p>")
     decision = (metrics.get("closed_loop") or {}).get("decision") or {}
     if decision.get("checked"):
