@@ -36,7 +36,7 @@ from .data import ActionCodec, Caches, chunk_window
 from .errors import StoreError
 from .hsa import HSALoss, masked_mean
 from .policy import TemporalEnsembler
-from .reliance import touch_reliance
+from .reliance import predict_chunks, touch_reliance
 from .rollout import RolloutResult, check_compatible, run_rollout, summarise, write_gif
 from .runtime import ThreadTuner
 
@@ -194,18 +194,6 @@ def load_trained(train_dir: Path, device):
     return policy.to(device).eval(), (hsa.to(device).eval() if hsa else None), meta
 
 
-@torch.no_grad()
-def predict_chunks(policy: ACTPolicy, caches: Caches, rows: np.ndarray, device) -> np.ndarray:
-    """(R, k, D) normalised chunk predictions with z = 0 (deployment mode)."""
-    out = []
-    for s in range(0, len(rows), BATCH):
-        r = rows[s: s + BATCH]
-        tok = {n: torch.from_numpy(caches.tokens[n][r].astype(np.float32)).to(device) for n in caches.streams}
-        pred, _, _ = policy(torch.from_numpy(caches.qpos[r]).to(device), tok)
-        out.append(pred.cpu().numpy())
-    return np.concatenate(out)
-
-
 def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path, device) -> tuple[dict, dict, dict]:
     """Action errors against baselines, open-loop replay and alignment on held-out frames.
     -> (metrics, per-model error results, the loaded policy and HSA heads)."""
@@ -232,7 +220,7 @@ def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path
             executed = to_units(replay(pred[sel], cfg.ensemble_k, ens))
             replay_err[mode].append(np.abs(executed - recorded)[valid[sel][:, 0]].mean())
     align = alignment(caches, policy, hsa, rows, device)
-    reliance = touch_reliance(policy, caches, rows, codec, valid, to_units, device)
+    reliance = touch_reliance(policy, caches, rows, codec, valid, to_units, device, base=to_units(pred))
     metrics = {
         "chunk_l1": results["policy"]["chunk_l1"], "first_l1": results["policy"]["first_l1"],
         **{f"{b}_chunk_l1": results[b]["chunk_l1"] for b in ("hold", "const_vel") if b in results},

@@ -62,16 +62,16 @@ def donor_rows(caches: Caches, rows: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _chunks(policy, caches: Caches, rows: np.ndarray, donors: np.ndarray, swap: list[str], blank: list[str],
-            device) -> np.ndarray:
-    """(R, k, Da) normalised chunks with the streams in `swap` taken from the donor rows
-    and those in `blank` zeroed."""
+def predict_chunks(policy, caches: Caches, rows: np.ndarray, device, donors: np.ndarray | None = None,
+                   swap: tuple[str, ...] = (), blank: tuple[str, ...] = ()) -> np.ndarray:
+    """(R, k, Da) normalised chunk predictions with z = 0 (deployment mode) from the cached
+    tokens; the streams in `swap` read the `donors` rows instead, those in `blank` are zeroed."""
     out = []
     for s in range(0, len(rows), BATCH):
-        r, d = rows[s: s + BATCH], donors[s: s + BATCH]
+        r = rows[s: s + BATCH]
         tok = {}
         for n in caches.streams:
-            src = d if n in swap else r
+            src = donors[s: s + BATCH] if n in swap else r
             t = torch.from_numpy(caches.tokens[n][src].astype(np.float32)).to(device)
             tok[n] = torch.zeros_like(t) if n in blank else t
         pred, _, _ = policy(torch.from_numpy(caches.qpos[r]).to(device), tok)
@@ -90,9 +90,10 @@ def reading(reliance: float | None) -> str:
 
 
 def touch_reliance(policy, caches: Caches, rows: np.ndarray, codec: ActionCodec, valid: np.ndarray, to_units,
-                   device) -> dict:
+                   device, base: np.ndarray | None = None) -> dict:
     """The touch-reliance table of the docstring. `valid` (R, k) marks the chunk steps
-    inside the episode; `to_units` turns raw actions into joint units (degrees)."""
+    inside the episode; `to_units` turns raw actions into joint units (degrees); `base`
+    the unchanged predictions in joint units when the caller has them already."""
     tactile = [s for s, role in caches.streams.items() if role == "tactile"]
     cameras = [s for s, role in caches.streams.items() if role != "tactile"]
     if not tactile or not len(rows):
@@ -101,11 +102,11 @@ def touch_reliance(policy, caches: Caches, rows: np.ndarray, codec: ActionCodec,
     qraw = caches.qpos_raw[rows]
 
     def chunk(swap=(), blank=()):
-        return to_units(codec.decode(_chunks(policy, caches, rows, donors, list(swap), list(blank), device), qraw))
+        return to_units(codec.decode(predict_chunks(policy, caches, rows, device, donors, swap, blank), qraw))
 
-    base = chunk()
-    variants = {"tactile_swap": chunk(swap=tactile), "tactile_blank": chunk(blank=tactile),
-                **{f"{c}_swap": chunk(swap=[c]) for c in cameras}}
+    base = chunk() if base is None else base
+    variants = {"tactile_swap": chunk(swap=tuple(tactile)), "tactile_blank": chunk(blank=tuple(tactile)),
+                **{f"{c}_swap": chunk(swap=(c,)) for c in cameras}}
     v = valid[..., None]
     change = {k: (np.abs(p - base) * v).sum((1, 2)) / np.maximum(v.sum((1, 2)) * base.shape[-1], 1)
               for k, p in variants.items()}  # (R,) mean |change| per frame
