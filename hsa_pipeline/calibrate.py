@@ -200,7 +200,7 @@ def intrinsics(frames: list[np.ndarray], spec: BoardSpec, camera: str) -> Result
     imgs = [d.img.astype(np.float32) for d in dets]
     rms, K, dist, rvecs, tvecs = cv2.calibrateCamera(objs, imgs, (w, h), None, None)
     per_frame = [float(np.linalg.norm(cv2.projectPoints(o, r, t, K, dist)[0].reshape(-1, 2) - i, axis=1).mean())
-                 for o, i, r, t in zip(objs, imgs, rvecs, tvecs)]
+                 for o, i, r, t in zip(objs, imgs, rvecs, tvecs, strict=True)]
     warn = [] if len(dets) >= 10 else [f"only {len(dets)} views: record 10 or more, tilted in several directions"]
     values = {"width": w, "height": h, "K": [[round(float(v), 3) for v in row] for row in K],
               "distortion": [round(float(v), 6) for v in dist.reshape(-1)[:5]]}

@@ -500,6 +500,13 @@ def _cross_check(p: Params) -> None:
         if Path(p.data.episodes_dir) != expected:
             raise ConfigError(f"data.episodes_dir: is {p.data.episodes_dir!r} but synth.enabled is true and writes "
                               f"{str(expected)!r}; set data.episodes_dir: {expected} or synth.enabled: false")
+    else:
+        # DVC deletes the synth stage's output folder before it reruns: user data there is lost.
+        synth_out, episodes = Path(p.synth.out_dir).resolve(), Path(p.data.episodes_dir).resolve()
+        if episodes == synth_out or synth_out in episodes.parents:
+            raise ConfigError(f"data.episodes_dir: {p.data.episodes_dir!r} is inside synth.out_dir "
+                              f"({p.synth.out_dir!r}), which DVC empties when the synth stage reruns; move your "
+                              f"episodes elsewhere or set synth.out_dir to another folder")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

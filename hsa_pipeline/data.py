@@ -155,6 +155,10 @@ class Caches:
     def episode_of(self, row: int) -> int:
         return self.manifest.episode_of(row)
 
+    def sensor_boxes_px(self, camera: str, sensor: str) -> np.ndarray:
+        """(N, 4) pixel box of `sensor` in `camera` for every frame (the store's column of that sensor)."""
+        return self.boxes_px[camera][:, self.geo_attrs["sensors"].index(sensor)]
+
     def rows(self, split: str) -> np.ndarray:
         """All global frame indices of the episodes in a split."""
         offs = self.manifest.offsets

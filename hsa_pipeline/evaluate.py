@@ -21,7 +21,6 @@ the same rule.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -29,13 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .act import ACTPolicy, ActShapes
+from .act import ACTPolicy
 from .atomic import atomic_dir, write_json
-from .config import ActConfig, CameraConfig, EvalConfig, HsaConfig, RobotConfig, SensorConfig, WorldConfig
+from .config import CameraConfig, EvalConfig, RobotConfig, SensorConfig, WorldConfig
 from .data import ActionCodec, Caches, chunk_window
 from .errors import StoreError
 from .hsa import HSALoss, masked_mean
-from .policy import TemporalEnsembler
+from .policy import TemporalEnsembler, load_model
 from .reliance import predict_chunks, touch_reliance
 from .rollout import RolloutResult, check_compatible, run_rollout, summarise, write_gif
 from .runtime import ThreadTuner
@@ -57,7 +56,7 @@ def chunk_targets(action: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows
     R, D = len(rows), action.shape[1]
     target = np.zeros((R, chunk, D))
     valid = np.zeros((R, chunk), bool)
-    for i, (row, s, e) in enumerate(zip(rows, starts, ends)):
+    for i, (row, s, e) in enumerate(zip(rows, starts, ends, strict=True)):
         a0, n = chunk_window(int(row), int(s), int(e), chunk, shift)
         target[i, :n] = action[a0: a0 + n]
         valid[i, :n] = True
@@ -174,24 +173,9 @@ def alignment(caches: Caches, policy: ACTPolicy, hsa: HSALoss | None, rows: np.n
 
 # --------------------------------------------------------------------------- the stage
 def load_trained(train_dir: Path, device):
-    """The exported policy, and the HSA heads of the same checkpoint when it has them."""
-    train_dir = Path(train_dir)
-    meta_path = train_dir / "policy" / "policy.json"
-    if not meta_path.is_file():
-        raise StoreError(f"{meta_path}: no exported policy; run `dvc repro train`")
-    meta = json.loads(meta_path.read_text())
-    policy = ACTPolicy(ActConfig(**meta["act"]), ActShapes(**meta["shapes"]))
-    policy.load_state_dict(torch.load(train_dir / "policy" / "weights.pt", map_location="cpu", weights_only=True))
-    hsa = None
-    ckpts = train_dir / "run" / "checkpoints"
-    ck_path = ckpts / "best.pt" if (ckpts / "best.pt").exists() else ckpts / "last.pt"
-    ck = torch.load(ck_path, map_location="cpu", weights_only=True) if ck_path.exists() else None
-    if ck is not None and any(k.startswith("hsa.") for k in ck["module"]):
-        from .train import hsa_loss_for
-
-        hsa = hsa_loss_for(policy, HsaConfig(**ck["config"]["hsa"]))
-        hsa.load_state_dict({k.removeprefix("hsa."): v for k, v in ck["module"].items() if k.startswith("hsa.")})
-    return policy.to(device).eval(), (hsa.to(device).eval() if hsa else None), meta
+    """The exported policy of a train stage's output and its HSA heads (None without HSA)."""
+    policy, hsa, meta = load_model(Path(train_dir) / "policy")
+    return policy.to(device), (hsa.to(device) if hsa is not None else None), meta
 
 
 def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path, device) -> tuple[dict, dict, dict]:

@@ -37,7 +37,7 @@ from .config import FeaturesConfig
 from .encoder import Encoder, preprocess
 from .errors import EpisodeError, StoreError
 from .runtime import ThreadTuner
-from .stores import Manifest, sha256_file, sha256_json
+from .stores import SCHEMA_VERSIONS, Manifest, sha256_file, sha256_json
 
 SHARD_BYTES = 64 * 2**20  # target shard size: tens of files per store, not one per frame
 # Shards are written by this many threads at once (each shard is its own file, so they never
@@ -129,7 +129,7 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
              "streams": streams, "mapping": {n: enc.mapping(shapes[n][1], shapes[n][0]).to_dict() for n in streams},
              "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
              "shard_frames": shard_frames, "fingerprint": fp, "episodes_fingerprint": manifest.fingerprint,
-             "complete": False}
+             "schema_version": SCHEMA_VERSIONS["features"], "complete": False}
 
     if rank == 0:
         existing = _read_attrs(tmp)
@@ -177,7 +177,7 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
     shard held fewer frames than a batch), and write each shard, whole, in background
     threads while the next batches encode. A shard's done marker is written after its data."""
     spans = [range(k * shard_frames, min(N, (k + 1) * shard_frames)) for _, k in shards]
-    items = [(name, row) for (name, _), rows in zip(shards, spans) for row in rows]
+    items = [(name, row) for (name, _), rows in zip(shards, spans, strict=True) for row in rows]
     starts = np.cumsum([0] + [len(r) for r in spans])  # item index where shard j begins; starts[-1] = len(items)
     ds = FrameImages(manifest, items, {n: GridMapping(**m) for n, m in mappings.items()})
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=enc.device.type == "cuda",

@@ -30,7 +30,7 @@ from .atomic import atomic_dir
 from .config import CameraConfig, GeometryConfig, RobotConfig, SensorConfig
 from .errors import ConfigError, EpisodeError
 from .rig import Rig
-from .stores import Manifest, sha256_json
+from .stores import SCHEMA_VERSIONS, Manifest, sha256_json
 
 CHUNK_ROWS = 65536
 
@@ -58,7 +58,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
                    "next_weight": np.zeros((N, S), np.float32)} for c in camera_names}
     violations = []
     width = rig.qpos_width()
-    for ep, start in tqdm(list(zip(manifest.episodes, manifest.offsets)), desc="geometry", unit="ep"):
+    for ep, start in tqdm(list(zip(manifest.episodes, manifest.offsets[:-1], strict=True)), desc="geometry", unit="ep"):
         path = manifest.path(ep)
         with manifest.open(ep) as f:
             qpos = f.qpos
@@ -98,6 +98,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
         "column_names": rig.column_names(manifest.raw["qpos_dim"]),
         "visible_fraction": {c: per_cam[c]["visible"].mean(axis=0).round(4).tolist() for c in camera_names},
         "episodes_fingerprint": manifest.fingerprint,
+        "schema_version": SCHEMA_VERSIONS["geometry"],
     }
     summary["fingerprint"] = content_fingerprint(pose, per_cam, summary)
     with atomic_dir(out) as tmp:

@@ -19,13 +19,17 @@ sits there has learned nothing (the first implementation sat at ln 16 for 25k st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import HsaConfig
+
+if TYPE_CHECKING:
+    from .act import ACTPolicy
 
 NEG_INF = float("-inf")
 
@@ -228,3 +232,13 @@ class HSALoss(nn.Module):
 def _mean_over(loss: torch.Tensor, usable: torch.Tensor) -> float:
     """Mean of the per-sample loss over usable samples, for logging."""
     return float(loss.detach()[usable].mean()) if usable.any() else float("nan")
+
+
+def hsa_loss_for(policy: "ACTPolicy", hsa: HsaConfig, total_steps: int = 1) -> HSALoss:
+    """The HSA loss of a policy. With act.touch_map its heads are the policy's touch-map
+    heads (shared modules): the alignment HSA learns is the map the policy reads."""
+    if not policy.cfg.touch_map:
+        return HSALoss(policy.cfg.hidden_dim, hsa, total_steps)
+    loss = HSALoss(policy.cfg.hidden_dim, replace(hsa, proj_dim=policy.cfg.hidden_dim), total_steps)
+    loss.head_tactile, loss.head_vision = policy.touch_query, policy.touch_key
+    return loss

@@ -10,16 +10,18 @@ features computed by the same encoder code as the cache, and temporal ensembling
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .act import ACTPolicy, ActShapes
-from .config import ActConfig, FeaturesConfig
+from .config import ActConfig, FeaturesConfig, HsaConfig
 from .data import ActionCodec
 from .encoder import Encoder
+from .errors import StoreError
+from .hsa import HSALoss, hsa_loss_for
+from .stores import read_policy_meta
 
 
 class Policy:
@@ -34,13 +36,10 @@ class Policy:
     @classmethod
     def load(cls, directory: str | Path, weights: str | None = None, device: str = "auto") -> "Policy":
         """`weights` overrides the encoder's weight file (the path on this machine)."""
-        directory = Path(directory)
-        meta = json.loads((directory / "policy.json").read_text())
+        model, _, meta = load_model(directory)
         f = meta["features"]
         enc = Encoder(FeaturesConfig(model=f["model"], pretrained=weights or f["pretrained"], block=f["block"],
                                      resize=f["resize"], device=device), quiet=True)
-        model = ACTPolicy(ActConfig(**meta["act"]), ActShapes(**meta["shapes"]))
-        model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
         return cls(model.to(enc.device), enc, meta, enc.device)
 
     @torch.no_grad()
@@ -62,6 +61,32 @@ class Policy:
         q = torch.as_tensor((np.asarray(qpos) - self.q_mean) / self.q_std, dtype=torch.float32, device=self.device)[None]
         pred, _, _ = self.model(q, {s: t.float() for s, t in tokens.items()})
         return self.codec.decode(pred[0].cpu().numpy(), np.asarray(qpos, dtype=float))
+
+
+def load_model(directory: str | Path) -> tuple[ACTPolicy, HSALoss | None, dict]:
+    """An exported policy directory -> (the ACT model, its HSA heads or None when trained
+    without HSA, policy.json), on the CPU in eval mode. Everything comes from the
+    directory: it is self-contained."""
+    directory = Path(directory)
+    meta = read_policy_meta(directory)
+    model = ACTPolicy(ActConfig(**meta["act"]), ActShapes(**meta["shapes"]))
+    _load_state(model, directory / "weights.pt")
+    hsa = None
+    if meta["hsa"] is not None:
+        hsa = hsa_loss_for(model, HsaConfig(**meta["hsa"]))
+        _load_state(hsa, directory / "hsa.pt")
+    return model.eval(), (hsa.eval() if hsa is not None else None), meta
+
+
+def _load_state(module: torch.nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise StoreError(f"{path}: missing from the exported policy; export it again (`dvc repro train`)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise StoreError(f"{path}: the weights do not fit policy.json's model ({len(missing)} missing, e.g. "
+                         f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); the directory mixes "
+                         f"files of different exports: export it again (`dvc repro train`)")
 
 
 class TemporalEnsembler:

@@ -24,7 +24,7 @@ from .atomic import atomic_dir, write_json
 from .config import DataConfig
 from .episodes import episode_files, open_episode, resolve_layout
 from .errors import EpisodeError
-from .stores import CONTACT_FILE, EPISODES_FILE, STATS_FILE, TRAINING_FILE, sha256_file
+from .stores import CONTACT_FILE, EPISODES_FILE, SCHEMA_VERSIONS, STATS_FILE, TRAINING_FILE, sha256_file
 
 STD_MIN = 1e-2  # ACT clips std at 1e-2 (tonyzhaozh/act utils.get_norm_stats)
 THUMB = (32, 32)  # contact scores compare small thumbnails: cheap and robust to noise
@@ -160,6 +160,7 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
         scores, _ = contact_scores({i.id: i.thumbs[name] for i in infos})
         contact[name] = {k: np.round(v, 5).tolist() for k, v in scores.items()}
     episodes = {
+        "schema_version": SCHEMA_VERSIONS["manifest"],
         "episodes_dir": str(cfg.episodes_dir),
         "episodes": [{"id": i.id, "file": i.file, "length": i.length, "layout": i.layout, "sha256": i.sha256}
                      for i in infos],

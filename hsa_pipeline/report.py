@@ -110,7 +110,7 @@ def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple
                 emb = hsa.head_vision(ad) if hsa else torch.nn.functional.normalize(ad, dim=-1)
                 sim = (emb[0] @ q[0]).reshape(caches.grid, caches.grid).cpu().numpy()
                 imgs.append(_img_png(_overlay(frame, sim, caches.feat_attrs["mapping"][cam],
-                                              caches.boxes_px[cam][row, 0])))
+                                              caches.sensor_boxes_px(cam, pair.sensor)[row])))
         out.append((f"episode {info['id']}, frame {t}", imgs))
     return out
 

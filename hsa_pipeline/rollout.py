@@ -4,8 +4,9 @@ The same code path a real robot uses: `Policy` computes features from the raw im
 with the online encoder (the cache's exact preprocessing), ACT predicts a chunk, and
 temporal ensembling turns the chunks into one action per step. A rollout ends on success,
 on a failure the world detects (wrong tile, collision, joint limit) or after
-`eval.max_steps` steps (timeout). A rollout that raises is a failure with its reason,
-never dropped.
+`eval.max_steps` steps (timeout). Those are the world's failures, counted. An exception
+is not a failure of the policy but a bug in our code (or the world's): it stops the
+evaluation with its traceback and the scene it happened in, so it never reads as "0%".
 
 Success rates come with a 95% Wilson score interval (Wilson 1927), which stays inside
 [0, 1] and is honest for small counts, unlike the normal approximation.
@@ -91,9 +92,9 @@ def drive(env, seed: int, start, record: bool = False, threads=None) -> RolloutR
             result.frames.append(contact_sheet(obs, env.streams, height=96))
         result.success, result.failure = bool(info["success"]), info["failure"]
         result.phases_reached, result.steps = int(info["phases_reached"]), int(info["step"])
-    except Exception as e:  # reported as a failure with its reason
-        result.failure = f"crashed: {type(e).__name__}: {str(e)[:200]}"
-        result.steps = env.t if hasattr(env, "t") else 0
+    except Exception as e:
+        e.add_note(f"(in the closed-loop rollout of scene seed {seed}, step {getattr(env, 't', '?')})")
+        raise
     return result
 
 
@@ -108,7 +109,7 @@ def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int) -> dict
     if env.cfg.task != "match" or not all(t.held for t in env.tasks):
         return None
     chosen = env.chunk_places(chunk)
-    correct = [c == t.order[0] for c, t in zip(chosen, env.tasks)]
+    correct = [c == t.order[0] for c, t in zip(chosen, env.tasks, strict=True)]
     rng = np.random.default_rng([seed, 11])  # the counterfactual's own draws: the rollout is unchanged
     follows = []
     for a, task in enumerate(env.tasks):
@@ -163,7 +164,7 @@ def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: i
             failures[kind] = failures.get(kind, 0) + 1
     steps_ok = [r.steps for r in results if r.success]
     per_step = {name: [x for r in results for x in r.ms.get(name, [])] for name in ("world", "encode", "act")}
-    policy_ms = [e + a for r in results for e, a in zip(r.ms.get("encode", []), r.ms.get("act", []))]
+    policy_ms = [e + a for r in results for e, a in zip(r.ms.get("encode", []), r.ms.get("act", []), strict=True)]
 
     def pct(xs, q):
         return float(np.percentile(xs, q)) if xs else None

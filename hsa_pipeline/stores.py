@@ -26,6 +26,24 @@ EPISODES_FILE, TRAINING_FILE, STATS_FILE, CONTACT_FILE = "episodes.json", "train
 PREPARE_FILES = (EPISODES_FILE, TRAINING_FILE, STATS_FILE, CONTACT_FILE)
 
 
+# Layout version of each artefact the stages write ("schema_version" in the file or the
+# store's attributes). A reader refuses another version with one line naming both; an
+# artefact from before versioning counts as version 1. Raise a number when its layout
+# changes in a way old readers would misread.
+SCHEMA_VERSIONS = {"manifest": 2, "geometry": 2, "features": 2, "policy": 2}
+POLICY_SCHEMA = SCHEMA_VERSIONS["policy"]
+POLICY_FILES = ("policy.json", "weights.pt", "hsa.pt")  # hsa.pt only when trained with HSA
+
+
+def check_schema(found: dict, kind: str, path: str | Path, rerun: str) -> None:
+    """`found` (a JSON file's content or a store's attributes) must carry this code's
+    layout version of `kind`."""
+    expected, got = SCHEMA_VERSIONS[kind], found.get("schema_version", 1)
+    if got != expected:
+        raise StoreError(f"{path}: {kind} layout version {got}, but this code reads version {expected}; "
+                         f"{'it was written by newer code: update this checkout' if got > expected else rerun}")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -64,6 +82,7 @@ class Manifest:
     def load(cls, prepare_dir: str | Path) -> "Manifest":
         d = Path(prepare_dir)
         raw = read_json(d / EPISODES_FILE, f"{EPISODES_FILE} (stage prepare)")
+        check_schema(raw, "manifest", d / EPISODES_FILE, "rerun `dvc repro prepare`")
         training = json.loads((d / TRAINING_FILE).read_text()) if (d / TRAINING_FILE).is_file() else None
         h = hashlib.sha256()
         for name in PREPARE_FILES:
@@ -137,6 +156,7 @@ def _open_complete(path: Path, what: str, stage: str):
     attrs = dict(root.attrs)
     if not attrs.get("complete"):
         raise StoreError(f"{path}: {what} is incomplete (a run was interrupted); rerun `dvc repro {stage}`")
+    check_schema(attrs, stage, path, f"rerun `dvc repro {stage}`")
     return root, attrs
 
 
@@ -178,3 +198,14 @@ class FeatureStore:
 
     def load(self, stream: str) -> np.ndarray:
         return self.root[stream][...]
+
+
+# --------------------------------------------------------------------------- the exported policy
+def read_policy_meta(directory: str | Path) -> dict:
+    """policy.json of an exported policy directory, its layout version checked."""
+    path = Path(directory) / "policy.json"
+    if not path.is_file():
+        raise StoreError(f"{path}: no exported policy here; run `dvc repro train` (it writes outputs/train/policy)")
+    meta = json.loads(path.read_text())
+    check_schema(meta, "policy", path, "export it again with this code: `dvc repro train` (the run resumes at its end)")
+    return meta

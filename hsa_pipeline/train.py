@@ -5,7 +5,7 @@ Outputs, under `out_dir` (the stage uses outputs/train):
   run/checkpoints/last.pt, best.pt  tensors and plain data only: torch.load(weights_only=True)
   run/tb/<act|act+hsa>/             TensorBoard: scalars, "loss vs chance" charts, box images, hparams
   run/curves/train.tsv, val.tsv     the same curves for `dvc plots`
-  policy/                           the exported policy (policy.py runs it on raw images)
+  policy/                           the exported policy, self-contained (policy.py runs it on raw images)
   metrics.json                      final validation figures, and where this run started
 
 Resuming. run/ survives `dvc repro` (persist: true). A run continues from last.pt only if
@@ -25,7 +25,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +40,9 @@ from .closure import code_fingerprint
 from .config import ActConfig, HsaConfig, TrainConfig, to_dict
 from .data import ActionCodec, Caches, ChunkSamples, FrameBatches, HsaPair
 from .errors import TrainingDiverged
-from .hsa import HsaInputs, HSALoss
+from .hsa import HsaInputs, HSALoss, hsa_loss_for
 from .runtime import ThreadTuner, pick_device
-from .stores import sha256_json
+from .stores import POLICY_SCHEMA, sha256_json
 
 # train.* keys that do not change what is learned: a run may resume across changes of these.
 RESUME_FREE = {"steps", "resume", "log_every", "val_every", "ckpt_every", "workers", "device", "threads", "compile",
@@ -78,10 +78,7 @@ class TrainModule(nn.Module):
         if self.hsa is not None:
             hsa_total = pred.new_zeros(())
             for pair in self.pairs:
-                x = self.hsa_inputs(batch, adapted, pair)
-                if x is None:
-                    continue
-                loss, s = self.hsa(x, step, diagnostics)
+                loss, s = self.hsa(self.hsa_inputs(batch, adapted, pair), step, diagnostics)
                 hsa_total = hsa_total + loss
                 stats.update({self.prefix(pair) + k: v for k, v in s.items()})
             if diagnostics:
@@ -91,9 +88,7 @@ class TrainModule(nn.Module):
         terms["total"] = total
         return total, terms, stats, pred
 
-    def hsa_inputs(self, batch: dict, adapted: dict, pair: HsaPair) -> HsaInputs | None:
-        if pair.wrist is None:
-            return None
+    def hsa_inputs(self, batch: dict, adapted: dict, pair: HsaPair) -> HsaInputs:
         B = batch["qpos"].shape[0]
         valid = batch["contact"][pair.sensor] if self.hsa_cfg.require_contact else torch.ones(B, dtype=torch.bool)
         x = HsaInputs(tactile=adapted[pair.sensor], wrist=adapted[pair.wrist],
@@ -114,19 +109,31 @@ def build(act: ActConfig, hsa: HsaConfig, total_steps: int, caches: Caches, devi
         from .errors import ConfigError
 
         raise ConfigError(f"act.grid_pool: {act.grid_pool} does not divide the {shapes.grid}x{shapes.grid} feature grid")
+    if hsa.enabled:
+        check_hsa_pairs(caches)
     policy = ACTPolicy(act, shapes)
     loss = hsa_loss_for(policy, hsa, total_steps) if hsa.enabled else None
     return TrainModule(policy, loss, caches.pairs, act, hsa).to(device)
 
 
-def hsa_loss_for(policy: ACTPolicy, hsa: HsaConfig, total_steps: int = 1) -> HSALoss:
-    """The HSA loss of a policy. With act.touch_map its heads are the policy's touch-map
-    heads (shared modules): the alignment HSA learns is the map the policy reads."""
-    if not policy.cfg.touch_map:
-        return HSALoss(policy.cfg.hidden_dim, hsa, total_steps)
-    loss = HSALoss(policy.cfg.hidden_dim, replace(hsa, proj_dim=policy.cfg.hidden_dim), total_steps)
-    loss.head_tactile, loss.head_vision = policy.touch_query, policy.touch_key
-    return loss
+def check_hsa_pairs(caches: Caches) -> None:
+    """With HSA on, every tactile sensor must have something to align with: a geometry
+    entry and a wrist camera on its arm (the loss's positive). Otherwise the loss would be
+    a silent zero for it."""
+    from .errors import ConfigError
+
+    tactile = list(caches.manifest.raw["tactile"])
+    if not tactile:
+        raise ConfigError("hsa.enabled: true, but the episodes have no tactile stream; set hsa.enabled: false")
+    paired = {p.sensor: p for p in caches.pairs}
+    for sensor in tactile:
+        if sensor not in paired:
+            raise ConfigError(f"hsa.enabled: true, but tactile sensor '{sensor}' is not in the geometry store "
+                              f"(sensors.{sensor} missing from params.yaml?); add it or set hsa.enabled: false")
+        if paired[sensor].wrist is None:
+            raise ConfigError(f"hsa.enabled: true, but tactile sensor '{sensor}' has no wrist camera on its arm "
+                              f"(sensors.{sensor}.arm = {caches.geo_attrs['sensor_arms'].get(sensor)!r}; cameras.*.mount "
+                              f"names none): HSA's positive is the sensor's box in that camera; set hsa.enabled: false")
 
 
 # --------------------------------------------------------------------------- setup
@@ -314,18 +321,20 @@ def validate(module: TrainModule, data: TrainingData, step: int) -> dict[str, fl
     module.eval()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    rng_state = torch.get_rng_state()
-    for batch in data.val_batches():
-        n = batch["qpos"].shape[0]
-        _, terms, stats, _ = module(batch, step, use_latent=True)
-        _, prior_terms, _, _ = module(batch, step, use_latent=False)
-        values = {"l1": float(terms["l1"]), "kl": float(terms["kl"]), "l1_prior": float(prior_terms["l1"]),
-                  **({"hsa": float(terms["hsa"])} if "hsa" in terms else {}),
-                  **{k: v for k, v in stats.items() if k.rpartition("/")[2] in HSA_VAL_COLUMNS and math.isfinite(v)}}
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v * n
-            counts[k] = counts.get(k, 0) + n
-    torch.set_rng_state(rng_state)  # validation must not change the training run
+    # validation must not change the training run: the CVAE draws z from the CPU or CUDA
+    # generator, so every generator it can touch is restored afterwards
+    cuda = [data.device] if data.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        for batch in data.val_batches():
+            n = batch["qpos"].shape[0]
+            _, terms, stats, _ = module(batch, step, use_latent=True)
+            _, prior_terms, _, _ = module(batch, step, use_latent=False)
+            values = {"l1": float(terms["l1"]), "kl": float(terms["kl"]), "l1_prior": float(prior_terms["l1"]),
+                      **({"hsa": float(terms["hsa"])} if "hsa" in terms else {}),
+                      **{k: v for k, v in stats.items() if k.rpartition("/")[2] in HSA_VAL_COLUMNS and math.isfinite(v)}}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+                counts[k] = counts.get(k, 0) + n
     module.train()
     return {k: sums[k] / counts[k] for k in sums}
 
@@ -434,17 +443,23 @@ def log_box_images(writer, caches: Caches, rows: np.ndarray, n: int = 4) -> None
 
 
 # --------------------------------------------------------------------------- export
-def export_policy(out: Path, module: TrainModule, act: ActConfig, caches: Caches, best: Path) -> None:
-    """weights.pt (policy state dict, best validation step, or the last one without
-    validation) + policy.json (everything else needed to run it on raw camera images)."""
+def export_policy(out: Path, module: TrainModule, act: ActConfig, hsa: HsaConfig, caches: Caches,
+                  best: Path) -> None:
+    """The policy directory, self-contained (stores.POLICY_FILES): the state of the best
+    validation step (or the last one without validation) of the policy and, with HSA on,
+    of the HSA heads (evaluate's alignment reads them); policy.json is everything else
+    needed to run it on raw camera images."""
     state = torch.load(best, map_location="cpu", weights_only=True)["module"] if best.exists() else module.state_dict()
-    policy_state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
-    meta = {"act": to_dict(act), "shapes": to_dict(module.policy.shapes), "stats": caches.stats,
+    part = lambda prefix: {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+    meta = {"schema_version": POLICY_SCHEMA, "act": to_dict(act), "hsa": to_dict(hsa) if module.hsa else None,
+            "shapes": to_dict(module.policy.shapes), "stats": caches.stats,
             "action_shift": caches.manifest.action_shift,
             "column_names": caches.geo_attrs["column_names"],
             "features": {k: caches.feat_attrs[k] for k in ("model", "pretrained", "block", "resize", "mapping", "streams")}}
     with atomic_dir(out) as tmp:
-        torch.save(policy_state, tmp / "weights.pt")
+        torch.save(part("policy."), tmp / "weights.pt")
+        if module.hsa is not None:
+            torch.save(part("hsa."), tmp / "hsa.pt")
         write_json(tmp / "policy.json", meta)
 
 
@@ -532,7 +547,7 @@ def run_train(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
     log.finish({"hsa_enabled": hsa.enabled, "hsa_weight": hsa.weight, "lr": cfg.lr, "batch_size": cfg.batch_size,
                 "chunk_size": act.chunk_size, "kl_weight": act.kl_weight},
                [f"val/{k}" for k in metrics])
-    export_policy(Path(out_dir) / "policy", module, act, caches, ckpt_dir / "best.pt")
+    export_policy(Path(out_dir) / "policy", module, act, hsa, caches, ckpt_dir / "best.pt")
     write_json(Path(out_dir) / "metrics.json", {k: round(v, 6) if isinstance(v, float) else v for k, v in final.items()})
     best_text = f"{best:.4f}" if math.isfinite(best) else "n/a (no validation episodes)"
     print(f"train: done at step {step} ({step - start} trained now); best val l1 (z=0) {best_text}; "

@@ -4,7 +4,6 @@ written once per test session into a temporary directory."""
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -120,19 +119,3 @@ def work_dir(cached_dir, tmp_path, monkeypatch) -> Path:
     shutil.copytree(cached_dir, dst, symlinks=True)
     monkeypatch.chdir(dst)
     return dst
-
-
-_EXIT = {"status": 0}
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT["status"] = int(exitstatus)
-
-
-def pytest_unconfigure(config):
-    """roboticstoolbox's nanobind extension prints 'leaked instances' to stderr at interpreter
-    exit, after pytest's summary; skip that teardown so the summary stays the last line."""
-    if os.environ.get("HSA_TEST_FAST_EXIT", "1") == "1" and not hasattr(config, "workerinput"):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT["status"])

@@ -52,3 +52,18 @@ def test_evaluation_aligns_each_sensor_with_its_own_wrist_camera(trained):
     joints = (trained / EVAL / "plots" / "per_joint.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in joints[1:]] == [f"{arm}.{j}" for arm in ("left", "right")
                                                           for j in ("j1", "j2", "j3", "j4", "j5", "j6", "gripper")]
+
+
+def test_the_report_draws_each_sensors_own_box(trained):
+    """The defect this guards: the report drew column 0 of the box store (the first
+    sensor's box) whatever sensor it showed."""
+    from hsa_pipeline.data import Caches
+    from hsa_pipeline.stores import GeometryStore
+
+    caches = Caches(trained / "outputs/prepare", trained / "outputs/geometry.zarr", trained / "outputs/features.zarr", 1.0)
+    geo = GeometryStore(trained / "outputs/geometry.zarr")
+    right = geo.sensors.index("tactile_right")
+    assert right != 0
+    got = caches.sensor_boxes_px("right_wrist", "tactile_right")
+    assert (got == geo.cam["right_wrist"]["box"][:, right]).all()
+    assert (got != geo.cam["right_wrist"]["box"][:, 0]).any()

@@ -52,6 +52,14 @@ def test_synth_and_the_episodes_it_writes_must_agree():
     assert load_with("synth.out_dir=elsewhere", "data.episodes_dir=elsewhere/episodes").synth.out_dir == "elsewhere"
 
 
+@pytest.mark.parametrize("episodes_dir", ["data/demo/episodes", "data/demo/episodes/real", "data/demo", "./data/demo/x"])
+def test_user_episodes_inside_synths_output_are_refused_whatever_synth_enabled_is(episodes_dir):
+    """DVC empties synth's output before rerunning it: user episodes there would be deleted."""
+    with pytest.raises(ConfigError, match="is inside synth.out_dir .* which DVC empties"):
+        load_with(f"data.episodes_dir={episodes_dir}", "synth.enabled=false")
+    assert load_with("data.episodes_dir=data/demo_real", "synth.enabled=false").data.episodes_dir == "data/demo_real"
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("hsa.wieght=2", "hsa.wieght: unknown key (did you mean 'weight'?)"),
     ("hsa.temperature=-0.1", "hsa.temperature: must be > 0.0, got -0.1"),

@@ -152,19 +152,20 @@ def test_wilson_interval_matches_known_values():
     assert wilson(20, 20)[1] == 1.0 and wilson(0, 0) == (0.0, 1.0)
 
 
-def test_a_crashed_rollout_is_a_failure_with_its_reason():
-    from hsa_pipeline.rollout import run_rollout, summarise
+def test_an_exception_in_a_rollout_stops_the_evaluation_with_the_scene():
+    """The defect this guards: a crash was counted as a failed rollout and evaluate exited
+    0, so a bug in the policy path read as "0% success"."""
+    from hsa_pipeline.rollout import run_rollout
 
     class Broken:
-        streams, t = ["top"], 0
+        streams, t = ["top"], 3
 
         def reset(self, seed):
             raise RuntimeError("renderer exploded")
 
-    r = run_rollout(Broken(), None, seed=1, ensemble_k=0.01)
-    assert not r.success and r.failure == "crashed: RuntimeError: renderer exploded"
-    s = summarise([r], ["success"], 10)
-    assert s["success_rate"] == 0.0 and s["failures"] == {"crashed: RuntimeError: renderer exploded": 1}
+    with pytest.raises(RuntimeError, match="renderer exploded") as e:
+        run_rollout(Broken(), None, seed=1, ensemble_k=0.01)
+    assert "scene seed 1, step 3" in "".join(e.value.__notes__)
 
 
 def test_a_policy_for_another_rig_is_refused_in_one_line(work_dir):

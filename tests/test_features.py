@@ -138,7 +138,7 @@ def test_weights_from_a_local_file(tmp_path):
     model = open_clip.create_model("hsa-tiny-vit", pretrained=None)
     torch.save(model.state_dict(), tmp_path / "tiny.bin")
     enc = Encoder(FeaturesConfig(pretrained=str(tmp_path / "tiny.bin")), quiet=True)
-    for a, b in zip(enc.visual.state_dict().values(), model.visual.state_dict().values()):
+    for a, b in zip(enc.visual.state_dict().values(), model.visual.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     other = open_clip.create_model("ViT-S-32" if "ViT-S-32" in open_clip.list_models() else "RN50", pretrained=None)
     torch.save(other.state_dict(), tmp_path / "other.bin")

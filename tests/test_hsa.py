@@ -168,7 +168,7 @@ def reference_symmetric(q, pos, valid, kappa, neg, neg_mask):
     fwd = reference_info_nce(q, pos, valid, kappa, neg, neg_mask)
     back = reference_info_nce(pos, q, valid, kappa)  # vision -> tactile: other valid samples only
     others = [sum(valid) - 1 if v else 0 for v in valid]
-    usable = [bool(v) and o > 0 for v, o in zip(valid, others)]
+    usable = [bool(v) and o > 0 for v, o in zip(valid, others, strict=True)]
     return np.where(usable, 0.5 * (fwd + back), 0.0), np.array(usable)
 
 

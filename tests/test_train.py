@@ -51,7 +51,7 @@ def test_caches_over_the_memory_budget_stream_the_same_tokens_from_zarr(work_dir
     assert ram.in_memory and not streamed.in_memory and streamed.tokens is None
     codec = ActionCodec.from_stats(ram.stats, relative=False)
     rows = ram.rows("train")[[0, 7, -1]]
-    for a, b in zip(ChunkSamples(ram, rows, 5, codec), ChunkSamples(streamed, rows, 5, codec)):
+    for a, b in zip(ChunkSamples(ram, rows, 5, codec), ChunkSamples(streamed, rows, 5, codec), strict=True):
         for stream in ram.streams:
             torch.testing.assert_close(a["tokens"][stream], b["tokens"][stream], rtol=0, atol=0)
 
@@ -204,7 +204,7 @@ def test_resume_matches_the_uninterrupted_run(work_dir):
     resumed = read_tsv(RUN / "curves" / "train.tsv")
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]  # no row twice
     assert [r["step"] for r in read_tsv(RUN / "curves" / "val.tsv")] == ["10", "20"]
-    for a, b in zip(straight, resumed):
+    for a, b in zip(straight, resumed, strict=True):
         for k in ("total", "l1", "kl", "hsa"):
             assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-5, abs=1e-6), (a["step"], k)
 
@@ -379,6 +379,7 @@ def test_auto_threads_take_the_cores_other_processes_leave(monkeypatch):
     samples = iter([(0.0, 100.0, 10.0), (2.0, 103.9, 12.0)])  # others: (3.9 - 2.0) / 2 s = 0.95 core
     monkeypatch.setattr(runtime.ThreadTuner, "_sample", staticmethod(lambda: next(samples)))
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
     monkeypatch.setattr(runtime.time, "monotonic", lambda: 2.0)
     before = torch.get_num_threads()
     try:
@@ -387,6 +388,40 @@ def test_auto_threads_take_the_cores_other_processes_leave(monkeypatch):
         assert tuner.update() == 1 and torch.get_num_threads() == 1
         fixed = runtime.ThreadTuner(2, torch.device("cpu"))
         assert fixed.update() == 2 and not fixed.active
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_threads_stay_inside_the_containers_cpu_limit(monkeypatch, tmp_path):
+    """The defect this guards: `threads: auto` used os.cpu_count(), the host's cores, so
+    `docker run --cpus 4` on a 64-core host ran 64 threads."""
+    from hsa_pipeline import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(64)))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("400000 100000\n")  # --cpus 4
+    assert runtime.usable_cores(v2) == 4
+    (v2 / "cpu.max").write_text("250000 100000\n")  # --cpus 2.5: 3 threads
+    assert runtime.usable_cores(v2) == 3
+    (v2 / "cpu.max").write_text("max 100000\n")  # no quota
+    assert runtime.usable_cores(v2) == 64
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert runtime.usable_cores(v1) == 2
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert runtime.usable_cores(v1) == 64
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # taskset / --cpuset-cpus
+    assert runtime.usable_cores(v2) == 3
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        tuner = runtime.ThreadTuner("auto", torch.device("cpu"))
+        assert tuner.threads == 4 and torch.get_num_threads() == 4
+        assert tuner.update() == 4  # the host's load is other tenants'
     finally:
         torch.set_num_threads(before)
 
@@ -403,7 +438,7 @@ def test_cuda_resume_matches_the_uninterrupted_run(work_dir):
     train(p, max_steps=17)
     train(p)
     resumed = read_tsv(RUN / "curves" / "train.tsv")
-    for a, b in zip(straight, resumed):
+    for a, b in zip(straight, resumed, strict=True):
         for k in ("total", "l1", "kl"):
             assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-4, abs=1e-5), (a["step"], k)
 
@@ -462,10 +497,77 @@ def test_with_hsa_the_touch_map_heads_are_the_hsa_heads(work_dir):
     module = build(p.act, p.hsa, 4, caches, torch.device("cpu"))
     assert module.hsa.head_tactile is module.policy.touch_query and module.hsa.head_vision is module.policy.touch_key
     train(p)
+    saved = torch.load(TRAIN / "run" / "checkpoints" / "last.pt", weights_only=True)["module"]
+    import shutil
+
+    shutil.rmtree(TRAIN / "run")  # the exported policy is self-contained: no checkpoint needed
     policy, hsa, _ = load_trained(TRAIN, "cpu")
     assert hsa.head_tactile is policy.touch_query
-    saved = torch.load(TRAIN / "run" / "checkpoints" / "last.pt", weights_only=True)["module"]
     torch.testing.assert_close(policy.touch_query.net[0].weight, saved["hsa.head_tactile.net.0.weight"])
+
+
+def test_the_exported_policy_carries_its_hsa_heads_and_a_layout_version(work_dir):
+    """The defect this guards: evaluate read the HSA heads from train/run/checkpoints and,
+    without one, silently measured cosine similarity and reported hsa_enabled: false."""
+    import shutil
+
+    from hsa_pipeline.errors import StoreError
+    from hsa_pipeline.evaluate import load_trained
+
+    p = tiny_pipeline_params(["act.touch_map=false", "train.steps=4", "train.val_every=4"])
+    train(p)
+    saved = torch.load(RUN / "checkpoints" / "best.pt", weights_only=True)["module"]
+    shutil.rmtree(RUN)
+    _, hsa, meta = load_trained(TRAIN, "cpu")
+    assert hsa is not None and meta["hsa"]["enabled"]
+    torch.testing.assert_close(hsa.head_tactile.net[0].weight, saved["hsa.head_tactile.net.0.weight"])
+    # a policy exported before layouts were versioned: one line naming both versions
+    meta_path = TRAIN / "policy" / "policy.json"
+    old = json.loads(meta_path.read_text())
+    del old["schema_version"]
+    meta_path.write_text(json.dumps(old))
+    with pytest.raises(StoreError, match=r"policy.json: policy layout version 1, but this code reads version 2"):
+        load_trained(TRAIN, "cpu")
+    (TRAIN / "policy" / "hsa.pt").unlink()
+    meta_path.write_text(json.dumps({**old, "schema_version": 2}))
+    with pytest.raises(StoreError, match=r"hsa.pt: missing from the exported policy"):
+        load_trained(TRAIN, "cpu")
+
+
+def test_hsa_on_with_a_sensor_it_cannot_align_is_an_error_not_a_zero_loss(work_dir):
+    """The defect this guards: a sensor without a wrist camera on its arm (or missing from
+    the geometry store) was skipped, and HSA 'trained' with a loss of exactly 0."""
+    import dataclasses
+
+    from hsa_pipeline.errors import ConfigError
+
+    p = tiny_pipeline_params()
+    c = caches_for(p)
+    c.pairs = [dataclasses.replace(pair, wrist=None) for pair in c.pairs]
+    with pytest.raises(ConfigError, match="tactile sensor 'tactile' has no wrist camera on its arm"):
+        build(p.act, p.hsa, 4, c, torch.device("cpu"))
+    c.pairs = []
+    with pytest.raises(ConfigError, match="tactile sensor 'tactile' is not in the geometry store"):
+        build(p.act, p.hsa, 4, c, torch.device("cpu"))
+    off = tiny_pipeline_params(["hsa.enabled=false"])
+    assert build(off.act, off.hsa, 4, c, torch.device("cpu")).hsa is None  # without HSA it needs no pairs
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)"))])
+def test_validation_does_not_change_the_training_run(work_dir, device):
+    """val_every is resume-free: validating (the CVAE draws z) must leave every generator
+    as it found it, the CUDA one included."""
+    import shutil
+
+    weights = []
+    for val_every in (3, 100):
+        train(tiny_pipeline_params(["train.steps=9", f"train.val_every={val_every}", "train.ckpt_every=9",
+                                    f"train.device={device}"]))
+        weights.append(torch.load(RUN / "checkpoints" / "last.pt", weights_only=True)["module"])
+        shutil.rmtree(TRAIN)
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
 
 
 def test_two_runs_of_the_train_stage_give_identical_weights_beside_a_busy_process(work_dir):

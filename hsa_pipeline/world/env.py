@@ -85,7 +85,7 @@ class TouchWorld(gym.Env):
         rng = self.np_random
         keys = (options or {}).get("key_classes") or [None] * len(self.workers)
         self.tasks = [sample_task(self.cfg, arm, sensor, self.rig.arms[arm].base, rng, key)
-                      for (arm, sensor), key in zip(self.workers, keys)]
+                      for (arm, sensor), key in zip(self.workers, keys, strict=True)]
         self.qpos = self.home()
         self.t = 0
         self.failure: str | None = None

@@ -107,7 +107,7 @@ def tactile_image(cls: int | None, depth: float, size: int, rng: np.random.Gener
 def _homography(dst: np.ndarray, src: np.ndarray) -> list[float]:
     """PIL PERSPECTIVE coefficients mapping output pixels `dst` (4, 2) to input `src` (4, 2)."""
     a = []
-    for (x, y), (u, v) in zip(dst, src):
+    for (x, y), (u, v) in zip(dst, src, strict=True):
         a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
     return np.linalg.solve(np.array(a), src.reshape(-1)).tolist()

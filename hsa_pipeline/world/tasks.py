@@ -91,7 +91,7 @@ def sample_task(cfg: WorldConfig, arm: str, sensor: str, base: np.ndarray, rng: 
         # far apart, so that each candidate sits in its own patch tokens of the top camera
         xs = np.linspace(-CANDIDATE_SPAN_M, CANDIDATE_SPAN_M, cfg.candidates)
         tiles = [Tile(*_cell_world(base, x + jitter(), GRID_Y[2] + jitter()), int(c), "candidate")
-                 for x, c in zip(xs, classes)]
+                 for x, c in zip(xs, classes, strict=True)]
         px = rng.choice([GRID_X[1], GRID_X[2]])
         tiles.append(Tile(*_cell_world(base, px + jitter(), GRID_Y[0] + jitter()), key, "probe"))
         match = next(i for i, t in enumerate(tiles) if t.kind == "candidate" and t.cls == key)
@@ -151,7 +151,7 @@ def phase_reached(task: ArmTask, cfg: WorldConfig) -> int:
     if cfg.task == "match":
         return int(task.held or task.placed is not None) + int(task.placed is not None) + int(task.success_step is not None)
     good = 0
-    for tile, expected in zip(task.presses, task.order):
+    for tile, expected in zip(task.presses, task.order, strict=False):
         if tile != expected:
             break
         good += 1
