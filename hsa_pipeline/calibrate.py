@@ -402,18 +402,19 @@ def box_check(data, robot, sensors, cameras, margin_px: float, max_episodes: int
     when contact starts (the frame before contact -> the first contact frame). The pad
     deforms and what it presses comes into view where the sensor is, so a box on the
     sensor sees the change; a box that misses it sees background. Needs no board."""
+    from .contact import THUMB, contact_scores, thumbnail
     from .episodes import episode_files, open_episode, resolve_layout
-    from .prepare import THUMB, _thumb, contact_scores, lerobot_mapping
+    from .lerobot import stream_mapping
     from .rig import Rig
 
     rig = Rig(robot, sensors, cameras, margin_px)
     layout = resolve_layout(data.episodes_dir, data.layout)
     ratios: dict[str, list[float]] = {c: [] for c in data.cameras}
     for path in episode_files(data.episodes_dir, layout)[:max_episodes]:
-        with open_episode(path, layout, lerobot_mapping(data)) as ep:
+        with open_episode(path, layout, stream_mapping(data)) as ep:
             qpos = ep.qpos
             geo = rig.episode_geometry(qpos, where=f"{path}: qpos")
-            thumbs = {s: np.stack([_thumb(ep.frame(s, t, draft=THUMB)) for t in range(len(qpos))]) for s in data.tactile}
+            thumbs = {s: np.stack([thumbnail(ep.frame(s, t, draft=THUMB)) for t in range(len(qpos))]) for s in data.tactile}
             for s in data.tactile:
                 score = contact_scores({"e": thumbs[s]})[0]["e"]
                 touch = score > data.contact_threshold
@@ -444,7 +445,7 @@ def box_check(data, robot, sensors, cameras, margin_px: float, max_episodes: int
 
 
 # --------------------------------------------------------------------------- entry points (hsa calibrate)
-def _arm_of(p, camera: str, arm: str | None, key: str) -> str:
+def arm_of_camera(p, camera: str, arm: str | None, key: str) -> str:
     cam = p.cameras[camera]
     if cam.mount != "world":
         return cam.mount
@@ -476,7 +477,7 @@ def run(p, method: str, camera: str, episodes: list[Path], board: str, arm: str 
     if method == "world-camera" and cam.mount != "world":
         raise ConfigError(f"cameras.{camera}.mount: '{cam.mount}'; world-camera calibrates a fixed camera "
                           f"(use wrist-camera)")
-    arm_name = _arm_of(p, camera, arm, "--arm")
+    arm_name = arm_of_camera(p, camera, arm, "--arm")
     a = rig.arms[arm_name]
     cols = slice(a.cfg.qpos_start, a.cfg.qpos_start + a.n_joints)
 

@@ -26,11 +26,14 @@ SetOpt = typer.Option(None, "--set", "-S", help="override a param, e.g. --set hs
 # --------------------------------------------------------------------------- stages
 def _register(name: str, doc: str) -> None:
     def command(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-        from stages import (
-            run_stage,  # the same function `python -m stages.<name>` (dvc.yaml) runs
-        )
+        # exactly what dvc.yaml runs, `python -m stages.<name>`, in this directory: the stages
+        # sit above the library and the library (this CLI included) never imports them
+        import subprocess
 
-        run_stage(name, params, set_)
+        args = [sys.executable, "-m", f"stages.{name}", "--params", str(params)]
+        for override in set_ or []:
+            args += ["--set", override]
+        raise SystemExit(subprocess.run(args).returncode)
 
     command.__doc__ = doc
     app.command(name)(command)
@@ -56,7 +59,8 @@ def _user_errors(name: str):
 
 # --------------------------------------------------------------------------- tools
 @app.command()
-def preview(episode: Path = typer.Argument(..., help="an episode .hdf5 file"),
+def preview(episode: Path = typer.Argument(..., help="an episode .hdf5 file, or a LeRobot dataset's root directory"),
+            index: int = typer.Option(0, "--episode", help="with a LeRobot dataset: the episode index"),
             out: Path = typer.Option(Path("outputs/preview"), help="output directory"),
             frames: int = typer.Option(6, help="frames per camera"),
             params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
@@ -65,7 +69,8 @@ def preview(episode: Path = typer.Argument(..., help="an episode .hdf5 file"),
 
     with _user_errors("preview"):
         p = load_params(params, set_)
-        written = run_preview(p.data, p.robot, p.sensors, p.cameras, p.geometry.margin_px, episode, out, frames)
+        written = run_preview(p.data, p.robot, p.sensors, p.cameras, p.geometry.margin_px, episode, out, frames,
+                              index)
     print(f"preview: {len(written)} images in {out} (see {written[-1]})")
 
 
@@ -160,7 +165,7 @@ def calibrate_record_demo(out: Path = typer.Argument(..., help="directory for th
                           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Render a calibration recording in the touch world (board on the flange for a world
     camera, on the table for a wrist camera): practice, and the tools' ground-truth test."""
-    from .calibrate import _arm_of
+    from .calibrate import arm_of_camera
     from .world import TouchWorld
     from .world.calibration import BoardSpec, record
 
@@ -168,7 +173,7 @@ def calibrate_record_demo(out: Path = typer.Argument(..., help="directory for th
         p = load_params(params, set_)
         if camera not in p.cameras:
             raise ConfigError(f"cameras.{camera}: no such camera; cameras: {', '.join(p.cameras)}")
-        arm_name = _arm_of(p, camera, arm, "--arm")
+        arm_name = arm_of_camera(p, camera, arm, "--arm")
         env = TouchWorld(p.world, p.robot, p.sensors, p.cameras)
         on = "flange" if p.cameras[camera].mount == "world" else "table"
         out.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,25 @@ def import_closure(entry: str | Path, root: Path = ROOT) -> list[Path]:
     return sorted(seen)
 
 
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of this repository it imports (anywhere in the file), for
+    every module of hsa_pipeline/ and stages/. A package counts as its __init__."""
+    graph = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            name = _module_name(path, root)
+            found = set()
+            for imported in _imports(path, root):
+                parts = imported.split(".")
+                for i in range(len(parts), 0, -1):  # the longest prefix that is a module of ours
+                    f = _module_file(".".join(parts[:i]), root)
+                    if f is not None:
+                        found.add(_module_name(f, root))
+                        break
+            graph[name] = found - {name}
+    return graph
+
+
 def code_fingerprint(module: str, root: Path = ROOT) -> str:
     """sha256 of the source of `module` ('hsa_pipeline.train') and everything it imports."""
     entry = _module_file(module, root)

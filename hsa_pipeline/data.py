@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .cameras import GridMapping, box_token_mask
+from .errors import ConfigError
 from .stores import (
     FeatureStore,
     GeometryStore,
@@ -49,7 +50,7 @@ class ActionCodec:
     def from_stats(cls, stats: dict, relative: bool, qpos_dim: int | None = None) -> "ActionCodec":
         mean, std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
         if relative and qpos_dim is not None and qpos_dim != len(mean):
-            raise ValueError(f"act.relative_actions needs actions in qpos space, but qpos has {qpos_dim} "
+            raise ConfigError(f"act.relative_actions needs actions in qpos space, but qpos has {qpos_dim} "
                              f"dimensions and actions {len(mean)}")
         return cls(mean, std, relative)
 

@@ -46,6 +46,37 @@ def preprocess(img: np.ndarray, mapping: GridMapping) -> np.ndarray:
     return canvas
 
 
+def _check_weights_file(path: Path) -> None:
+    """One line naming why a weights file cannot be used, before the model sees it."""
+    import pickle
+
+    key = "features.pretrained"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt"):
+                return
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # zip checkpoints: cheap
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise ConfigError(f"{key}: {path} holds Python objects besides tensors, which torch.load(weights_only="
+                              f"True) refuses for safety; where you trust the file, load it and save the tensors "
+                              f"alone: torch.save(state_dict, 'weights.bin')") from None
+        raise ConfigError(f"{key}: {path} is not a weights file (neither a torch checkpoint nor safetensors)") from None
+    except Exception as e:  # torch's reader: truncated archive, foreign bytes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key}: {path} is not a readable weights file (truncated, or not a torch/safetensors "
+                          f"checkpoint): {first[:200]}") from None
+
+
 class Encoder:
     """open_clip vision tower -> (B, G, G, C) patch-token grids."""
 
@@ -90,9 +121,10 @@ class Encoder:
             path = Path(pretrained)
             if not path.is_file():
                 raise ConfigError(f"features.pretrained: weights file {path} not found")
+            _check_weights_file(path)  # unreadable, corrupt or unsafe: say so, not "does not match"
             try:
                 return open_clip.create_model(cfg.model, pretrained=str(path), weights_only=True)
-            except Exception as e:  # state-dict mismatches surface as RuntimeError/KeyError
+            except Exception as e:  # a readable file: state-dict mismatches surface as RuntimeError/KeyError
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConfigError(f"features.pretrained: {path} does not match model {cfg.model}: {first[:300]}") from None
         tags = open_clip.list_pretrained_tags_by_model(cfg.model)

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from .arrays import checked_matrix
 from .errors import EpisodeError
 
 
@@ -40,17 +41,6 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(img).save(out, format="JPEG", quality=quality)
     return out.getvalue()
-
-
-def checked_matrix(a: np.ndarray, where: str) -> np.ndarray:
-    """A (T, D) array of finite numbers, or one EpisodeError naming the first bad frame."""
-    if a.ndim != 2:
-        raise EpisodeError(f"{where} has shape {a.shape}, expected (T, D)")
-    bad = np.argwhere(~np.isfinite(a))
-    if len(bad):
-        t, d = bad[0]
-        raise EpisodeError(f"{where} frame {t} column {d} is {a[t, d]} (NaN/Inf not allowed)")
-    return a
 
 
 @dataclass

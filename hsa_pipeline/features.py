@@ -21,6 +21,7 @@ torchrun, shards are divided among ranks.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,8 +37,9 @@ from .closure import code_fingerprint
 from .config import FeaturesConfig
 from .encoder import Encoder, preprocess
 from .errors import EpisodeError, StoreError
+from .hashing import sha256_file, sha256_json
 from .runtime import ThreadTuner
-from .stores import SCHEMA_VERSIONS, Manifest, sha256_file, sha256_json
+from .stores import SCHEMA_VERSIONS, Manifest
 
 SHARD_BYTES = 64 * 2**20  # target shard size: tens of files per store, not one per frame
 # Shards are written by this many threads at once (each shard is its own file, so they never
@@ -134,6 +136,10 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
     if rank == 0:
         existing = _read_attrs(tmp)
         if existing is None or existing.get("fingerprint") != fp:
+            if existing is not None:  # said, not silent: the shards done so far are lost
+                print(f"features: discarding the partial store {tmp} ({len(_done(tmp))} shard(s) done): it was "
+                      f"built from other inputs (episodes, model, weights, settings or code) than now",
+                      file=sys.stderr)
             remove(tmp)
             root = zarr.open_group(str(tmp), mode="w")
             for n in streams:
@@ -146,7 +152,7 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
             root.attrs.update(attrs)
             (tmp / "done").mkdir()
         else:
-            print(f"features: resuming {tmp} ({len(list((tmp / 'done').iterdir()))} shards already done)")
+            print(f"features: resuming {tmp} ({len(_done(tmp))} shards already done)")
     _barrier()
     root = zarr.open_group(str(tmp), mode="r+")
     todo = [(n, k) for n in streams for k in range(-(-N // shard_frames))]
@@ -217,6 +223,10 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
 def _write_shard(root, name: str, rows: range, buf: np.ndarray, marker: Path) -> None:
     root[name][rows.start: rows.stop] = buf  # one whole shard: no read-modify-write
     marker.touch()
+
+
+def _done(tmp: Path) -> list[Path]:
+    return list((tmp / "done").iterdir()) if (tmp / "done").is_dir() else []
 
 
 def _read_attrs(path: Path) -> dict | None:

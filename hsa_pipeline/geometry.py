@@ -29,8 +29,9 @@ from tqdm import tqdm
 from .atomic import atomic_dir
 from .config import CameraConfig, GeometryConfig, RobotConfig, SensorConfig
 from .errors import ConfigError, EpisodeError
+from .hashing import sha256_json
 from .rig import Rig
-from .stores import SCHEMA_VERSIONS, Manifest, sha256_json
+from .stores import SCHEMA_VERSIONS, Manifest
 
 CHUNK_ROWS = 65536
 
@@ -41,6 +42,20 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int 
     arr[...] = data
 
 
+def check_frame_sizes(manifest: Manifest, cameras: dict[str, CameraConfig], prepare_dir: Path) -> None:
+    """Boxes are computed in the calibrated image size and mapped onto tokens of the
+    recorded size: the two must be the same, or every box lands on the wrong tokens."""
+    for name, cam in manifest.raw["cameras"].items():
+        h, w = cam["shape"][:2]
+        c = cameras[name]
+        if (w, h) != (c.width, c.height):
+            sx, sy = w / c.width, h / c.height
+            raise ConfigError(f"cameras.{name}: calibrated for {c.width}x{c.height} images, but the episodes record "
+                              f"{w}x{h} frames ({prepare_dir / 'episodes.json'}); rescale the calibration to the "
+                              f"recording: width: {w}, height: {h}, fx and cx x {sx:g}, fy and cy x {sy:g} (or "
+                              f"recalibrate: hsa calibrate)")
+
+
 def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: dict[str, CameraConfig],
                  cfg: GeometryConfig, prepare_dir: str | Path, out: str | Path, base_dir: str | Path = ".") -> dict:
     """Sensor poses and boxes of every frame of the episodes in `prepare_dir` -> `out`."""
@@ -49,6 +64,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
     missing = [c for c in manifest.raw["cameras"] if c not in rig.cameras]
     if missing:
         raise ConfigError(f"cameras.{missing[0]}: no calibration for camera '{missing[0]}' of the episodes")
+    check_frame_sizes(manifest, cameras, Path(prepare_dir))
     sensor_names, camera_names = list(rig.sensors), list(rig.cameras)
     N, S = manifest.n_frames, len(sensor_names)
     pose = np.zeros((N, S, 4, 4))

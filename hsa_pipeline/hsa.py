@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import HsaConfig
-
-if TYPE_CHECKING:
-    from .act import ACTPolicy
 
 NEG_INF = float("-inf")
 
@@ -234,9 +230,10 @@ def _mean_over(loss: torch.Tensor, usable: torch.Tensor) -> float:
     return float(loss.detach()[usable].mean()) if usable.any() else float("nan")
 
 
-def hsa_loss_for(policy: "ACTPolicy", hsa: HsaConfig, total_steps: int = 1) -> HSALoss:
-    """The HSA loss of a policy. With act.touch_map its heads are the policy's touch-map
-    heads (shared modules): the alignment HSA learns is the map the policy reads."""
+def hsa_loss_for(policy: nn.Module, hsa: HsaConfig, total_steps: int = 1) -> HSALoss:
+    """The HSA loss of a policy (an act.ACTPolicy). With act.touch_map its heads are the
+    policy's touch-map heads (shared modules): the alignment HSA learns is the map the
+    policy reads."""
     if not policy.cfg.touch_map:
         return HSALoss(policy.cfg.hidden_dim, hsa, total_steps)
     loss = HSALoss(policy.cfg.hidden_dim, replace(hsa, proj_dim=policy.cfg.hidden_dim), total_steps)

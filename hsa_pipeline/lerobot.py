@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .arrays import checked_matrix
+from .config import DataConfig
 from .errors import EpisodeError
+from .hashing import sha256_file
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
 TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobot's own default tolerance between a frame and its timestamp
@@ -261,8 +264,6 @@ class LeRobotEpisode:
         if key not in self.ds.features or key not in table.column_names:
             raise EpisodeError(f"{where}: feature '{key}' missing; features: {', '.join(self.ds.features)} "
                                f"(data.lerobot maps the pipeline's qpos and action to features)")
-        from .episodes import checked_matrix
-
         return checked_matrix(np.asarray(table.column(key).to_pylist(), dtype=np.float64), f"{where}: feature '{key}'")
 
     @property
@@ -323,8 +324,6 @@ class LeRobotEpisode:
         a v3.0 file holds many episodes and is then read once, not once per episode."""
         import hashlib
 
-        from .stores import sha256_file
-
         memo = {} if file_digests is None else file_digests
         h = hashlib.sha256(str(self.index).encode())
         keys = [self.keys.image_key(n) for n, _ in self.keys.images]
@@ -335,3 +334,10 @@ class LeRobotEpisode:
                 memo[f] = sha256_file(f)
             h.update(memo[f].encode())
         return h.hexdigest()
+
+
+def stream_mapping(cfg: DataConfig) -> dict:
+    """The LeRobot feature of every stream, recorded in episodes.json for the later stages."""
+    m = cfg.lerobot
+    names = [*cfg.cameras, *cfg.tactile]
+    return {"qpos": m.qpos, "action": m.action, "images": {n: m.streams.get(n, f"observation.images.{n}") for n in names}}

@@ -22,12 +22,14 @@ from tqdm import tqdm
 
 from .atomic import atomic_dir, write_json
 from .config import DataConfig
+from .contact import THUMB, contact_scores, thumbnail
 from .episodes import episode_files, open_episode, resolve_layout
 from .errors import EpisodeError
-from .stores import CONTACT_FILE, EPISODES_FILE, SCHEMA_VERSIONS, STATS_FILE, TRAINING_FILE, sha256_file
+from .hashing import sha256_file
+from .lerobot import stream_mapping
+from .stores import CONTACT_FILE, EPISODES_FILE, SCHEMA_VERSIONS, STATS_FILE, TRAINING_FILE
 
 STD_MIN = 1e-2  # ACT clips std at 1e-2 (tonyzhaozh/act utils.get_norm_stats)
-THUMB = (32, 32)  # contact scores compare small thumbnails: cheap and robust to noise
 
 
 @dataclass
@@ -43,24 +45,11 @@ class EpisodeInfo:
     thumbs: dict[str, np.ndarray]  # tactile stream -> (T, 32, 32, 3) float32
 
 
-def _thumb(img: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize(THUMB, Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def lerobot_mapping(cfg: DataConfig) -> dict:
-    """The LeRobot feature of every stream, recorded in episodes.json for the later stages."""
-    m = cfg.lerobot
-    names = [*cfg.cameras, *cfg.tactile]
-    return {"qpos": m.qpos, "action": m.action, "images": {n: m.streams.get(n, f"observation.images.{n}") for n in names}}
-
-
 def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str,
                    file_digests: dict[str, str] | None = None) -> EpisodeInfo:
     """Open one episode and check everything later stages rely on; EpisodeError otherwise.
     `file_digests`: LeRobot files already hashed in this pass (shared by several episodes)."""
-    with open_episode(path, layout, lerobot_mapping(cfg)) as ep:
+    with open_episode(path, layout, stream_mapping(cfg)) as ep:
         if layout == "lerobot":
             ep.check_timestamps()
         qpos, action = ep.qpos, ep.action
@@ -90,7 +79,7 @@ def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str,
                 if not stream.compressed and img.shape[:2] != first.shape[:2]:
                     raise EpisodeError(f"{path}: /{stream.key} frame {t} has shape {img.shape}")
                 if is_tactile:
-                    thumbs[name][t] = _thumb(img)
+                    thumbs[name][t] = thumbnail(img)
     digest = ep.sha256(file_digests) if layout == "lerobot" else sha256_file(path)
     return EpisodeInfo(path.stem, path.name, T, ep.layout, digest, shapes, qpos, action, thumbs)
 
@@ -109,14 +98,6 @@ def split_episodes(ids: list[str], train_ratio: float, seed: int) -> dict[str, s
 def norm_stats(arrays: list[np.ndarray]) -> dict[str, list[float]]:
     x = np.concatenate(arrays, axis=0)
     return {"mean": x.mean(axis=0).tolist(), "std": np.maximum(x.std(axis=0), STD_MIN).tolist()}
-
-
-def contact_scores(thumbs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Episode -> (T,) scores: mean absolute difference (0..1) from the stream's no-contact
-    reference, the per-pixel median over all frames (contact is the exception, not the rule)."""
-    stacked = np.concatenate(list(thumbs.values()), axis=0)
-    ref = np.median(stacked, axis=0)  # (32, 32, 3)
-    return {k: np.abs(v - ref).mean(axis=(1, 2, 3)) / 255.0 for k, v in thumbs.items()}, ref
 
 
 def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
@@ -148,10 +129,14 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
 
     split = split_episodes([i.id for i in infos], cfg.train_ratio, cfg.split_seed)
     n_val = sum(s == "val" for s in split.values())
+    if n_val == 0 and cfg.train_ratio < 1.0:
+        # asked for validation but none is left (too few usable episodes): stop here, not in evaluate
+        raise EpisodeError(f"{cfg.episodes_dir}: no validation episode is left: {len(infos)} usable episode(s), "
+                           f"{len(skipped)} skipped (reasons in the lines above); record more episodes, fix the "
+                           f"skipped ones, or set data.train_ratio: 1.0 to train without validation")
     if n_val == 0:
-        why = (f"only {len(infos)} usable episode" if len(infos) == 1 else f"data.train_ratio is {cfg.train_ratio}")
-        tqdm.write(f"warning: no validation episodes ({why}; {len(skipped)} skipped): training runs without "
-                   f"validation and `evaluate` has nothing held out to score", file=sys.stderr)
+        tqdm.write(f"warning: no validation episodes (data.train_ratio is 1.0; {len(skipped)} skipped): training "
+                   f"runs without validation and `evaluate` has nothing held out to score", file=sys.stderr)
     train = [i for i in infos if split[i.id] == "train"]
     stats = {"qpos": norm_stats([i.qpos for i in train]), "action": norm_stats([i.action for i in train]),
              "frames": int(sum(i.length for i in train))}
@@ -169,7 +154,7 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
         "tactile": {n: {"shape": ref.shapes[n]} for n in cfg.tactile},
         "qpos_dim": int(ref.qpos.shape[1]),
         "action_dim": int(ref.action.shape[1]),
-        **({"lerobot": lerobot_mapping(cfg)} if layout == "lerobot" else {}),
+        **({"lerobot": stream_mapping(cfg)} if layout == "lerobot" else {}),
     }
     training = {"split": split, "action_shift": cfg.action_shift, "contact_threshold": cfg.contact_threshold}
     with atomic_dir(out_dir) as tmp:

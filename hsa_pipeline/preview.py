@@ -11,19 +11,39 @@ from PIL import Image
 from .config import CameraConfig, DataConfig, RobotConfig, SensorConfig
 from .draw import draw_boxes
 from .episodes import open_episode, resolve_layout
-from .errors import ConfigError
-from .prepare import lerobot_mapping
+from .errors import ConfigError, EpisodeError
+from .lerobot import episode_name, open_dataset, stream_mapping
 from .rig import Rig
+
+
+def resolve_episode(path: Path, index: int, layout: str) -> tuple[Path, str]:
+    """What `hsa preview` was given -> (the episode path open_episode takes, its layout): an
+    HDF5 file, or a LeRobot dataset's root with the episode index."""
+    path = Path(path)
+    if path.is_dir():
+        if resolve_layout(path, layout) != "lerobot":
+            raise EpisodeError(f"{path}: a directory, but not a LeRobot dataset (no meta/info.json); give an "
+                               f"episode .hdf5 file, or a LeRobot dataset's root with --episode N")
+        available = sorted(open_dataset(str(path.resolve())).episodes)
+        if index not in available:
+            raise EpisodeError(f"{path}: no episode {index} in this LeRobot dataset (it has {len(available)}: "
+                               f"{available[0]}..{available[-1]})")
+        return path / episode_name(index), "lerobot"
+    if not path.is_file():
+        raise EpisodeError(f"{path}: no such episode file")
+    return path, resolve_layout(path.parent, layout)
 
 
 def run_preview(data: DataConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
                 cameras: dict[str, CameraConfig], margin_px: float, episode: Path, out_dir: Path,
-                frames: int = 6) -> list[Path]:
-    """Write one PNG per (camera, frame) with the boxes drawn, plus contact_sheet.png."""
+                frames: int = 6, index: int = 0) -> list[Path]:
+    """Write one PNG per (camera, frame) with the boxes drawn, plus contact_sheet.png.
+    `episode`: an HDF5 file, or a LeRobot dataset's root (then `index` picks the episode)."""
+    episode, layout = resolve_episode(episode, index, data.layout)
     out_dir.mkdir(parents=True, exist_ok=True)
     rig = Rig(robot, sensors, cameras, margin_px)
     written = []
-    with open_episode(episode, resolve_layout(Path(episode).parent, data.layout), lerobot_mapping(data)) as ep:
+    with open_episode(episode, layout, stream_mapping(data)) as ep:
         qpos = ep.qpos
         geo = rig.episode_geometry(qpos, where=f"{episode}: /observations/qpos")
         ts = np.linspace(0, len(qpos) - 1, frames).round().astype(int)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StoreError
+from .hashing import sha256_file
 
 # What `prepare` writes. episodes.json is all that geometry and features read, so a new
 # split or contact threshold (training.json, stats.json, contact.json) never reruns them.
@@ -42,18 +43,6 @@ def check_schema(found: dict, kind: str, path: str | Path, rerun: str) -> None:
     if got != expected:
         raise StoreError(f"{path}: {kind} layout version {got}, but this code reads version {expected}; "
                          f"{'it was written by newer code: update this checkout' if got > expected else rerun}")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_json(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_json(path: str | Path, what: str):

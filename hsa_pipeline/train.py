@@ -39,10 +39,11 @@ from .atomic import atomic_dir, remove, write_json
 from .closure import code_fingerprint
 from .config import ActConfig, HsaConfig, TrainConfig, to_dict
 from .data import ActionCodec, Caches, ChunkSamples, FrameBatches, HsaPair
-from .errors import TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
+from .hashing import sha256_json
 from .hsa import HsaInputs, HSALoss, hsa_loss_for
 from .runtime import ThreadTuner, pick_device
-from .stores import POLICY_SCHEMA, sha256_json
+from .stores import POLICY_SCHEMA
 
 # train.* keys that do not change what is learned: a run may resume across changes of these.
 RESUME_FREE = {"steps", "resume", "log_every", "val_every", "ckpt_every", "workers", "device", "threads", "compile",
@@ -106,8 +107,6 @@ def build(act: ActConfig, hsa: HsaConfig, total_steps: int, caches: Caches, devi
                        streams=list(caches.streams), grid=caches.grid, token_dim=caches.width,
                        tactile=[s for s, role in caches.streams.items() if role == "tactile"])
     if shapes.grid % act.grid_pool:
-        from .errors import ConfigError
-
         raise ConfigError(f"act.grid_pool: {act.grid_pool} does not divide the {shapes.grid}x{shapes.grid} feature grid")
     if hsa.enabled:
         check_hsa_pairs(caches)
@@ -120,8 +119,6 @@ def check_hsa_pairs(caches: Caches) -> None:
     """With HSA on, every tactile sensor must have something to align with: a geometry
     entry and a wrist camera on its arm (the loss's positive). Otherwise the loss would be
     a silent zero for it."""
-    from .errors import ConfigError
-
     tactile = list(caches.manifest.raw["tactile"])
     if not tactile:
         raise ConfigError("hsa.enabled: true, but the episodes have no tactile stream; set hsa.enabled: false")

@@ -4,7 +4,7 @@ from the repository root, so the checkout's code is what runs, in Docker too).
 Each stage module says what it reads and writes and declares the params keys it reads
 (`PARAMS`, the same list as its `params:` in dvc.yaml; tests/test_dvc_yaml.py checks
 both that and its code dependencies), then calls the library. `hsa <stage>` runs the
-same `run_stage`.
+same command, `python -m stages.<name>`.
 """
 
 from __future__ import annotations
@@ -62,5 +62,12 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", overrides: lis
 
 
 def main(name: str) -> None:
-    """`python -m stages.<name>` (what dvc.yaml runs)."""
-    run_stage(name)
+    """`python -m stages.<name> [--params FILE] [--set key=value ...]` (dvc.yaml runs it
+    without options; `hsa <name>` with the user's)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    run_stage(name, args.params, args.overrides)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import EVAL, RUN, TINY_TRAIN, TRAIN, bimanual_params, run_stage
+from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, RUN, TINY_TRAIN, TRAIN, bimanual_params, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +54,15 @@ def test_evaluation_aligns_each_sensor_with_its_own_wrist_camera(trained):
                                                           for j in ("j1", "j2", "j3", "j4", "j5", "j6", "gripper")]
 
 
-def test_the_report_draws_each_sensors_own_box(trained):
+def test_the_report_draws_each_sensors_own_box(trained, monkeypatch):
     """The defect this guards: the report drew column 0 of the box store (the first
     sensor's box) whatever sensor it showed."""
     from hsa_pipeline.data import Caches
     from hsa_pipeline.stores import GeometryStore
 
-    caches = Caches(trained / "outputs/prepare", trained / "outputs/geometry.zarr", trained / "outputs/features.zarr", 1.0)
-    geo = GeometryStore(trained / "outputs/geometry.zarr")
+    monkeypatch.chdir(trained)  # the manifest names the episodes relative to the working directory
+    caches = Caches(PREPARE, GEOMETRY, FEATURES, 1.0)
+    geo = GeometryStore(GEOMETRY)
     right = geo.sensors.index("tactile_right")
     assert right != 0
     got = caches.sensor_boxes_px("right_wrist", "tactile_right")

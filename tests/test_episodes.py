@@ -15,8 +15,9 @@ from PIL import Image
 
 from conftest import make_params
 from hsa_pipeline.config import DataConfig
+from hsa_pipeline.contact import contact_scores
 from hsa_pipeline.episodes import Episode, EpisodeError, write_episode
-from hsa_pipeline.prepare import STD_MIN, contact_scores, run_prepare, split_episodes
+from hsa_pipeline.prepare import STD_MIN, run_prepare, split_episodes
 
 CAMS = {"top": "third_person", "wrist": "wrist"}
 
@@ -294,9 +295,16 @@ def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
 
 
 def test_one_usable_episode_is_said_and_hashes_name_the_content(tmp_path, capsys):
+    """With validation asked for (train_ratio < 1) and none left, prepare stops (not
+    evaluate, two stages later); train_ratio 1.0 trains without it, said once."""
     write_act(tmp_path / "episode_0.hdf5", seed=0)
-    m = run_prepare(data_cfg(tmp_path), 5, tmp_path / "out")
+    with pytest.raises(EpisodeError, match="no validation episode is left: 1 usable episode.*data.train_ratio: 1.0"):
+        run_prepare(data_cfg(tmp_path), 5, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    cfg = data_cfg(tmp_path)
+    cfg.train_ratio = 1.0
+    m = run_prepare(cfg, 5, tmp_path / "out")
     assert m["n_val"] == 0
-    assert "no validation episodes (only 1 usable episode" in capsys.readouterr().err
+    assert "no validation episodes (data.train_ratio is 1.0" in capsys.readouterr().err
     digest = hashlib.sha256((tmp_path / "episode_0.hdf5").read_bytes()).hexdigest()
     assert json.loads((tmp_path / "out/episodes.json").read_text())["episodes"][0]["sha256"] == digest

@@ -107,6 +107,19 @@ def test_resume_after_an_interruption_finishes_the_same_store(prepared, tmp_path
     np.testing.assert_array_equal(FeatureStore(ref).load("wrist"), fs.load("wrist"))
 
 
+def test_a_partial_store_from_other_inputs_is_discarded_aloud(prepared, tmp_path, monkeypatch, capsys):
+    """The defect this guards: the shards of an interrupted run vanished without a word."""
+    import dataclasses
+
+    monkeypatch.setattr(features_mod, "SHARD_BYTES", 40 * 8 * 8 * 128 * 2)
+    out = tmp_path / "features.zarr"
+    run_features(CFG, prepared, out, max_shards=1)
+    capsys.readouterr()
+    run_features(dataclasses.replace(CFG, resize="letterbox"), prepared, out, max_shards=1)
+    err = capsys.readouterr().err
+    assert "discarding the partial store" in err and "(1 shard(s) done)" in err and "built from other inputs" in err
+
+
 def test_shards_smaller_than_a_batch_give_the_same_store(store, prepared, tmp_path, monkeypatch):
     """Batches that span shard and stream boundaries (7-frame shards, 16-frame batches, two
     workers) land every frame in its own row: the store equals the one-shard-per-stream one."""
@@ -146,6 +159,19 @@ def test_weights_from_a_local_file(tmp_path):
         Encoder(FeaturesConfig(pretrained=str(tmp_path / "other.bin")), quiet=True)
     with pytest.raises(ConfigError, match="weights file .*missing.bin not found"):
         Encoder(FeaturesConfig(pretrained=str(tmp_path / "missing.bin")), quiet=True)
+    # each cause named, not all "does not match model" (the defect this guards)
+    data = (tmp_path / "tiny.bin").read_bytes()
+    (tmp_path / "truncated.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="truncated.bin is not a readable weights file"):
+        Encoder(FeaturesConfig(pretrained=str(tmp_path / "truncated.bin")), quiet=True)
+    (tmp_path / "text.bin").write_bytes(b"not weights\n" * 50)
+    with pytest.raises(ConfigError, match="text.bin is not a weights file"):
+        Encoder(FeaturesConfig(pretrained=str(tmp_path / "text.bin")), quiet=True)
+    import argparse
+
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "pickled.bin")
+    with pytest.raises(ConfigError, match="pickled.bin holds Python objects besides tensors"):
+        Encoder(FeaturesConfig(pretrained=str(tmp_path / "pickled.bin")), quiet=True)
 
 
 def test_offline_pretrained_tag_says_how_to_use_a_local_file(monkeypatch, tmp_path):

@@ -64,6 +64,20 @@ def test_too_narrow_qpos_is_named(stores, tmp_path):
     assert not (tmp_path / "g.zarr").exists()
 
 
+def test_a_camera_recorded_at_another_size_than_calibrated_is_named(stores, tmp_path):
+    """The defect this guards: boxes were computed in the calibrated size and mapped onto
+    tokens of the recorded size, silently landing on the wrong tokens."""
+    from hsa_pipeline.errors import ConfigError
+
+    p, tmp = stores
+    p2 = make_params([f"data.episodes_dir={p.data.episodes_dir}", "synth.enabled=false", "cameras.top.width=320",
+                      "cameras.top.height=240"])
+    with pytest.raises(ConfigError, match=r"cameras.top: calibrated for 320x240 images, but the episodes record "
+                                          r"256x192 frames .*fx and cx x 0.8, fy and cy x 0.8"):
+        geometry(p2, tmp / "prepare", tmp_path / "g.zarr")
+    assert not (tmp_path / "g.zarr").exists()
+
+
 @pytest.fixture
 def past_the_limit(stores, tmp_path):
     """A copy of demo episode 0 whose joint 3 goes to 170 deg (limit 160) in frames 2 and 3."""

@@ -7,15 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from lerobot_data import from_hdf5, write_lerobot
 
+from conftest import REPO
 from hsa_pipeline.config import DataConfig, LeRobotConfig
 from hsa_pipeline.episodes import Episode, episode_files, open_episode
 from hsa_pipeline.errors import EpisodeError
-from hsa_pipeline.prepare import lerobot_mapping, run_prepare
+from hsa_pipeline.lerobot import stream_mapping
+from hsa_pipeline.prepare import run_prepare
 
 STREAMS = ["top", "wrist", "tactile"]
 
@@ -38,7 +42,7 @@ def digest(root) -> dict[str, str]:
 def test_frames_and_arrays_equal_the_source(dataset, demo_dir):
     paths = episode_files(dataset)
     assert [p.name for p in paths] == [f"episode_00000{i}" for i in range(4)]
-    mapping = lerobot_mapping(cfg(dataset))
+    mapping = stream_mapping(cfg(dataset))
     for e, t in [(0, 0), (1, 7), (2, 24), (3, 13), (1, 3)]:  # episodes back to back in one file; a jump back
         with open_episode(paths[e], "lerobot", mapping) as lr, Episode(demo_dir / f"episode_{e}.hdf5") as h5:
             np.testing.assert_array_equal(lr.qpos, h5.qpos.astype(np.float32))
@@ -76,7 +80,7 @@ def bad_copy(dataset, tmp_path, name):
 def test_an_episodes_content_hash_covers_info_json(dataset, tmp_path):
     """fps lives in meta/info.json and places every frame in its video: changing it must
     change the episode's hash (so nothing downstream is reused)."""
-    keys = lerobot_mapping(cfg(dataset))
+    keys = stream_mapping(cfg(dataset))
     a, b = bad_copy(dataset, tmp_path, "a"), bad_copy(dataset, tmp_path, "b")
     info = json.loads((b / "meta" / "info.json").read_text())
     info["fps"] = info["fps"] * 2
@@ -206,6 +210,19 @@ def test_the_v2_layout_reads_the_same(demo_dir, tmp_path):
     root = write_lerobot_v2(tmp_path / "v2", eps)
     m = run_prepare(cfg(root), 5, tmp_path / "out")
     assert [e["id"] for e in m["episodes"]] == ["episode_000000", "episode_000001"]
-    with open_episode(root / "episode_000001", "lerobot", lerobot_mapping(cfg(root))) as lr:
+    with open_episode(root / "episode_000001", "lerobot", stream_mapping(cfg(root))) as lr:
         np.testing.assert_array_equal(lr.qpos, eps[1]["qpos"].astype(np.float32))
         assert np.abs(lr.frame("top", 9).astype(float) - eps[1]["images"]["top"][9]).mean() < 3.0
+
+
+def test_preview_takes_a_datasets_root_and_an_episode_index(dataset, tmp_path):
+    """The defect this guards: `hsa preview <LeRobot root>` said "cannot open as HDF5 ... Is a
+    directory"."""
+    r = subprocess.run([sys.executable, "-m", "hsa_pipeline.cli", "preview", str(dataset), "--episode", "2", "--out",
+                        str(tmp_path / "p"), "--frames", "2"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "p").glob("episode_000002_wrist_*.png"))) == 2
+    r = subprocess.run([sys.executable, "-m", "hsa_pipeline.cli", "preview", str(dataset), "--episode", "9"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no episode 9 in this LeRobot dataset (it has 4: 0..3)" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -13,7 +13,7 @@ from conftest import bimanual_params, demo_rig, make_params
 from hsa_pipeline.episodes import Episode
 from hsa_pipeline.synth import record_episode, run_synth, scene_seed
 from hsa_pipeline.world import ScriptedExpert, TouchWorld
-from hsa_pipeline.world.expert import ArmIK
+from hsa_pipeline.world.ik import ArmIK
 from hsa_pipeline.world.render import PAD_RGB, object_texture, tactile_image
 from hsa_pipeline.world.tasks import ArmTask, Tile
 
@@ -50,7 +50,7 @@ def hand_made(env: TouchWorld, task: str) -> ArmTask:
 
 def go(env: TouchWorld, x: float, y: float, z: float, grip: float = 0.3):
     """Move the sensor to (x, y, z) along a joint-space line, slower than the speed limit."""
-    ik = ArmIK(env, "arm", "tactile", None)
+    ik = ArmIK(env.rig, "arm", "tactile", None)
     ik.q = env.qpos[:6].copy()
     start, target = env.qpos.copy(), np.append(ik.solve(x, y, z), grip)
     n = int(np.ceil(np.abs(target - start).max() / (0.5 * env.max_step_rad))) + 1
@@ -291,3 +291,16 @@ def test_expert_actions_drive_the_env_exactly():
         target = expert.act()
         env.step(target)
         np.testing.assert_allclose(env.qpos, target)  # within the speed limit: no lag
+
+
+def test_user_errors_of_the_world_and_the_codec_are_one_line_errors():
+    """The defect this guards: plain ValueErrors, printed with a traceback by the stages."""
+    from hsa_pipeline.data import ActionCodec
+    from hsa_pipeline.errors import ConfigError, UserError
+
+    p = make_params()
+    with pytest.raises(ConfigError, match="the touch world needs a tactile sensor on an arm"):
+        TouchWorld(p.world, p.robot, {}, p.cameras)
+    stats = {"action": {"mean": [0.0] * 3, "std": [1.0] * 3}}
+    with pytest.raises(UserError, match="act.relative_actions needs actions in qpos space, but qpos has 7"):
+        ActionCodec.from_stats(stats, relative=True, qpos_dim=7)

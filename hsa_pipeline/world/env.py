@@ -20,7 +20,9 @@ import numpy as np
 from PIL import Image
 
 from ..config import CameraConfig, RobotConfig, SensorConfig, WorldConfig
+from ..errors import ConfigError
 from ..rig import Rig
+from .ik import home_qpos
 from .render import (
     ARM_RGB,
     PAD_RGB,
@@ -38,7 +40,6 @@ CONTACT_M = 0.004  # the pad touches the table below this height
 PRESS_M = 0.012  # a full press: the pad this far into the (soft) tile; deep, so a policy a few mm off still presses
 COLLISION_M = 0.03  # deeper than this is driving the sensor into the table
 HOLD_DEPTH = 0.5  # how deep a carried probe presses into the gel
-GRIP_OPEN, GRIP_PRESS = 0.3, 0.6  # normalised gripper commands of the scripted expert
 
 
 class TouchWorld(gym.Env):
@@ -53,7 +54,8 @@ class TouchWorld(gym.Env):
         self.workers = [(a, next(s for s in self.rig.sensors if self.rig.sensors[s].arm == a))
                         for a in self.rig.arms if any(s.arm == a for s in self.rig.sensors.values())]
         if not self.workers:
-            raise ValueError("world: no tactile sensor is mounted on any arm (sensors.<name>.arm)")
+            raise ConfigError("sensors: the touch world needs a tactile sensor on an arm (sensors.<name>.arm); "
+                              "none is configured")
         lo, hi = np.full(self.width, -np.inf), np.full(self.width, np.inf)
         for arm in self.rig.arms.values():
             cols = slice(arm.cfg.qpos_start, arm.cfg.qpos_start + arm.n_joints)
@@ -96,9 +98,7 @@ class TouchWorld(gym.Env):
 
     def home(self) -> np.ndarray:
         """The start pose: each sensor 20 cm above the table in front of its arm, pointing down."""
-        from .expert import home_qpos
-
-        return home_qpos(self)
+        return home_qpos(self.rig, self.workers, self.width)
 
     def step(self, action):
         action = np.asarray(action, dtype=float)

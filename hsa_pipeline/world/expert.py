@@ -12,67 +12,19 @@ hold, lift.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from ..errors import ConfigError
-from .env import GRIP_OPEN, GRIP_PRESS, PRESS_M, TouchWorld
+from .env import PRESS_M, TouchWorld
+from .ik import GRIP_OPEN, GRIP_PRESS, ArmIK
 from .tasks import ArmTask
 
 HOVER_M = 0.06  # above a tile between presses
-HOME_M = 0.20  # the start: this high above the table
-HOME_LOCAL = (0.0, -0.40)  # ... over this point in the arm's base frame
-
-
-class ArmIK:
-    """Joint targets for 'sensor at world (x, y, z), pointing down'."""
-
-    def __init__(self, env: TouchWorld, arm_name: str, sensor_name: str, gripper: float | None):
-        from spatialmath import SE3
-
-        self.SE3 = SE3
-        self.arm = env.rig.arms[arm_name]
-        sensor = env.rig.sensors[sensor_name]
-        # the mount with the X-Trainer finger offset at the pressing grip, when the sensor has one
-        self.mount = (sensor.world_poses(np.eye(4)[None], None if gripper is None else np.array([gripper]))[0]
-                      if sensor.finger_offset != "none" else sensor.T_flange_sensor)
-        self.q = np.array([1.3, 0.6, 1.7, -0.8, -1.57, 2.9])[: self.arm.n_joints]
-
-    def solve(self, x: float, y: float, z: float) -> np.ndarray:
-        target = np.eye(4)
-        target[:3, :3] = np.diag([1.0, -1.0, -1.0])  # the sensor's z axis points down
-        target[:3, 3] = [x, y, z]
-        flange = np.linalg.inv(self.arm.base) @ target @ np.linalg.inv(self.mount)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sol = self.arm.robot.ikine_LM(self.SE3(flange, check=False), q0=self.q, seed=0, ilimit=200, slimit=20)
-        if not sol.success or np.abs(sol.q - self.q).max() > 2.0:
-            raise RuntimeError(f"world: no smooth IK solution for the sensor of arm '{self.arm.name}' at "
-                               f"({x:.3f}, {y:.3f}, {z:.3f}); move robot.arms.{self.arm.name}.base")
-        self.q = np.asarray(sol.q, dtype=float)
-        return self.q.copy()
 
 
 def _min_jerk(n: int) -> np.ndarray:
     s = np.linspace(0, 1, n + 1)[1:]
     return 10 * s**3 - 15 * s**4 + 6 * s**5
-
-
-def _home_xyz(env: TouchWorld, arm_name: str) -> np.ndarray:
-    return (env.rig.arms[arm_name].base @ np.array([*HOME_LOCAL, 0.0, 1.0]))[:3] * [1, 1, 0] + [0, 0, HOME_M]
-
-
-def home_qpos(env: TouchWorld) -> np.ndarray:
-    """The qpos with every sensor-carrying arm at its home waypoint (others at zero)."""
-    q = np.zeros(env.width)
-    for arm_name, sensor_name in env.workers:
-        arm = env.rig.arms[arm_name]
-        ik = ArmIK(env, arm_name, sensor_name, GRIP_PRESS)
-        q[arm.cfg.qpos_start: arm.cfg.qpos_start + arm.n_joints] = ik.solve(*_home_xyz(env, arm_name))
-        if arm.cfg.gripper_index is not None:
-            q[arm.cfg.gripper_index] = GRIP_OPEN
-    return q
 
 
 def _touch_sequence(task: ArmTask, cfg) -> list[int]:
@@ -97,7 +49,7 @@ def plan(env: TouchWorld) -> np.ndarray:
     for task in env.tasks:
         arm = env.rig.arms[task.arm]
         cols = slice(arm.cfg.qpos_start, arm.cfg.qpos_start + arm.n_joints)
-        ik = ArmIK(env, task.arm, task.sensor, GRIP_PRESS)
+        ik = ArmIK(env.rig, task.arm, task.sensor, GRIP_PRESS)
         ik.q = start[cols].copy()
         here, t = sensor_pose[task.sensor][0, :3, 3].copy(), 1
         grip = np.full(T, GRIP_OPEN)
