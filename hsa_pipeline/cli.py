@@ -190,6 +190,19 @@ def check_params(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -
     print(f"{params}: ok")
 
 
+@app.command("sync-deps")
+def sync_deps(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+              dvc_yaml: Path = typer.Option(Path("dvc.yaml"), help="the pipeline file to update")) -> None:
+    """List the files params.yaml names (URDFs, a weights file) as deps in dvc.yaml."""
+    from .dvc_deps import sync
+
+    with _user_errors("sync-deps"):
+        listed = sync(load_params(params, set_), dvc_yaml)
+    named = {s: f for s, f in listed.items() if f}
+    print(f"{dvc_yaml}: " + ("; ".join(f"{s}: {', '.join(f)}" for s, f in named.items()) if named else
+                            "no stage reads a file named in params") + " (as deps)")
+
+
 @app.command("params-doc")
 def params_doc(out: Path = typer.Option(Path("docs/params.md"), help="where to write the reference")) -> None:
     """Regenerate the params.yaml reference from the typed config."""

@@ -1,8 +1,9 @@
 """Which source files a module runs: its import closure inside this repository.
 
-Two users: tests/test_dvc_yaml.py checks that every stage in dvc.yaml lists exactly the
-modules its script imports (so DVC reruns a stage when, and only when, its code
-changes), and `code_fingerprint` keys resumable work (feature shards, training
+Two users: the `code` stage writes each stage's `code_fingerprint` to
+outputs/code/<stage>.sha256, the file dvc.yaml lists as the stage's code dependency (so
+DVC reruns a stage when, and only when, code it runs changes: a docstring or comment edit
+reruns nothing), and `code_fingerprint` keys resumable work (feature shards, training
 checkpoints) on the code that produced it. Imports are read from the source with `ast`,
 including imports inside functions, so lazy imports count too.
 """
@@ -93,12 +94,26 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     return graph
 
 
+def behaviour(path: Path) -> str:
+    """The source of `path` as far as it changes what runs: parsed and printed back, so
+    comments and formatting are gone, with every docstring (module, class, function) dropped."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
 def code_fingerprint(module: str, root: Path = ROOT) -> str:
-    """sha256 of the source of `module` ('hsa_pipeline.train') and everything it imports."""
+    """sha256 of what `module` ('hsa_pipeline.train', 'stages.geometry') and everything it
+    imports run: their `behaviour`, so a docstring or comment edit leaves it unchanged."""
     entry = _module_file(module, root)
     if entry is None:
         raise ValueError(f"{module}: not a module of this repository")
     h = hashlib.sha256()
     for path in import_closure(entry, root):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        h.update(str(path.relative_to(root)).encode() + b"\0" + behaviour(path).encode() + b"\0")
     return h.hexdigest()

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -507,6 +508,12 @@ def _cross_check(p: Params) -> None:
             raise ConfigError(f"data.episodes_dir: {p.data.episodes_dir!r} is inside synth.out_dir "
                               f"({p.synth.out_dir!r}), which DVC empties when the synth stage reruns; move your "
                               f"episodes elsewhere or set synth.out_dir to another folder")
+
+
+def is_weights_path(pretrained: str | None) -> bool:
+    """features.pretrained names a local weights file (not an open_clip tag, not null)."""
+    return pretrained is not None and (Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors")
+                                       or "/" in pretrained or os.sep in pretrained)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

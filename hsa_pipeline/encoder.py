@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .cameras import GridMapping
-from .config import FeaturesConfig
+from .config import FeaturesConfig, is_weights_path
 from .errors import ConfigError
 from .runtime import pick_device
 
@@ -117,7 +117,7 @@ class Encoder:
             with _quiet_logging(), torch.random.fork_rng():
                 torch.manual_seed(0)
                 return open_clip.create_model(cfg.model, pretrained=None)
-        if Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors") or os.sep in pretrained:
+        if is_weights_path(pretrained):
             path = Path(pretrained)
             if not path.is_file():
                 raise ConfigError(f"features.pretrained: weights file {path} not found")

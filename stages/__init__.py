@@ -3,7 +3,8 @@ from the repository root, so the checkout's code is what runs, in Docker too).
 
 Each stage module says what it reads and writes and declares the params keys it reads
 (`PARAMS`, the same list as its `params:` in dvc.yaml; tests/test_dvc_yaml.py checks
-both that and its code dependencies), then calls the library. `hsa <stage>` runs the
+it), then calls the library. Its code dependency is outputs/code/<name>.sha256, written
+by the first stage, `code`. `hsa <stage>` runs the
 same command, `python -m stages.<name>`.
 """
 
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hsa_pipeline.config import load_params
+from hsa_pipeline.dvc_deps import check_listed
 from hsa_pipeline.errors import UserError
 
-NAMES = ["synth", "prepare", "geometry", "features", "train", "evaluate"]
+NAMES = ["code", "synth", "prepare", "geometry", "features", "train", "evaluate"]
 
 
 class UndeclaredParam(AttributeError):
@@ -55,6 +57,7 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", overrides: lis
     module = stage_module(name)
     try:
         params = load_params(params_path, overrides)
+        check_listed(name, params)  # files named in params are dvc.yaml deps of this stage
         return module.run(DeclaredParams(params, module.PARAMS))
     except UserError as e:
         print(f"hsa {name}: error: {e}", file=sys.stderr)

@@ -1,7 +1,9 @@
-"""End to end with real `dvc` in a temporary copy of the repository, on a tiny demo:
-`dvc repro` completes; a second one runs nothing; each kind of params change reruns
-exactly the stages that depend on it, and what they DID (training from step 0 after an
-upstream change, metrics that changed); a training run killed mid-way resumes.
+"""End to end with real `dvc`, each test in its own temporary copy of the repository (so
+no result depends on the order tests run in), on a tiny demo: `dvc repro` completes; a
+second one runs nothing; each kind of params change reruns exactly the stages that depend
+on it, and what they DID (training from step 0 after an upstream change, metrics that
+changed); a docstring edit reruns nothing, a code edit exactly the stages that run it; a
+URDF edited in place reruns what reads it; a training run killed mid-way resumes.
 Also: `dvc metrics show` reads both metrics files."""
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from hsa_pipeline.config import apply_overrides
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
-ALL = ["synth", "prepare", "geometry", "features", "train", "evaluate"]
+ALL = ["code", "synth", "prepare", "geometry", "features", "train", "evaluate"]
 E2E = TINY + TINY_TRAIN + ["train.steps=4", "train.val_every=4", "train.log_every=2", "eval.report_frames=1",
                            "eval.rollouts=2", "eval.max_steps=6"]
 
@@ -59,9 +61,10 @@ def set_params(repo: Path, overrides: list[str]) -> None:
     path.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(path.read_text()), overrides), sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A fresh copy of the repository's pipeline (code, dvc.yaml, tiny params) for one test."""
+    dst = tmp_path / "repo"
     dst.mkdir()
     # the checkout's code is what the stages run (`python -m stages.<name>` from the root)
     for item in ("hsa_pipeline", "stages", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore"):
@@ -93,7 +96,7 @@ def test_repro_then_nothing_then_exactly_the_affected_stages(repo):
         (["train.lr=0.001"], {"train"}, ["train", "evaluate"]),
         (["features.resize=letterbox"], {"features"}, ["features", "train", "evaluate"]),
         (["data.train_ratio=0.5"], {"prepare"}, ["prepare", "train", "evaluate"]),  # a new split keeps the caches
-        (["synth.seed=3"], {"synth"}, ALL),
+        (["synth.seed=3"], {"synth"}, ALL[1:]),  # every stage but `code`: the code did not change
     ]
     for overrides, direct, expected in cases:
         before = metrics(repo, "eval")["chunk_l1"]
@@ -103,6 +106,41 @@ def test_repro_then_nothing_then_exactly_the_affected_stages(repo):
         # every rerun of train trained from step 0: its inputs or settings changed
         assert (metrics(repo, "train")["start_step"], metrics(repo, "train")["steps_trained"]) == (0, 4), overrides
         assert metrics(repo, "eval")["chunk_l1"] != before, overrides
+
+
+def test_a_docstring_edit_reruns_nothing_and_a_code_edit_exactly_the_stages_that_run_it(repo):
+    """The defect this guards: every stage listed its .py files as deps, so fixing a typo
+    in a docstring reran features and training (hours on real data)."""
+    run([DVC, "repro"], repo)
+    source = repo / "hsa_pipeline" / "geometry.py"
+    text = source.read_text()
+    source.write_text(text.replace('"""The `geometry` stage', '"""The `geometry` stage (a docstring edit)', 1))
+    assert "(a docstring edit)" in source.read_text()
+    assert ran(run([DVC, "repro"], repo)) == ["code"]  # its fingerprints did not change: nothing else runs
+    source.write_text(source.read_text() + "\nCODE_EDIT = 1\n")  # code that changes nothing the stage writes
+    assert ran(run([DVC, "repro"], repo)) == ["code", "geometry"]  # the same store: nothing downstream
+    assert stale(run([DVC, "status"], repo)) == set()
+
+
+def test_a_urdf_edited_in_place_reruns_the_stages_that_read_it(repo):
+    """The defect this guards: a file named in params was only a string to DVC, so an edit
+    of the URDF left `dvc repro` saying everything was up to date."""
+    from test_kinematics import nova2_urdf
+
+    (repo / "robots").mkdir()
+    urdf = repo / "robots" / "nova2.urdf"
+    urdf.write_text(nova2_urdf())
+    set_params(repo, ["robot.arms.arm.model=robots/nova2.urdf"])
+    r = subprocess.run([DVC, "repro"], cwd=repo, capture_output=True, text=True, env=env_for(repo))
+    assert r.returncode != 0 and "stage synth reads robots/nova2.urdf, but dvc.yaml does not list it" in r.stderr
+    out = run([sys.executable, "-m", "hsa_pipeline.cli", "sync-deps"], repo)
+    assert "geometry: robots/nova2.urdf" in out
+    run([DVC, "repro"], repo)
+    assert ran(run([DVC, "repro"], repo)) == []
+    urdf.write_text(urdf.read_text().replace("<robot ", "<!-- edited in place -->\n<robot ", 1))
+    assert stale(run([DVC, "status"], repo)) == {"synth", "geometry", "evaluate"}
+    # the same kinematics: the episodes and the store come out the same, so nothing in between reruns
+    assert ran(run([DVC, "repro"], repo)) == ["synth", "geometry", "evaluate"]
 
 
 def test_a_new_margin_retrains_from_zero_and_changes_the_result(repo):
@@ -163,6 +201,7 @@ def test_calibration_change_with_real_data_reruns_geometry_train_evaluate(repo):
 
 
 def test_the_readme_ablation_line_compares_hsa_on_and_off(repo):
+    run([DVC, "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "after repro"], repo)
     out = run([DVC, "exp", "run", "-n", "hsa-off", "-S", "hsa.enabled=false"], repo)

@@ -1,6 +1,7 @@
-"""dvc.yaml cannot drift from the code: each stage runs its stages/ module, lists exactly
-the repository modules that module imports (derived from the source, lazy imports
-included), and declares exactly the params keys the module reads."""
+"""dvc.yaml cannot drift from the code: each stage runs its stages/ module, depends on its
+code through the fingerprint file the `code` stage writes (the code it runs, docstrings and
+comments aside), declares exactly the params keys the module reads, and lists the files
+those params name."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pytest
 import yaml
 
 from conftest import REPO, make_params
-from hsa_pipeline.closure import code_fingerprint, import_closure
+from hsa_pipeline.closure import behaviour, code_fingerprint, import_closure
 from stages import NAMES, DeclaredParams, UndeclaredParam, stage_module
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+WORK = [n for n in NAMES if n != "code"]
 
 
 def test_every_stage_module_is_a_dvc_stage_run_with_python_m():
@@ -20,17 +22,27 @@ def test_every_stage_module_is_a_dvc_stage_run_with_python_m():
         assert DVC[name]["cmd"] == f"python -m stages.{name}"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_deps_list_exactly_the_code_the_stage_imports(name):
-    code = {str(p.relative_to(REPO)) for p in import_closure(REPO / "stages" / f"{name}.py")}
-    listed = {d for d in DVC[name]["deps"] if d.endswith(".py")}
-    assert code - listed == set(), f"dvc.yaml stage {name} misses modules it imports (scripts/sync_dvc_deps.py)"
-    assert listed - code == set(), f"dvc.yaml stage {name} lists modules it does not import (spurious reruns)"
+@pytest.mark.parametrize("name", WORK)
+def test_a_stage_depends_on_its_code_through_its_fingerprint_file_only(name):
+    deps = DVC[name]["deps"]
+    assert deps[0] == f"outputs/code/{name}.sha256"
+    assert not [d for d in deps if d.endswith(".py")], "code is a dep through outputs/code, not file by file"
+
+
+def test_the_code_stage_reads_all_the_source_and_writes_every_fingerprint(tmp_path, monkeypatch):
+    assert DVC["code"]["deps"] == ["hsa_pipeline", "stages"] and DVC["code"]["outs"] == ["outputs/code"]
+    monkeypatch.chdir(tmp_path)
+    prints = stage_module("code").run(None)
+    assert sorted(p.name for p in (tmp_path / "outputs/code").iterdir()) == sorted(f"{n}.sha256" for n in WORK)
+    for name in WORK:
+        assert (tmp_path / f"outputs/code/{name}.sha256").read_text() == prints[name] + "\n"
+        assert prints[name] == code_fingerprint(f"stages.{name}")
+    assert len(set(prints.values())) == len(WORK)  # every stage runs different code
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_params_are_the_keys_the_module_declares(name):
-    assert DVC[name]["params"] == stage_module(name).PARAMS
+    assert DVC[name].get("params", []) == stage_module(name).PARAMS
 
 
 def test_reading_an_undeclared_key_is_refused():
@@ -60,3 +72,45 @@ def test_the_closure_follows_lazy_and_relative_imports(tmp_path):
     assert code_fingerprint("hsa_pipeline.a", tmp_path) == before
     (pkg / "d.py").write_text("x = 1\n")
     assert code_fingerprint("hsa_pipeline.a", tmp_path) != before
+
+
+def test_the_fingerprint_ignores_docstrings_comments_and_layout_but_not_code(tmp_path):
+    pkg = tmp_path / "hsa_pipeline"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    src = 'def f(x):\n    return x + 1\n\n\nclass C:\n    k = 2\n'
+    (pkg / "m.py").write_text(src)
+    base = code_fingerprint("hsa_pipeline.m", tmp_path)
+    docs = ('"""Module doc."""\n# a comment\ndef f(x):\n    """What f does."""\n    return x + 1  # why\n\n\n'
+            'class C:\n    """A class."""\n\n    k = 2\n')
+    (pkg / "m.py").write_text(docs)
+    assert code_fingerprint("hsa_pipeline.m", tmp_path) == base
+    (pkg / "m.py").write_text('def f(x):\n    """Only a docstring."""\n')
+    assert "pass" in behaviour(pkg / "m.py")  # a body of a docstring alone still parses
+    for changed in (src.replace("x + 1", "x + 2"), src.replace("k = 2", "k = '2'"), src + "y = f(1)\n"):
+        (pkg / "m.py").write_text(changed)
+        assert code_fingerprint("hsa_pipeline.m", tmp_path) != base, changed
+    (pkg / "m.py").write_text(src.replace("return x + 1", "return 'x + 1'"))  # a string that is not a docstring
+    assert code_fingerprint("hsa_pipeline.m", tmp_path) != base
+
+
+def test_files_named_in_params_are_listed_and_a_missing_one_stops_the_stage(tmp_path):
+    from hsa_pipeline.dvc_deps import MARK, check_listed, sync
+    from hsa_pipeline.errors import ConfigError
+
+    dvc_yaml = tmp_path / "dvc.yaml"
+    dvc_yaml.write_text((REPO / "dvc.yaml").read_text())
+    p = make_params(["robot.arms.arm.model=robots/arm.urdf", "features.pretrained=/weights/vit.bin"])
+    with pytest.raises(ConfigError, match="robot.arms.arm.model: stage geometry reads robots/arm.urdf, but dvc.yaml "
+                                          "does not list it.*hsa sync-deps"):
+        check_listed("geometry", p, dvc_yaml)
+    listed = sync(p, dvc_yaml)
+    assert listed["geometry"] == listed["synth"] == listed["evaluate"] == ["robots/arm.urdf"]
+    assert listed["features"] == ["/weights/vit.bin"] and listed["train"] == listed["prepare"] == []
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    assert "robots/arm.urdf" in stages["geometry"]["deps"] and "/weights/vit.bin" in stages["features"]["deps"]
+    for name in ("geometry", "features", "synth", "evaluate"):
+        check_listed(name, p, dvc_yaml)  # now listed: no error
+    # back to the built-in model and no weights file: the marked lines go, nothing else changes
+    sync(make_params(), dvc_yaml)
+    assert MARK not in dvc_yaml.read_text() and dvc_yaml.read_text() == (REPO / "dvc.yaml").read_text()
