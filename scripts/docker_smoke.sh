@@ -64,7 +64,7 @@ cleanup() {  # the other uid's files are not ours to delete: hand them back firs
 trap 'rc=$?; cleanup; exit $rc' EXIT
 marker="SMOKE-EDIT-$RANDOM$RANDOM"
 fresh_clone() {  # directory
-    git clone -q "$repo" "$1"
+    scripts/clone_for_container.sh "$repo" "$1"  # no hard links into the source: see that script
     rm -f "$1/outputs/eval/metrics.json" "$1/outputs/train/metrics.json"
     python3 - "$1/hsa_pipeline/prepare.py" "$marker" <<'PY'
 import sys
@@ -78,7 +78,7 @@ PY
         echo "raise RuntimeError('broken on purpose by SMOKE_BREAK')" >> "$1/stages/$SMOKE_BREAK.py"
         say "stage $SMOKE_BREAK broken on purpose: the run below must fail"
     fi
-    chmod -R a+rwX "$1"  # the container's uid may not be the clone's owner
+    chmod -R a+rwX "$1"  # the files edited above too
 }
 
 tiny=(-S world.frames_per_touch=12 -S world.max_joint_speed_deg=360 -S synth.episodes=4 -S act.chunk_size=5
