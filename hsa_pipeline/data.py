@@ -1,6 +1,7 @@
 """Training samples from the caches only (no JPEG decoding, no image encoder).
 
-A sample is one frame t of one episode (the typed contract between data and model):
+A sample is one frame t of one episode; `Batch` (below) is B of them, the typed contract
+between data and model:
 
   qpos       (Dq,)            normalised
   actions    (chunk, Da)      normalised action[t - shift : t - shift + chunk] (ActionCodec), zero-padded
@@ -18,17 +19,18 @@ per sample (DataLoader workers), so memory does not grow with the dataset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .cameras import GridMapping, box_token_mask
 from .errors import ConfigError
 from .stores import (
     FeatureStore,
+    GeometryInfo,
     GeometryStore,
     Manifest,
     check_rows,
@@ -85,17 +87,17 @@ def chunk_window(row: int, start: int, end: int, chunk: int, shift: int) -> tupl
     return a0, min(chunk, end - a0)
 
 
-def hsa_pairs(manifest: Manifest, geometry_attrs: dict) -> list[HsaPair]:
+def hsa_pairs(manifest: Manifest, geometry: GeometryInfo) -> list[HsaPair]:
     """For each tactile sensor: the wrist camera on its arm and the (first) third-person camera."""
-    cams = manifest.raw["cameras"]
-    camera_mounts, sensor_arms = geometry_attrs["camera_mounts"], geometry_attrs["sensor_arms"]
+    cams = manifest.info.cameras
+    camera_mounts, sensor_arms = geometry.camera_mounts, geometry.sensor_arms
     pairs = []
-    for sensor in manifest.raw["tactile"]:
-        if sensor not in geometry_attrs["sensors"]:
+    for sensor in manifest.info.tactile:
+        if sensor not in geometry.sensors:
             continue
         arm = sensor_arms.get(sensor)
-        wrist = next((c for c, v in cams.items() if v["role"] == "wrist" and camera_mounts.get(c) == arm), None)
-        tp = next((c for c, v in cams.items() if v["role"] == "third_person"), None)
+        wrist = next((c for c, v in cams.items() if v.role == "wrist" and camera_mounts.get(c) == arm), None)
+        tp = next((c for c, v in cams.items() if v.role == "third_person"), None)
         pairs.append(HsaPair(sensor, wrist, tp))
     return pairs
 
@@ -114,16 +116,16 @@ class Caches:
         check_rows(store.attrs, self.manifest, self.features_path, "features")
         geo = GeometryStore(geometry_path)
         check_rows(geo.attrs, self.manifest, Path(geometry_path), "geometry")
-        self.feat_attrs, self.geo_attrs = store.attrs, geo.attrs
+        self.feature_info, self.geometry_info = store.info, geo.info
         # what a result trained on these caches is a function of (the resume key uses it)
         self.fingerprint = {"prepare": self.manifest.prepare_fingerprint, "geometry": geo.fingerprint,
                             "features": store.fingerprint}
-        self.streams: dict[str, str] = self.feat_attrs["streams"]
-        self.grid, self.width = self.feat_attrs["grid"], self.feat_attrs["width"]
-        self.pairs = hsa_pairs(self.manifest, geo.attrs)
+        self.streams: dict[str, str] = store.info.streams
+        self.grid, self.width = store.info.grid, store.info.width
+        self.pairs = hsa_pairs(self.manifest, geo.info)
         N = self.manifest.n_frames
         threshold = self.manifest.contact_threshold
-        self.contact = {s: np.concatenate([np.asarray(contact[s][e["id"]]) for e in self.manifest.episodes]) > threshold
+        self.contact = {s: np.concatenate([np.asarray(contact[s][e.id]) for e in self.manifest.episodes]) > threshold
                         for s in contact}
         # box -> token masks for every frame, with the feature store's exact image -> grid mapping:
         # the sensor's box now, or (positives: next_contact) the box of where it presses next
@@ -134,7 +136,7 @@ class Caches:
             for cam in (p.wrist, p.third_person):
                 if cam is None:
                     continue
-                mapping = GridMapping(**self.feat_attrs["mapping"][cam])
+                mapping = GridMapping(**store.info.mapping[cam])
                 vis = geo.cam[cam][pre + "visible"][:, s]
                 self.box[p.key(cam)] = box_token_mask(geo.cam[cam][pre + "box"][:, s], mapping) & vis[:, None, None]
                 self.visible[p.key(cam)] = vis
@@ -158,7 +160,7 @@ class Caches:
 
     def sensor_boxes_px(self, camera: str, sensor: str) -> np.ndarray:
         """(N, 4) pixel box of `sensor` in `camera` for every frame (the store's column of that sensor)."""
-        return self.boxes_px[camera][:, self.geo_attrs["sensors"].index(sensor)]
+        return self.boxes_px[camera][:, self.geometry_info.sensors.index(sensor)]
 
     def rows(self, split: str) -> np.ndarray:
         """All global frame indices of the episodes in a split."""
@@ -166,7 +168,38 @@ class Caches:
         return np.concatenate([np.arange(offs[e], offs[e + 1]) for e in self.manifest.split(split)] or [np.zeros(0, int)])
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The training contract between the data and the model: B samples. Per-sensor keys
+    are 'camera/sensor' (HsaPair.key); `contact` is keyed by sensor. Normalised = z-scored
+    with the prepare stage's stats (ActionCodec for actions)."""
+
+    row: torch.Tensor  # (B,) global frame index (row of every store)
+    qpos: torch.Tensor  # (B, Dq) float32, normalised
+    actions: torch.Tensor  # (B, k, Da) float32, normalised; 0 where padded
+    is_pad: torch.Tensor  # (B, k) bool: past the episode's end
+    tokens: dict[str, torch.Tensor]  # stream -> (B, G, G, C) float32 feature grid
+    box: dict[str, torch.Tensor]  # 'camera/sensor' -> (B, G, G) bool: tokens inside the sensor's box
+    visible: dict[str, torch.Tensor]  # 'camera/sensor' -> (B,) bool: the box is in the image
+    weight: dict[str, torch.Tensor]  # 'camera/sensor' -> (B,) float32: how much of the sensor the box shows
+    contact: dict[str, torch.Tensor]  # sensor -> (B,) bool: prepare's contact score over the threshold
+
+    @classmethod
+    def collate(cls, samples: list[dict]) -> "Batch":
+        """ChunkSamples items (one sample each, the same fields unbatched) -> a Batch."""
+        return cls(**default_collate(samples))
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda v: v.to(device, non_blocking=True)  # noqa: E731
+        return Batch(**{f.name: ({k: move(t) for k, t in getattr(self, f.name).items()}
+                                 if isinstance(getattr(self, f.name), dict) else move(getattr(self, f.name)))
+                        for f in fields(self)})
+
+
 class ChunkSamples(Dataset):
+    """One training sample per row, read from the caches (or streamed from Zarr): the
+    per-sample reference of the contract (Batch's fields, unbatched)."""
+
     def __init__(self, caches: Caches, rows: np.ndarray, chunk_size: int, codec: ActionCodec):
         self.c, self.rows, self.chunk, self.codec = caches, np.asarray(rows), chunk_size, codec
         self.shift = caches.manifest.action_shift
@@ -233,19 +266,19 @@ class FrameBatches:
         self.weight = {k: t(v, torch.float32) for k, v in caches.weight.items()}
         self.contact = {k: t(v) for k, v in caches.contact.items()}
 
-    def batch(self, rows: torch.Tensor) -> dict:
+    def batch(self, rows: torch.Tensor) -> Batch:
         """rows (B,) global frame indices on the device -> the sample contract, batched."""
         is_pad = self.is_pad[rows]  # (B, k)
         ref = self.qpos_raw[rows][:, None] if self.relative else self.mean  # (B, 1, Da) or (Da,)
         actions = (self.action[self.action_index[rows]] - ref) / self.std  # (B, k, Da)
-        return {
-            "row": rows,
-            "qpos": self.qpos[rows],
-            "actions": actions.masked_fill(is_pad[..., None], 0.0),
-            "is_pad": is_pad,
-            "tokens": {s: v[rows].float() for s, v in self.tokens.items()},  # (B, G, G, C)
-            "box": {k: v[rows] for k, v in self.box.items()},
-            "visible": {k: v[rows] for k, v in self.visible.items()},
-            "weight": {k: v[rows] for k, v in self.weight.items()},
-            "contact": {k: v[rows] for k, v in self.contact.items()},
-        }
+        return Batch(
+            row=rows,
+            qpos=self.qpos[rows],
+            actions=actions.masked_fill(is_pad[..., None], 0.0),
+            is_pad=is_pad,
+            tokens={s: v[rows].float() for s, v in self.tokens.items()},  # (B, G, G, C)
+            box={k: v[rows] for k, v in self.box.items()},
+            visible={k: v[rows] for k, v in self.visible.items()},
+            weight={k: v[rows] for k, v in self.weight.items()},
+            contact={k: v[rows] for k, v in self.contact.items()},
+        )

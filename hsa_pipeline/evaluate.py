@@ -183,7 +183,7 @@ def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path
     -> (metrics, per-model error results, the loaded policy and HSA heads)."""
     policy, hsa, meta = load_trained(train_dir, device)
     codec = ActionCodec.from_stats(caches.stats, meta["act"].get("relative_actions", False))
-    angles = caches.geo_attrs["angle_columns"]
+    angles = caches.geometry_info.angle_columns
     k, shift, offs = meta["act"]["chunk_size"], caches.manifest.action_shift, caches.manifest.offsets
     eps = np.array([caches.episode_of(int(r)) for r in rows])
     starts, ends = offs[eps], offs[eps + 1]
@@ -261,7 +261,7 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensor
     caches = Caches(prepare_dir, geometry_path, features_path, memory_budget_gb=1e9)  # reads every val frame anyway
     rows = caches.rows("val")
     if not len(rows):
-        n, skipped = len(caches.manifest.episodes), len(caches.manifest.raw["skipped"])
+        n, skipped = len(caches.manifest.episodes), len(caches.manifest.info.skipped)
         raise StoreError(f"evaluate: no validation episodes in {prepare_dir}: prepare found {n} usable episode(s) "
                          f"({skipped} skipped, see episodes.json) and put all of them in training; record more "
                          f"episodes or lower data.train_ratio")
@@ -344,7 +344,7 @@ def write_outputs(out: Path, metrics: dict, results: dict, caches: Caches, model
         horizon = np.array([results[n]["horizon"] for n in names]).T
         _csv(plots / "horizon.csv", ["horizon"] + names, [[h + 1, *row] for h, row in enumerate(horizon)])
         per_joint = np.array([results[n]["per_joint_chunk"] for n in names]).T
-        joints = caches.geo_attrs["column_names"]
+        joints = caches.geometry_info.column_names
         _csv(plots / "per_joint.csv", ["joint"] + names, [[joints[j], *row] for j, row in enumerate(per_joint)])
         _csv(plots / "retrieval.csv", ["query", "metric", "value", "chance"],
              [[q, m, v[m], v.get(f"{m}_chance", v.get("loc_chance"))] for q, v in align.items()

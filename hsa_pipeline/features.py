@@ -3,8 +3,8 @@ role (third-person, wrist, tactile), once, into one Zarr store.
 
 Store layout (rows are global frame indices, as in geometry.zarr):
   <stream>   (N, G, G, C) float16, chunk = 1 frame, shard = `shard_frames` frames, uncompressed
-  attrs      model, pretrained, block, resize, grid, width, fingerprint, episodes_fingerprint,
-             mapping[stream] (cameras.GridMapping), offsets, episodes, complete
+  attrs      stores.FeatureInfo (model, pretrained, block, resize, grid, width, mapping[stream]
+             as cameras.GridMapping, offsets, fingerprints, schema_version) and complete
 
 `fingerprint` covers everything the numbers are a function of: the encoder settings, the
 weights file's content, the episodes' content (their sha256 in episodes.json) and this
@@ -121,15 +121,14 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
          max_shards: int | None) -> dict:
     fp = fingerprint(cfg, manifest)
     streams = manifest.streams
-    shapes = {**{n: c["shape"] for n, c in manifest.raw["cameras"].items()},
-              **{n: c["shape"] for n, c in manifest.raw["tactile"].items()}}
+    shapes = {n: c.shape for n, c in {**manifest.info.cameras, **manifest.info.tactile}.items()}
     N = manifest.n_frames
     frame_bytes = enc.grid * enc.grid * enc.width * 2
     shard_frames = max(1, min(N, SHARD_BYTES // frame_bytes))
     attrs = {"model": cfg.model, "pretrained": cfg.pretrained, "block": cfg.block, "resize": cfg.resize,
              "image_size": enc.size, "patch": enc.patch, "grid": enc.grid, "width": enc.width,
              "streams": streams, "mapping": {n: enc.mapping(shapes[n][1], shapes[n][0]).to_dict() for n in streams},
-             "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
+             "episodes": [e.id for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
              "shard_frames": shard_frames, "fingerprint": fp, "episodes_fingerprint": manifest.fingerprint,
              "schema_version": SCHEMA_VERSIONS["features"], "complete": False}
 

@@ -9,8 +9,8 @@ Store layout (rows are global frame indices: frame t of episode e is offsets[e] 
   <camera>/weight      (N, S)       float32   fraction of the box inside the image
   <camera>/next_box, next_visible, next_weight   the same for where the sensor presses
                                      NEXT (rig.next_press), projected into the camera now
-  attrs: sensors, cameras, episodes, offsets, margin_px, limit_violations, camera_mounts,
-         sensor_arms, angle_columns, column_names, episodes_fingerprint, fingerprint, complete
+  attrs: stores.GeometryInfo (sensors, cameras, camera sizes and mounts, sensor arms, qpos
+         column names, offsets, fingerprints, schema_version) and complete
 `fingerprint` is the sha256 of every array and attribute above: what training keys its
 resume decision on. Frame-major chunks of 65,536 rows keep the store at a handful of files.
 Read it with stores.GeometryStore.
@@ -45,8 +45,8 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int 
 def check_frame_sizes(manifest: Manifest, cameras: dict[str, CameraConfig], prepare_dir: Path) -> None:
     """Boxes are computed in the calibrated image size and mapped onto tokens of the
     recorded size: the two must be the same, or every box lands on the wrong tokens."""
-    for name, cam in manifest.raw["cameras"].items():
-        h, w = cam["shape"][:2]
+    for name, cam in manifest.info.cameras.items():
+        h, w = cam.shape[:2]
         c = cameras[name]
         if (w, h) != (c.width, c.height):
             sx, sy = w / c.width, h / c.height
@@ -61,7 +61,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
     """Sensor poses and boxes of every frame of the episodes in `prepare_dir` -> `out`."""
     manifest = Manifest.load(prepare_dir)
     rig = Rig(robot, sensors, cameras, cfg.margin_px, base_dir)
-    missing = [c for c in manifest.raw["cameras"] if c not in rig.cameras]
+    missing = [c for c in manifest.info.cameras if c not in rig.cameras]
     if missing:
         raise ConfigError(f"cameras.{missing[0]}: no calibration for camera '{missing[0]}' of the episodes")
     check_frame_sizes(manifest, cameras, Path(prepare_dir))
@@ -88,7 +88,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
                 raise EpisodeError(msg + f" (robot.arms.{v.arm}.on_limit_violation: error)")
             tqdm.write("warning: " + msg, file=sys.stderr)
             violations.append(msg)
-        rows = slice(int(start), int(start) + ep["length"])
+        rows = slice(int(start), int(start) + ep.length)
         for s, name in enumerate(sensor_names):
             pose[rows, s] = geo.sensor_pose[name]
             for c in camera_names:
@@ -104,14 +104,14 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
     summary = {
         "sensors": sensor_names, "cameras": camera_names,
         "camera_sizes": {c: [rig.cameras[c].width, rig.cameras[c].height] for c in camera_names},
-        "episodes": [e["id"] for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
+        "episodes": [e.id for e in manifest.episodes], "offsets": manifest.offsets.tolist(),
         "margin_px": cfg.margin_px, "limit_violations": violations,
         # what later stages need to know about the rig, so they need not read its params
         "camera_mounts": {c: rig.cameras[c].mount for c in camera_names},
         "sensor_arms": {s: rig.sensors[s].arm for s in sensor_names},
         "angle_columns": sorted(i for a in rig.arms.values()
                                 for i in range(a.cfg.qpos_start, a.cfg.qpos_start + a.n_joints)),
-        "column_names": rig.column_names(manifest.raw["qpos_dim"]),
+        "column_names": rig.column_names(manifest.info.qpos_dim),
         "visible_fraction": {c: per_cam[c]["visible"].mean(axis=0).round(4).tolist() for c in camera_names},
         "episodes_fingerprint": manifest.fingerprint,
         "schema_version": SCHEMA_VERSIONS["geometry"],

@@ -109,9 +109,9 @@ def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple
                 ad = policy.adapters[cam](tok)
                 emb = hsa.head_vision(ad) if hsa else torch.nn.functional.normalize(ad, dim=-1)
                 sim = (emb[0] @ q[0]).reshape(caches.grid, caches.grid).cpu().numpy()
-                imgs.append(_img_png(_overlay(frame, sim, caches.feat_attrs["mapping"][cam],
+                imgs.append(_img_png(_overlay(frame, sim, caches.feature_info.mapping[cam],
                                               caches.sensor_boxes_px(cam, pair.sensor)[row])))
-        out.append((f"episode {info['id']}, frame {t}", imgs))
+        out.append((f"episode {info.id}, frame {t}", imgs))
     return out
 
 
@@ -206,7 +206,7 @@ def render_report(path: Path, metrics: dict, results: dict, caches, models: dict
                                                    ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance", "n"))
         + "</tr>" for q, v in align.items())
     charts = "".join(f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,{b}'/>"
-                     for t, b in _charts(results, align, caches.geo_attrs["column_names"]))
+                     for t, b in _charts(results, align, caches.geometry_info.column_names))
     frames = "".join(f"<div class='frame'><p>{html.escape(title)}: tactile, wrist, third-person (box in red, "
                      f"similarity to the tactile embedding as heat)</p>"
                      + "".join(f"<img src='data:image/png;base64,{b}'/>" for b in imgs) + "</div>"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,50 @@ def read_json(path: str | Path, what: str):
 
 
 # --------------------------------------------------------------------------- prepare
+@dataclass(frozen=True)
+class EpisodeEntry:
+    """One usable episode in episodes.json."""
+
+    id: str  # the file's stem: the key of the split and of contact.json
+    file: str  # relative to episodes_dir (LeRobot: episode_NNNNNN)
+    length: int  # frames
+    layout: str  # act | xtrainer | lerobot
+    sha256: str  # of its content: the caches downstream key on it
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    role: str  # third_person | wrist | tactile
+    shape: list[int]  # [H, W] of its recorded frames
+
+
+@dataclass(frozen=True)
+class EpisodesInfo:
+    """episodes.json, the prepare stage's contract with everything after it."""
+
+    schema_version: int
+    episodes_dir: str
+    episodes: list[EpisodeEntry]
+    skipped: list[dict]  # {"file", "reason"} of every episode prepare left out
+    cameras: dict[str, StreamInfo]
+    tactile: dict[str, StreamInfo]
+    qpos_dim: int
+    action_dim: int
+    lerobot: dict | None  # the LeRobot feature of every stream (LeRobot datasets only)
+
+    @classmethod
+    def from_json(cls, raw: dict, path: Path) -> "EpisodesInfo":
+        try:
+            return cls(schema_version=raw["schema_version"], episodes_dir=raw["episodes_dir"],
+                       episodes=[EpisodeEntry(**e) for e in raw["episodes"]], skipped=raw["skipped"],
+                       cameras={n: StreamInfo(c["role"], c["shape"]) for n, c in raw["cameras"].items()},
+                       tactile={n: StreamInfo("tactile", c["shape"]) for n, c in raw["tactile"].items()},
+                       qpos_dim=raw["qpos_dim"], action_dim=raw["action_dim"], lerobot=raw.get("lerobot"))
+        except (KeyError, TypeError) as e:
+            raise StoreError(f"{path}: not the layout this code reads ({type(e).__name__}: {e}); rerun "
+                             f"`dvc repro prepare`") from None
+
+
 @dataclass
 class Manifest:
     """outputs/prepare as later stages use it: episodes in a fixed order (files, lengths,
@@ -62,7 +106,7 @@ class Manifest:
     prepare_fingerprint: sha256 of every prepare output (what training is a function of).
     """
 
-    raw: dict  # episodes.json
+    info: EpisodesInfo  # episodes.json
     training: dict | None  # training.json: split, action_shift, contact_threshold (None if absent)
     fingerprint: str
     prepare_fingerprint: str
@@ -77,28 +121,29 @@ class Manifest:
         for name in PREPARE_FILES:
             if (d / name).is_file():
                 h.update(name.encode() + b"\0" + (d / name).read_bytes())
-        return cls(raw, training, sha256_file(d / EPISODES_FILE), h.hexdigest())
+        return cls(EpisodesInfo.from_json(raw, d / EPISODES_FILE), training, sha256_file(d / EPISODES_FILE),
+                   h.hexdigest())
 
     @property
-    def episodes(self) -> list[dict]:
-        return self.raw["episodes"]
+    def episodes(self) -> list[EpisodeEntry]:
+        return self.info.episodes
 
     @property
     def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum([e["length"] for e in self.episodes])]).astype(np.int64)
+        return np.concatenate([[0], np.cumsum([e.length for e in self.episodes])]).astype(np.int64)
 
     @property
     def n_frames(self) -> int:
         return int(self.offsets[-1])
 
-    def path(self, episode: dict) -> Path:
-        return Path(self.raw["episodes_dir"]) / episode["file"]
+    def path(self, episode: EpisodeEntry) -> Path:
+        return Path(self.info.episodes_dir) / episode.file
 
-    def open(self, episode: dict):
+    def open(self, episode: EpisodeEntry):
         """The reader of one episode (HDF5 or LeRobot), as prepare validated it."""
         from .episodes import open_episode
 
-        return open_episode(self.path(episode), episode["layout"], self.raw.get("lerobot"))
+        return open_episode(self.path(episode), episode.layout, self.info.lerobot)
 
     def _training(self, key: str):
         if self.training is None:
@@ -108,7 +153,7 @@ class Manifest:
     def split(self, name: str) -> list[int]:
         """Indices of the episodes in split `name` ('train' or 'val')."""
         split = self._training("split")
-        return [i for i, e in enumerate(self.episodes) if split[e["id"]] == name]
+        return [i for i, e in enumerate(self.episodes) if split[e.id] == name]
 
     @property
     def action_shift(self) -> int:
@@ -121,7 +166,7 @@ class Manifest:
     @property
     def streams(self) -> dict[str, str]:
         """stream -> role (third_person | wrist | tactile), cameras first."""
-        return {**{n: c["role"] for n, c in self.raw["cameras"].items()}, **{n: "tactile" for n in self.raw["tactile"]}}
+        return {n: c.role for n, c in {**self.info.cameras, **self.info.tactile}.items()}
 
     def episode_of(self, row: int) -> int:
         return int(np.searchsorted(self.offsets, row, side="right") - 1)
@@ -156,6 +201,60 @@ def check_rows(attrs: dict, manifest: Manifest, path: Path, stage: str) -> None:
                          f"rerun `dvc repro {stage}`")
 
 
+def _typed(cls, attrs: dict, path: Path, stage: str):
+    """A store's attributes as its typed contract; a key missing means another layout."""
+    names = [f.name for f in fields(cls)]
+    missing = [n for n in names if n not in attrs]
+    if missing:
+        raise StoreError(f"{path}: attribute(s) {', '.join(missing)} missing (a store from another version of "
+                         f"this code); rerun `dvc repro {stage}`")
+    return cls(**{n: attrs[n] for n in names})
+
+
+@dataclass(frozen=True)
+class GeometryInfo:
+    """geometry.zarr's attributes: what the store holds and what later stages need to know
+    about the rig (so they need not read its params)."""
+
+    sensors: list[str]  # tactile sensors, in the order of the store's S axis
+    cameras: list[str]
+    camera_sizes: dict[str, list[int]]  # camera -> [width, height] calibrated (= recorded, checked)
+    camera_mounts: dict[str, str]  # camera -> 'world' or the arm carrying it
+    sensor_arms: dict[str, str]  # sensor -> the arm carrying it
+    angle_columns: list[int]  # qpos columns that are joint angles (radians)
+    column_names: list[str]  # a name per qpos column ('left.j1', 'left.gripper', ...)
+    margin_px: float
+    limit_violations: list[str]
+    visible_fraction: dict[str, list[float]]  # camera -> per sensor
+    episodes: list[str]
+    offsets: list[int]
+    episodes_fingerprint: str
+    fingerprint: str  # of every array and attribute: what training keys on
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """features.zarr's attributes: the encoder, the grid and how images map onto it."""
+
+    model: str
+    pretrained: str | None
+    block: int
+    resize: str
+    image_size: int
+    patch: int
+    grid: int  # G: the grid is G x G tokens
+    width: int  # C: token width
+    streams: dict[str, str]  # stream -> role (third_person | wrist | tactile)
+    mapping: dict[str, dict]  # stream -> cameras.GridMapping fields
+    episodes: list[str]
+    offsets: list[int]
+    shard_frames: int
+    episodes_fingerprint: str
+    fingerprint: str  # of everything the numbers are a function of
+    schema_version: int
+
+
 class GeometryStore:
     """geometry.zarr, whole arrays in memory (they are small)."""
 
@@ -164,10 +263,9 @@ class GeometryStore:
     def __init__(self, path: str | Path):
         path = Path(path)
         root, self.attrs = _open_complete(path, "geometry store", "geometry")
+        self.info: GeometryInfo = _typed(GeometryInfo, self.attrs, path, "geometry")
         self.path = path
-        self.sensors: list[str] = self.attrs["sensors"]
-        self.cameras: list[str] = self.attrs["cameras"]
-        self.fingerprint: str = self.attrs["fingerprint"]
+        self.sensors, self.cameras, self.fingerprint = self.info.sensors, self.info.cameras, self.info.fingerprint
         self.sensor_pose = root["sensor_pose"][...]
         self.cam = {c: {k: root[f"{c}/{k}"][...] for k in self.ARRAYS} for c in self.cameras}
 
@@ -178,9 +276,9 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         path = Path(path)
         self.root, self.attrs = _open_complete(path, "feature store", "features")
+        self.info: FeatureInfo = _typed(FeatureInfo, self.attrs, path, "features")
         self.path = path
-        self.streams: dict[str, str] = self.attrs["streams"]
-        self.fingerprint: str = self.attrs["fingerprint"]
+        self.streams, self.fingerprint = self.info.streams, self.info.fingerprint
 
     def grid(self, stream: str, row: int) -> np.ndarray:
         return self.root[stream][row]

@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from .act import ACTPolicy, ActShapes, act_losses
 from .atomic import atomic_dir, remove, write_json
 from .closure import code_fingerprint
 from .config import ActConfig, HsaConfig, TrainConfig, to_dict
-from .data import ActionCodec, Caches, ChunkSamples, FrameBatches, HsaPair
+from .data import ActionCodec, Batch, Caches, ChunkSamples, FrameBatches, HsaPair
 from .errors import ConfigError, TrainingDiverged
 from .hashing import sha256_json
 from .hsa import HsaInputs, HSALoss, hsa_loss_for
@@ -69,11 +68,11 @@ class TrainModule(nn.Module):
     def prefix(self, pair: HsaPair) -> str:
         return "" if len(self.pairs) == 1 else f"{pair.sensor}/"
 
-    def forward(self, batch: dict, step: int = 0, use_latent: bool = True, diagnostics: bool = True):
+    def forward(self, batch: Batch, step: int = 0, use_latent: bool = True, diagnostics: bool = True):
         """-> total loss, its terms (tensors), HSA diagnostics (floats; {} unless asked), predictions."""
-        pred, latent, adapted = self.policy(batch["qpos"], batch["tokens"], batch["actions"] if use_latent else None,
-                                            batch["is_pad"] if use_latent else None)
-        terms = act_losses(pred, batch["actions"], batch["is_pad"], latent)
+        pred, latent, adapted = self.policy(batch.qpos, batch.tokens, batch.actions if use_latent else None,
+                                            batch.is_pad if use_latent else None)
+        terms = act_losses(pred, batch.actions, batch.is_pad, latent)
         total = terms["l1"] + self.kl_weight * terms["kl"]
         stats: dict[str, float] = {}
         if self.hsa is not None:
@@ -89,16 +88,16 @@ class TrainModule(nn.Module):
         terms["total"] = total
         return total, terms, stats, pred
 
-    def hsa_inputs(self, batch: dict, adapted: dict, pair: HsaPair) -> HsaInputs:
-        B = batch["qpos"].shape[0]
-        valid = batch["contact"][pair.sensor] if self.hsa_cfg.require_contact else torch.ones(B, dtype=torch.bool)
+    def hsa_inputs(self, batch: Batch, adapted: dict, pair: HsaPair) -> HsaInputs:
+        B = batch.qpos.shape[0]
+        valid = batch.contact[pair.sensor] if self.hsa_cfg.require_contact else torch.ones(B, dtype=torch.bool)
         x = HsaInputs(tactile=adapted[pair.sensor], wrist=adapted[pair.wrist],
-                      wrist_box=batch["box"][pair.key(pair.wrist)].flatten(1),
-                      valid=valid.to(batch["qpos"].device), wrist_visible=batch["visible"][pair.key(pair.wrist)])
+                      wrist_box=batch.box[pair.key(pair.wrist)].flatten(1),
+                      valid=valid.to(batch.qpos.device), wrist_visible=batch.visible[pair.key(pair.wrist)])
         if pair.third_person is not None:
             k = pair.key(pair.third_person)
-            x.tp, x.tp_box = adapted[pair.third_person], batch["box"][k].flatten(1)
-            x.tp_alpha = batch["weight"][k] * batch["visible"][k]
+            x.tp, x.tp_box = adapted[pair.third_person], batch.box[k].flatten(1)
+            x.tp_alpha = batch.weight[k] * batch.visible[k]
         return x
 
 
@@ -119,7 +118,7 @@ def check_hsa_pairs(caches: Caches) -> None:
     """With HSA on, every tactile sensor must have something to align with: a geometry
     entry and a wrist camera on its arm (the loss's positive). Otherwise the loss would be
     a silent zero for it."""
-    tactile = list(caches.manifest.raw["tactile"])
+    tactile = list(caches.manifest.info.tactile)
     if not tactile:
         raise ConfigError("hsa.enabled: true, but the episodes have no tactile stream; set hsa.enabled: false")
     paired = {p.sensor: p for p in caches.pairs}
@@ -129,7 +128,7 @@ def check_hsa_pairs(caches: Caches) -> None:
                               f"(sensors.{sensor} missing from params.yaml?); add it or set hsa.enabled: false")
         if paired[sensor].wrist is None:
             raise ConfigError(f"hsa.enabled: true, but tactile sensor '{sensor}' has no wrist camera on its arm "
-                              f"(sensors.{sensor}.arm = {caches.geo_attrs['sensor_arms'].get(sensor)!r}; cameras.*.mount "
+                              f"(sensors.{sensor}.arm = {caches.geometry_info.sensor_arms.get(sensor)!r}; cameras.*.mount "
                               f"names none): HSA's positive is the sensor's box in that camera; set hsa.enabled: false")
 
 
@@ -206,15 +205,15 @@ class TrainingData:
         if self.frames is None and cfg.workers > 0:  # streaming from Zarr: decode in workers
             self._loader = iter(torch.utils.data.DataLoader(
                 self.samples, batch_size=cfg.batch_size, num_workers=cfg.workers, persistent_workers=True,
-                sampler=_InfiniteSampler(len(self.samples), self.gen)))
+                sampler=_InfiniteSampler(len(self.samples), self.gen), collate_fn=Batch.collate))
 
-    def next_batch(self) -> dict:
+    def next_batch(self) -> Batch:
         if self._loader is not None:
-            return to_device(next(self._loader), self.device)
+            return next(self._loader).to(self.device)
         idx = torch.randint(len(self.train_rows), (self.cfg.batch_size,), generator=self.gen)
         if self.frames is not None:
             return self.frames.batch(self._rows[idx.to(self.device)])
-        return to_device(default_collate([self.samples[int(i)] for i in idx]), self.device)
+        return Batch.collate([self.samples[int(i)] for i in idx]).to(self.device)
 
     def val_batches(self):
         B = self.cfg.batch_size
@@ -223,7 +222,7 @@ class TrainingData:
             if self.frames is not None:
                 yield self.frames.batch(torch.as_tensor(rows, device=self.device))
             else:
-                yield to_device(default_collate([self.val[i] for i in range(start, start + len(rows))]), self.device)
+                yield Batch.collate([self.val[i] for i in range(start, start + len(rows))]).to(self.device)
 
 
 class _InfiniteSampler(torch.utils.data.Sampler):
@@ -235,13 +234,6 @@ class _InfiniteSampler(torch.utils.data.Sampler):
             yield from torch.randint(self.n, (1024,), generator=self.gen).tolist()
 
 
-def to_device(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True)
-
-
-# --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, module: TrainModule, opt, sched, step: int, best: float, gen: torch.Generator,
                     key: str, config: dict, stats: dict) -> None:
     """Tensors and plain data only (loadable with weights_only=True); atomic rename."""
@@ -282,7 +274,7 @@ def resume(run_dir: Path, key: str, module: TrainModule, opt, sched, gen: torch.
 
 # --------------------------------------------------------------------------- one step
 @torch.no_grad()
-def diagnostics(module: TrainModule, batch: dict, step: int, autocast) -> dict[str, float]:
+def diagnostics(module: TrainModule, batch: Batch, step: int, autocast) -> dict[str, float]:
     """HSA diagnostics (retrieval, localisation, chance levels) of a batch, for logging
     steps: a separate no-grad forward in eval mode without the latent, so it neither
     draws random numbers (training stays the same) nor breaks a compiled training graph."""
@@ -293,7 +285,7 @@ def diagnostics(module: TrainModule, batch: dict, step: int, autocast) -> dict[s
     return stats
 
 
-def train_step(fwd, opt, sched, params: list, batch: dict, step: int, grad_clip: float,
+def train_step(fwd, opt, sched, params: list, batch: Batch, step: int, grad_clip: float,
                autocast) -> tuple[dict, torch.Tensor]:
     """Forward, backward, clip, update. -> loss terms, gradient norm. Raises
     TrainingDiverged on a non-finite loss (the one host sync of an ordinary step)."""
@@ -323,7 +315,7 @@ def validate(module: TrainModule, data: TrainingData, step: int) -> dict[str, fl
     cuda = [data.device] if data.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, device_type="cuda"):
         for batch in data.val_batches():
-            n = batch["qpos"].shape[0]
+            n = batch.qpos.shape[0]
             _, terms, stats, _ = module(batch, step, use_latent=True)
             _, prior_terms, _, _ = module(batch, step, use_latent=False)
             values = {"l1": float(terms["l1"]), "kl": float(terms["kl"]), "l1_prior": float(prior_terms["l1"]),
@@ -431,7 +423,7 @@ def log_box_images(writer, caches: Caches, rows: np.ndarray, n: int = 4) -> None
         t = int(row - caches.manifest.offsets[e])
         ep_info = caches.manifest.episodes[e]
         with caches.manifest.open(ep_info) as ep:
-            for cam in caches.manifest.raw["cameras"]:
+            for cam in caches.manifest.info.cameras:
                 if cam not in caches.boxes_px:
                     continue
                 boxes = [(b, bool(b[2] > b[0])) for b in caches.boxes_px[cam][row]]
@@ -451,8 +443,9 @@ def export_policy(out: Path, module: TrainModule, act: ActConfig, hsa: HsaConfig
     meta = {"schema_version": POLICY_SCHEMA, "act": to_dict(act), "hsa": to_dict(hsa) if module.hsa else None,
             "shapes": to_dict(module.policy.shapes), "stats": caches.stats,
             "action_shift": caches.manifest.action_shift,
-            "column_names": caches.geo_attrs["column_names"],
-            "features": {k: caches.feat_attrs[k] for k in ("model", "pretrained", "block", "resize", "mapping", "streams")}}
+            "column_names": caches.geometry_info.column_names,
+            "features": {k: getattr(caches.feature_info, k) for k in ("model", "pretrained", "block", "resize", "mapping",
+                                                                     "streams")}}
     with atomic_dir(out) as tmp:
         torch.save(part("policy."), tmp / "weights.pt")
         if module.hsa is not None:

@@ -148,3 +148,37 @@ def test_next_contact_boxes_show_the_tile_the_expert_puts_the_probe_on():
         x0, y0, x1, y1 = nb.box[carried].T
         assert ((x0 <= uv[0]) & (uv[0] <= x1) & (y0 <= uv[1]) & (uv[1] <= y1)).all()
         assert not nb.visible[-1]  # after the last press nothing follows
+
+
+def test_stores_and_the_manifest_from_another_layout_get_one_line_naming_it(stores, tmp_path):
+    """Typed, versioned contracts: an older store or manifest is refused with both versions
+    (or the missing attribute) named, not a KeyError or TypeError later."""
+    import json
+    import shutil
+
+    import zarr
+
+    from hsa_pipeline.errors import StoreError
+
+    _, tmp = stores
+    old = tmp_path / "old.zarr"
+    shutil.copytree(tmp / "geometry.zarr", old)
+    root = zarr.open_group(str(old), mode="r+")
+    del root.attrs["schema_version"]
+    with pytest.raises(StoreError, match="geometry layout version 1, but this code reads version 2; rerun `dvc repro"):
+        GeometryStore(old)
+    root.attrs["schema_version"] = 2
+    del root.attrs["camera_mounts"]
+    with pytest.raises(StoreError, match="attribute.s. camera_mounts missing"):
+        GeometryStore(old)
+    prep = tmp_path / "prepare"
+    shutil.copytree(tmp / "prepare", prep)
+    raw = json.loads((prep / "episodes.json").read_text())
+    (prep / "episodes.json").write_text(json.dumps({**raw, "schema_version": 3}))
+    with pytest.raises(StoreError, match="manifest layout version 3, but this code reads version 2; it was written "
+                                         "by newer code"):
+        Manifest.load(prep)
+    del raw["qpos_dim"]
+    (prep / "episodes.json").write_text(json.dumps(raw))
+    with pytest.raises(StoreError, match="episodes.json: not the layout this code reads .KeyError: 'qpos_dim'"):
+        Manifest.load(prep)

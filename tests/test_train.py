@@ -26,7 +26,7 @@ from conftest import (
 )
 from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
 from hsa_pipeline.config import ActConfig
-from hsa_pipeline.data import ActionCodec, Caches, ChunkSamples, FrameBatches
+from hsa_pipeline.data import ActionCodec, Batch, Caches, ChunkSamples, FrameBatches
 from hsa_pipeline.errors import TrainingDiverged
 from hsa_pipeline.policy import Policy, TemporalEnsembler
 from hsa_pipeline.train import build, run_train
@@ -295,16 +295,17 @@ def test_device_batches_equal_the_per_sample_reference(work_dir):
         c = caches_for()
         codec = ActionCodec.from_stats(c.stats, relative)
         rows = np.concatenate([c.rows("train")[[0, 5, -1]], c.rows("val")[[0, -1]]])
-        ref = torch.utils.data.default_collate([ChunkSamples(c, rows, 5, codec)[i] for i in range(len(rows))])
+        ref = Batch.collate([ChunkSamples(c, rows, 5, codec)[i] for i in range(len(rows))])
         got = FrameBatches(c, 5, codec, torch.device("cpu")).batch(torch.as_tensor(rows))
-        assert set(got) == set(ref)
+        assert isinstance(got, Batch) and isinstance(ref, Batch)
         for key in ("row", "qpos", "is_pad"):
-            torch.testing.assert_close(got[key], ref[key])
-        torch.testing.assert_close(got["actions"], ref["actions"], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(getattr(got, key), getattr(ref, key))
+        torch.testing.assert_close(got.actions, ref.actions, atol=1e-5, rtol=1e-5)
         for group in ("tokens", "box", "visible", "weight", "contact"):
-            assert set(got[group]) == set(ref[group])
-            for k in ref[group]:
-                torch.testing.assert_close(got[group][k], ref[group][k], atol=0, rtol=0)
+            assert set(getattr(got, group)) == set(getattr(ref, group))
+            for k in getattr(ref, group):
+                torch.testing.assert_close(getattr(got, group)[k], getattr(ref, group)[k], atol=0, rtol=0)
+        assert ref.qpos.shape == (len(rows), 7) and ref.tokens["wrist"].shape == (len(rows), 8, 8, 128)
 
 
 def test_an_upstream_change_retrains_from_zero_and_the_same_inputs_do_not(work_dir):
