@@ -133,5 +133,16 @@ def test_reference_doc_lists_every_key_and_is_in_sync():
         "docs/params.md is stale: run `hsa params-doc`"
 
 
-def test_tiny_params_fixture_is_valid():
-    assert make_params().synth.episodes == 4
+def test_the_tests_run_the_shipped_configuration_made_small_and_nothing_else():
+    """The tiny params differ from params.yaml only in the keys TINY names: the tests run
+    the shipped rig, task and learner, not a configuration of their own."""
+    from conftest import TINY
+    from hsa_pipeline.config import to_dict
+
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items() for k2, v2 in
+                (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+    shipped, tiny = flat(to_dict(load_params(REPO / "params.yaml"))), flat(to_dict(make_params()))
+    changed = {k for k in shipped if shipped[k] != tiny[k]}
+    assert changed and changed <= {o.split("=")[0] for o in TINY}

@@ -46,8 +46,9 @@ def test_params_are_the_keys_the_module_declares(name):
 
 
 def test_reading_an_undeclared_key_is_refused():
-    p = DeclaredParams(make_params(), ["data", "act.chunk_size"])
-    assert p.act.chunk_size == 5 and p.data.train_ratio == 0.75  # the tiny params
+    full = make_params(["act.chunk_size=7", "data.train_ratio=0.5"])
+    p = DeclaredParams(full, ["data", "act.chunk_size"])
+    assert (p.act.chunk_size, p.data.train_ratio) == (7, 0.5) and p.data is full.data  # declared: passed through
     with pytest.raises(UndeclaredParam, match="reads params key 'act.hidden_dim'"):
         _ = p.act.hidden_dim
     with pytest.raises(UndeclaredParam, match="reads params key 'train'"):

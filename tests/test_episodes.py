@@ -18,6 +18,7 @@ from hsa_pipeline.config import DataConfig
 from hsa_pipeline.contact import contact_scores
 from hsa_pipeline.episodes import Episode, EpisodeError, write_episode
 from hsa_pipeline.prepare import STD_MIN, run_prepare, split_episodes
+from hsa_pipeline.stores import Manifest
 
 CAMS = {"top": "third_person", "wrist": "wrist"}
 
@@ -213,7 +214,9 @@ def test_skip_mode_lists_bad_episodes_with_reasons(tmp_path):
     assert [e["id"] for e in m["episodes"]] == ["episode_0", "episode_1", "episode_2"]
     reasons = {s["file"]: s["reason"] for s in m["skipped"]}
     assert "is nan" in reasons["episode_3.hdf5"] and "camera 'wrist' not found" in reasons["episode_4.hdf5"]
-    assert json.loads((tmp_path / "out/episodes.json").read_text())["skipped"] == m["skipped"]
+    read = Manifest.load(tmp_path / "out")  # what later stages see: the reasons, through the reader
+    assert [s["file"] for s in read.info.skipped] == ["episode_3.hdf5", "episode_4.hdf5"]
+    assert [e.id for e in read.episodes] == ["episode_0", "episode_1", "episode_2"]
 
 
 def test_missing_or_empty_directory(tmp_path):

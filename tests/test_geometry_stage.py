@@ -103,7 +103,9 @@ def test_limit_violations_warn_and_are_recorded(past_the_limit, tmp_path, capsys
     summary = geometry(make_params([f"data.episodes_dir={d}", "synth.enabled=false"]), prepared, tmp_path / "w.zarr")
     (msg,) = [v for v in summary["limit_violations"] if "episode_0" in v]
     assert "arm 'arm' joint 3: 2 frames outside the limits (first at frame 2, worst 10.0 deg" in msg
-    assert GeometryStore(tmp_path / "w.zarr").attrs["limit_violations"] == summary["limit_violations"]
+    recorded = GeometryStore(tmp_path / "w.zarr").info.limit_violations  # through the reader
+    assert [r.split(": ")[0].rsplit("/", 1)[1] for r in recorded] == ["episode_0.hdf5", "episode_1.hdf5"]
+    assert all("joint 3: 2 frames outside the limits" in r for r in recorded)
     assert "warning:" in capsys.readouterr().err
 
 
