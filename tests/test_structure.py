@@ -65,3 +65,13 @@ def test_no_module_imports_a_private_name_of_another():
                 found += [f"{path.relative_to(REPO)}: {node.module}.{a.name}" for a in node.names
                           if a.name.startswith("_") and a.name != "__version__"]
     assert found == []
+
+
+def test_every_image_the_docs_show_exists_and_every_image_is_shown():
+    import re
+
+    docs = [REPO / "README.md", *(REPO / "docs").rglob("*.md")]
+    shown = {(d.parent / m).resolve() for d in docs for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", d.read_text())}
+    assert shown and all(p.is_file() for p in shown), [str(p) for p in shown if not p.is_file()]
+    images = {p.resolve() for p in (REPO / "docs" / "images").glob("*")}
+    assert images <= shown, f"images nothing shows: {sorted(str(p) for p in images - shown)}"
