@@ -402,6 +402,7 @@ def box_check(data, robot, sensors, cameras, margin_px: float, max_episodes: int
     when contact starts (the frame before contact -> the first contact frame). The pad
     deforms and what it presses comes into view where the sensor is, so a box on the
     sensor sees the change; a box that misses it sees background. Needs no board."""
+    from .cameras import check_recorded_size
     from .contact import THUMB, contact_scores, thumbnail
     from .episodes import episode_files, open_episode, resolve_layout
     from .lerobot import stream_mapping
@@ -412,6 +413,9 @@ def box_check(data, robot, sensors, cameras, margin_px: float, max_episodes: int
     ratios: dict[str, list[float]] = {c: [] for c in data.cameras}
     for path in episode_files(data.episodes_dir, layout)[:max_episodes]:
         with open_episode(path, layout, stream_mapping(data)) as ep:
+            for cam in data.cameras:
+                h, w = ep.frame(cam, 0).shape[:2]
+                check_recorded_size(cam, cameras[cam], w, h, f"{path} records {w}x{h} frames")
             qpos = ep.qpos
             geo = rig.episode_geometry(qpos, where=f"{path}: qpos")
             thumbs = {s: np.stack([thumbnail(ep.frame(s, t, draft=THUMB)) for t in range(len(qpos))]) for s in data.tactile}

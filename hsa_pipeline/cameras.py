@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .config import CameraConfig
+from .errors import ConfigError
 from .kinematics import invert_rigid, pose_matrix
 
 NEAR_M = 1e-3  # points closer than this to the camera plane count as behind it
@@ -150,3 +151,13 @@ def box_token_mask(box: np.ndarray, mapping: GridMapping) -> np.ndarray:
         flat[n, cy.reshape(-1)[n], cx.reshape(-1)[n]] = True
         mask = flat.reshape(mask.shape)
     return mask
+
+
+def check_recorded_size(name: str, cam: CameraConfig, width: int, height: int, recorded: str) -> None:
+    """ConfigError unless camera `name` records frames of its calibrated size; the message
+    says how to rescale the calibration (`recorded` says where the size was seen)."""
+    if (width, height) != (cam.width, cam.height):
+        sx, sy = width / cam.width, height / cam.height
+        raise ConfigError(f"cameras.{name}: calibrated for {cam.width}x{cam.height} images, but {recorded}; rescale "
+                          f"the calibration to the recording: width: {width}, height: {height}, fx and cx x {sx:g}, "
+                          f"fy and cy x {sy:g} (or recalibrate: hsa calibrate)")

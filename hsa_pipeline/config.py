@@ -56,8 +56,9 @@ class Pose:
 DEVICE_DOC = "auto (a GPU when there is one), cpu, cuda or cuda:N"
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 THREADS_DOC = ("CPU threads for torch: a fixed number (the default 1: the same results whatever else runs, since a "
-               "CPU op's summation order follows the thread count), or auto = the cores other processes leave, "
-               "re-checked every 2 s (faster alone, but results then vary with the machine's load)")
+               "CPU op's summation order follows the thread count), or auto = the cores this process may use "
+               "(affinity mask and cgroup CPU quota, as in a container) that other processes leave, re-checked "
+               "every 2 s (faster alone, but results then vary with the machine's load)")
 
 
 # --------------------------------------------------------------------------- sections

@@ -27,6 +27,7 @@ import zarr
 from tqdm import tqdm
 
 from .atomic import atomic_dir
+from .cameras import check_recorded_size
 from .config import CameraConfig, GeometryConfig, RobotConfig, SensorConfig
 from .errors import ConfigError, EpisodeError
 from .hashing import sha256_json
@@ -47,13 +48,8 @@ def check_frame_sizes(manifest: Manifest, cameras: dict[str, CameraConfig], prep
     recorded size: the two must be the same, or every box lands on the wrong tokens."""
     for name, cam in manifest.info.cameras.items():
         h, w = cam.shape[:2]
-        c = cameras[name]
-        if (w, h) != (c.width, c.height):
-            sx, sy = w / c.width, h / c.height
-            raise ConfigError(f"cameras.{name}: calibrated for {c.width}x{c.height} images, but the episodes record "
-                              f"{w}x{h} frames ({prepare_dir / 'episodes.json'}); rescale the calibration to the "
-                              f"recording: width: {w}, height: {h}, fx and cx x {sx:g}, fy and cy x {sy:g} (or "
-                              f"recalibrate: hsa calibrate)")
+        check_recorded_size(name, cameras[name], w, h, f"the episodes record {w}x{h} frames "
+                                                       f"({prepare_dir / 'episodes.json'})")
 
 
 def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: dict[str, CameraConfig],

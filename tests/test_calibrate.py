@@ -188,6 +188,11 @@ def test_check_flags_a_pose_ten_centimetres_off(demo_dir):
     v = box_check(off.data, off.robot, off.sensors, off.cameras, off.geometry.margin_px)
     assert v["top"]["verdict"].startswith("the box misses") and v["top"]["ratio"] < 1.3
     assert v["wrist"]["verdict"].startswith("ok")
+    rescaled = make_params(["synth.enabled=false", f"data.episodes_dir={demo_dir}", "cameras.wrist.width=384",
+                            "cameras.wrist.height=288"])
+    with pytest.raises(ConfigError, match=r"cameras.wrist: calibrated for 384x288 images, but .*episode_0.hdf5 "
+                                          r"records 192x144 frames"):
+        box_check(rescaled.data, rescaled.robot, rescaled.sensors, rescaled.cameras, rescaled.geometry.margin_px)
 
 
 def test_the_xtrainer_preset_loads():
