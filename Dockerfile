@@ -52,6 +52,8 @@ WORKDIR /workspace
 USER 1000:1000
 ENTRYPOINT ["tini", "--"]
 CMD ["dvc", "repro"]
+# hsa serve's default port (`docker run -p 8000:8000 ... hsa serve --host 0.0.0.0`)
+EXPOSE 8000
 
 # The dependencies, from pyproject.toml's list pinned by constraints.txt.
 COPY --chown=1000:1000 pyproject.toml constraints.txt /opt/hsa/

@@ -9,6 +9,10 @@ $(BIN)/hsa: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --no-cache-dir -c constraints.txt -e '.[test]'
+	@# openpi's own client, for the tests of `hsa serve` and `hsa rollout --server`: without its
+	@# dependencies, as its numpy<2 pin (metadata only) would downgrade numpy; it needs only
+	@# websockets and msgpack, installed above
+	$(BIN)/pip install -q --no-cache-dir --no-deps -c constraints.txt openpi-client
 	touch $(BIN)/hsa
 
 .PHONY: install demo test bench docs

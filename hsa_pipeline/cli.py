@@ -75,16 +75,46 @@ def preview(episode: Path = typer.Argument(..., help="an episode .hdf5 file, or 
 
 
 @app.command()
+def serve(policy: Path = typer.Option(Path("outputs/train/policy"), help="an exported policy directory"),
+          host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0: every interface, e.g. in Docker)"),
+          port: int = typer.Option(8000, help="TCP port (0: any free one)"),
+          api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HSA_API_KEY",
+                                                help="refuse clients without 'Authorization: Api-Key <key>'"),
+          ensemble_k: Optional[float] = typer.Option(None, help="server-side temporal ensembling weight "
+                                                     "[default: eval.ensemble_k of params.yaml]"),
+          no_ensemble: bool = typer.Option(False, "--no-ensemble", help="answer chunks only, no 'action'"),
+          control_hz: Optional[float] = typer.Option(None, help="the control rate, told to clients "
+                                                     "[default: world.control_hz of params.yaml]"),
+          max_message_mb: float = typer.Option(64.0, help="largest message accepted (MiB)"),
+          weights: Optional[str] = typer.Option(None, help="the encoder's weights file on this machine "
+                                                "[default: the path the policy was trained with]"),
+          device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+          threads: int = typer.Option(1, help="CPU threads for torch"),
+          params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Serve an exported policy to robot code over websockets (openpi's protocol and client)."""
+    from .serve import serve_policy
+
+    with _user_errors("serve"):
+        p = load_params(params, set_) if params.is_file() else None
+        k = None if no_ensemble else ensemble_k if ensemble_k is not None else (p.eval.ensemble_k if p else 0.01)
+        hz = control_hz if control_hz is not None else (p.world.control_hz if p else None)
+        serve_policy(policy, host, port, api_key, k, hz, max_message_mb, weights, device, threads)
+
+
+@app.command()
 def rollout(scene: int = typer.Option(0, help="scene index j: the j-th rollout scene of the evaluate stage (eval.seed)"),
             out: Path = typer.Option(Path("outputs/rollout.gif"), help="the animation to write"),
             policy: Path = typer.Option(Path("outputs/train/policy"), help="an exported policy directory"),
             expert: bool = typer.Option(False, "--expert", help="drive with the scripted expert instead"),
+            server: Optional[str] = typer.Option(None, help="drive with a served policy (ws://HOST:PORT, `hsa serve`) "
+                                                 "through openpi-client instead of --policy"),
+            api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HSA_API_KEY", help="the server's API key"),
             params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Run one scene of the touch world closed loop and write an animated GIF of it."""
     from .rollout import rollout_animation
 
     with _user_errors("rollout"):
-        r = rollout_animation(load_params(params, set_), policy, scene, out, expert)
+        r = rollout_animation(load_params(params, set_), policy, scene, out, expert, server, api_key)
     outcome = "success" if r.success else f"failure ({r.failure})"
     print(f"rollout: scene {scene}, {outcome} after {r.steps} steps -> {out}")
 

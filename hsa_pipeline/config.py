@@ -311,6 +311,9 @@ class EvalConfig:
     max_steps: int = param(80, "a rollout that has not succeeded after this many steps is a failure (timeout)", ge=1)
     seed: int = param(0, "seed of the rollout scenes")
     threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
+    server: Optional[str] = param(None, "null: the rollouts run the exported policy in this process; ws://HOST:PORT: "
+                                        "through that `hsa serve` server with openpi's client (API key from the "
+                                        "HSA_API_KEY environment variable), to check a deployment closed loop")
 
 
 @dataclass(kw_only=True)

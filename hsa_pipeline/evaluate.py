@@ -22,6 +22,7 @@ the same rule.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,14 +229,21 @@ def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors
     """`cfg.rollouts` rollouts of the exported policy in the touch world, on scenes no
     training episode used. -> (summary, {"success": one, "failure": one} recorded rollouts,
     every rollout's result in scene order)."""
-    from .policy import Policy
+    from .rollout import policy_driver
     from .synth import scene_seed
     from .world import TouchWorld
     from .world.tasks import phases
 
-    policy = Policy.load(Path(train_dir) / "policy", device="cpu")
+    policy = policy_driver(Path(train_dir) / "policy", cfg.server, os.environ.get("HSA_API_KEY"))
     env = TouchWorld(world, robot, sensors, cameras, max_steps=cfg.max_steps)
-    check_compatible(policy, env, str(Path(train_dir) / "policy"))
+    check_compatible(policy, env, cfg.server or str(Path(train_dir) / "policy"))
+    if cfg.server:
+        from .serve import policy_hash
+
+        local = policy_hash(Path(train_dir) / "policy")
+        if policy.meta["policy_sha256"] != local:
+            raise StoreError(f"eval.server: {cfg.server} serves policy {policy.meta['policy_sha256'][:12]}, not "
+                             f"{Path(train_dir) / 'policy'} ({local[:12]}); restart `hsa serve` on this policy")
     threads = ThreadTuner(cfg.threads)
     results, examples = [], {}
     for j in tqdm(range(cfg.rollouts), desc="evaluate: rollouts", unit="rollout"):
@@ -247,6 +255,7 @@ def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors
         results.append(r)
     summary = summarise(results, phases(world), cfg.max_steps)
     summary["task"] = world.task
+    summary["driven_by"] = cfg.server or "in-process"
     summary["guess_rate"] = 1 / world.candidates if world.task == "match" else None
     return summary, examples, results
 

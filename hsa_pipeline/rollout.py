@@ -211,12 +211,27 @@ def run_expert(env, seed: int, record: bool = True) -> RolloutResult:
     return drive(env, seed, start, record)
 
 
-def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False) -> RolloutResult:
-    """`hsa rollout`: scene `scene` of the evaluate stage's rollouts (eval.seed), driven by
-    the policy in `policy_dir` (or the scripted expert), written as an animated GIF."""
+def policy_driver(policy_dir, server: str | None = None, api_key: str | None = None):
+    """What drives a rollout: the exported policy in this process, or (`server`, a ws://
+    address of `hsa serve`) the served one through openpi's client."""
     from pathlib import Path
 
+    if server:
+        from .serve import RemotePolicy
+
+        return RemotePolicy(server, api_key)
     from .policy import Policy
+
+    return Policy.load(Path(policy_dir), device="cpu")
+
+
+def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False, server: str | None = None,
+                      api_key: str | None = None) -> RolloutResult:
+    """`hsa rollout`: scene `scene` of the evaluate stage's rollouts (eval.seed), driven by
+    the policy in `policy_dir` or at `server` (or the scripted expert), written as an
+    animated GIF."""
+    from pathlib import Path
+
     from .synth import scene_seed
     from .world import TouchWorld
 
@@ -225,8 +240,8 @@ def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False) -> R
     if expert:
         result = run_expert(env, seed)
     else:
-        policy = Policy.load(Path(policy_dir), device="cpu")
-        check_compatible(policy, env, str(policy_dir))
+        policy = policy_driver(policy_dir, server, api_key)
+        check_compatible(policy, env, server or str(policy_dir))
         result = run_rollout(env, policy, seed, p.eval.ensemble_k, record=True)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_gif(result.frames, out)
