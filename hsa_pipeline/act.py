@@ -176,11 +176,15 @@ class ACTPolicy(nn.Module):
         return self.action_out(h), latent, adapted
 
 
-def act_losses(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor, latent) -> dict[str, torch.Tensor]:
+def act_losses(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor, latent,
+               valid_count: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """L1 averaged over valid (non-padded) positions only; KL summed over latent dims,
-    averaged over the batch (as ACT)."""
+    averaged over the batch (as ACT). `valid_count`: the count to average by instead of
+    this batch's (distributed training: the mean per rank of the global batch's, so the
+    averaged gradients are those of the whole batch's L1)."""
     valid = (~is_pad).unsqueeze(-1).to(pred.dtype)  # (B, k, 1)
-    l1 = ((pred - target).abs() * valid).sum() / (valid.sum() * pred.shape[-1]).clamp(min=1)
+    count = valid.sum() if valid_count is None else valid_count
+    l1 = ((pred - target).abs() * valid).sum() / (count * pred.shape[-1]).clamp(min=1)
     if latent is None:
         kl = pred.new_zeros(())
     else:

@@ -65,6 +65,18 @@ class TrainModule(nn.Module):
         self.policy, self.hsa, self.pairs = policy, hsa, pairs
         self.kl_weight, self.hsa_cfg = act.kl_weight, hsa_cfg
 
+    def global_valid_count(self, is_pad: torch.Tensor) -> torch.Tensor | None:
+        """In a distributed training step: the valid positions of the GLOBAL batch per rank
+        (DDP averages the ranks' gradients; padding differs between their slices). None
+        otherwise (this batch's own count; eval forwards run on rank 0 alone)."""
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return None
+        count = (~is_pad).sum().to(torch.float32)
+        dist.all_reduce(count)
+        return count / dist.get_world_size()
+
     def prefix(self, pair: HsaPair) -> str:
         return "" if len(self.pairs) == 1 else f"{pair.sensor}/"
 
@@ -72,7 +84,7 @@ class TrainModule(nn.Module):
         """-> total loss, its terms (tensors), HSA diagnostics (floats; {} unless asked), predictions."""
         pred, latent, adapted = self.policy(batch.qpos, batch.tokens, batch.actions if use_latent else None,
                                             batch.is_pad if use_latent else None)
-        terms = act_losses(pred, batch.actions, batch.is_pad, latent)
+        terms = act_losses(pred, batch.actions, batch.is_pad, latent, self.global_valid_count(batch.is_pad))
         total = terms["l1"] + self.kl_weight * terms["kl"]
         stats: dict[str, float] = {}
         if self.hsa is not None:
@@ -196,7 +208,11 @@ class TrainingData:
         if len(val_rows) > VAL_ROWS:
             val_rows = val_rows[np.linspace(0, len(val_rows) - 1, VAL_ROWS).round().astype(int)]
         self.val_rows = val_rows
-        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + dist.rank)  # sampling; saved in checkpoints
+        # Sampling: every rank draws the same GLOBAL batch (batch_size x world rows) from one
+        # generator and trains on its slice, so N processes with batch_size B learn what one
+        # process with batch_size N x B does (tested across two torchrun "nodes"). Saved in checkpoints.
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000)
+        self.rank, self.world = dist.rank, dist.world
         self.samples = ChunkSamples(caches, self.train_rows, act.chunk_size, codec)
         self.val = ChunkSamples(caches, val_rows, act.chunk_size, codec)
         self.frames = FrameBatches(caches, act.chunk_size, codec, dist.device) if caches.in_memory else None
@@ -205,12 +221,14 @@ class TrainingData:
         if self.frames is None and cfg.workers > 0:  # streaming from Zarr: decode in workers
             self._loader = iter(torch.utils.data.DataLoader(
                 self.samples, batch_size=cfg.batch_size, num_workers=cfg.workers, persistent_workers=True,
-                sampler=_InfiniteSampler(len(self.samples), self.gen), collate_fn=Batch.collate))
+                sampler=_InfiniteSampler(len(self.samples), self.gen, cfg.batch_size, dist.rank, dist.world),
+                collate_fn=Batch.collate))
 
     def next_batch(self) -> Batch:
         if self._loader is not None:
             return next(self._loader).to(self.device)
-        idx = torch.randint(len(self.train_rows), (self.cfg.batch_size,), generator=self.gen)
+        B = self.cfg.batch_size
+        idx = torch.randint(len(self.train_rows), (B * self.world,), generator=self.gen)[self.rank * B: (self.rank + 1) * B]
         if self.frames is not None:
             return self.frames.batch(self._rows[idx.to(self.device)])
         return Batch.collate([self.samples[int(i)] for i in idx]).to(self.device)
@@ -226,12 +244,15 @@ class TrainingData:
 
 
 class _InfiniteSampler(torch.utils.data.Sampler):
-    def __init__(self, n: int, gen: torch.Generator):
-        self.n, self.gen = n, gen
+    """Endless sample indices: this rank's slice of each global batch (as next_batch)."""
+
+    def __init__(self, n: int, gen: torch.Generator, batch: int, rank: int, world: int):
+        self.n, self.gen, self.batch, self.rank, self.world = n, gen, batch, rank, world
 
     def __iter__(self):
         while True:
-            yield from torch.randint(self.n, (1024,), generator=self.gen).tolist()
+            block = torch.randint(self.n, (self.batch * self.world,), generator=self.gen)
+            yield from block[self.rank * self.batch: (self.rank + 1) * self.batch].tolist()
 
 
 def save_checkpoint(path: Path, module: TrainModule, opt, sched, step: int, best: float, gen: torch.Generator,

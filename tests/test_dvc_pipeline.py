@@ -63,8 +63,11 @@ def set_params(repo: Path, overrides: list[str]) -> None:
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    """A fresh copy of the repository's pipeline (code, dvc.yaml, tiny params) for one test."""
-    dst = tmp_path / "repo"
+    return pipeline_copy(tmp_path / "repo")
+
+
+def pipeline_copy(dst: Path) -> Path:
+    """A fresh git repository holding the pipeline (code, dvc.yaml, tiny params), committed."""
     dst.mkdir()
     # the checkout's code is what the stages run (`python -m stages.<name>` from the root)
     for item in ("hsa_pipeline", "stages", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore"):
