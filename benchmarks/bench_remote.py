@@ -2,8 +2,9 @@
 features stage's layout (Zarr v3 shards of ~64 MiB), for a store sized like X-Trainer
 recordings (3 cameras + 2 tactile at 30 fps, ViT-B-16 grids 14 x 14 x 768, float16):
 file count, `dvc add`, `dvc push` to a local-directory remote, `dvc pull` into a fresh
-clone, and how fast the trainer reads each layout back: whole arrays (its default, caches
-in memory) and random single frames (streaming, caches over train.memory_budget_gb).
+clone, and how fast the trainer reads each layout back, as FeatureStore does (zarr for one
+file per frame, ShardFiles for the shards): whole arrays (its default, caches in memory)
+and random single frames (streaming, caches over train.memory_budget_gb).
 
     python benchmarks/bench_remote.py [--seconds 20] [--dir /tmp]
 
@@ -27,6 +28,7 @@ import numpy as np
 import zarr
 
 from hsa_pipeline.features import SHARD_BYTES
+from hsa_pipeline.stores import ShardFiles
 
 STREAMS = ["top", "left_wrist", "right_wrist", "tactile_left", "tactile_right"]
 GRID, WIDTH, FPS = 14, 768, 30
@@ -54,22 +56,32 @@ def timed(cmd: list[str], cwd: Path) -> float:
 
 
 def reads_per_s(path: Path, frames: int, n: int = 300) -> float:
-    """Random frames, every stream, as FeatureStore.grid reads them (array handles kept open)."""
-    root = zarr.open_group(str(path), mode="r")
-    arrays = {s: root[s] for s in STREAMS}
+    """Random frames, every stream, as FeatureStore.grid reads them."""
+    read = readers(path)
     rows = np.random.default_rng(1).integers(0, frames, n)
     t = time.perf_counter()
     for r in rows:
         for s in STREAMS:
-            arrays[s][int(r)]
+            read[s][0](int(r))
     return n / (time.perf_counter() - t)
+
+
+def readers(path: Path) -> dict:
+    """Per stream what FeatureStore reads with: ShardFiles for the features stage's shards,
+    else the zarr array (kept open)."""
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+    for s in STREAMS:
+        files = ShardFiles.open(path / s)
+        out[s] = (files.frame, files.all) if files is not None else (root[s].__getitem__, lambda a=root[s]: a[...])
+    return out
 
 
 def load_mb_per_s(path: Path) -> float:
     """The trainer's default path (caches that fit train.memory_budget_gb): whole arrays."""
-    root = zarr.open_group(str(path), mode="r")
+    read = readers(path)
     t = time.perf_counter()
-    n = sum(root[s][...].nbytes for s in STREAMS)
+    n = sum(read[s][1]().nbytes for s in STREAMS)
     return n / 2**20 / (time.perf_counter() - t)
 
 

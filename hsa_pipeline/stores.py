@@ -270,6 +270,85 @@ class GeometryStore:
         self.cam = {c: {k: root[f"{c}/{k}"][...] for k in self.ARRAYS} for c in self.cameras}
 
 
+class ShardFiles:
+    """The frames of one stream of the feature store read straight from its shard files.
+
+    The features stage writes each stream as a Zarr v3 array of one-frame chunks inside
+    shards, uncompressed: a shard file is its frames' bytes followed by an index of
+    (offset, length) uint64 pairs, one per frame, and the index's crc32c (the Zarr v3
+    sharding format). zarr decodes a shard's chunks one at a time, which read the store at
+    half the speed of one file per frame (benchmarks/bench_remote.py); this reads a shard's
+    frames in one go, and one frame with one read. `open` returns None for any other layout
+    (zarr reads those)."""
+
+    def __init__(self, array_dir: Path, shape: tuple, dtype: np.dtype, shard_frames: int, fill):
+        self.dir, self.shape, self.dtype, self.shard, self.fill = array_dir, shape, dtype, shard_frames, fill
+        self.frame_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        self._index: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, array_dir: Path) -> "ShardFiles | None":
+        meta = json.loads((array_dir / "zarr.json").read_text())
+        try:
+            (codec,) = meta["codecs"]
+            conf = codec["configuration"]
+            frame = meta["shape"][1:]
+            plain = (codec["name"] == "sharding_indexed" and conf["chunk_shape"] == [1, *frame]
+                     and conf["codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}}]
+                     and conf["index_codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}},
+                                                  {"name": "crc32c"}]
+                     and conf.get("index_location", "end") == "end"
+                     and meta["chunk_grid"]["configuration"]["chunk_shape"][1:] == frame
+                     and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}})
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not plain:
+            return None
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        return cls(array_dir, tuple(meta["shape"]), dtype, meta["chunk_grid"]["configuration"]["chunk_shape"][0],
+                   meta["fill_value"])
+
+    def _path(self, shard: int) -> Path:
+        return self.dir.joinpath("c", str(shard), *["0"] * (len(self.shape) - 1))
+
+    def index(self, shard: int) -> np.ndarray:
+        """(shard_frames, 2) offset, length of each frame in the shard file (checked)."""
+        if shard not in self._index:
+            import google_crc32c
+
+            size = 16 * self.shard + 4
+            with open(self._path(shard), "rb") as f:
+                f.seek(-size, 2)
+                raw = f.read(size)
+            if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise StoreError(f"{self._path(shard)}: the shard index fails its checksum; rerun `dvc repro features`")
+            self._index[shard] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard, 2)
+        return self._index[shard]
+
+    def frame(self, row: int) -> np.ndarray:
+        shard, i = divmod(row, self.shard)
+        offset, length = self.index(shard)[i]
+        if offset == 2**64 - 1:  # never written: the fill value
+            return np.full(self.shape[1:], self.fill, self.dtype)
+        data = np.fromfile(self._path(shard), dtype=self.dtype, count=self.frame_bytes // self.dtype.itemsize,
+                           offset=int(offset))
+        return data.reshape(self.shape[1:])
+
+    def all(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        for shard in range(-(-self.shape[0] // self.shard)):
+            a, b = shard * self.shard, min(self.shape[0], (shard + 1) * self.shard)
+            index = self.index(shard)[: b - a]
+            data = np.fromfile(self._path(shard), dtype=np.uint8)
+            if (index[:, 0] == np.arange(b - a) * self.frame_bytes).all():  # frames in order, back to back
+                out[a:b] = data[: (b - a) * self.frame_bytes].view(self.dtype).reshape(b - a, *self.shape[1:])
+                continue
+            for j, (offset, _) in enumerate(index):
+                out[a + j] = (np.full(self.shape[1:], self.fill, self.dtype) if offset == 2**64 - 1 else
+                              data[int(offset): int(offset) + self.frame_bytes].view(self.dtype).reshape(self.shape[1:]))
+        return out
+
+
 class FeatureStore:
     """features.zarr: (N, G, G, C) float16 token grids per stream."""
 
@@ -278,14 +357,20 @@ class FeatureStore:
         self.root, self.attrs = _open_complete(path, "feature store", "features")
         self.info: FeatureInfo = _typed(FeatureInfo, self.attrs, path, "features")
         self._arrays: dict = {}
+        self._shards: dict[str, ShardFiles | None] = {}
         self.path = path
         self.streams, self.fingerprint = self.info.streams, self.info.fingerprint
 
     def grid(self, stream: str, row: int) -> np.ndarray:
-        return self._array(stream)[row]
+        return self._array(stream)[row] if self._files(stream) is None else self._files(stream).frame(row)
 
     def load(self, stream: str) -> np.ndarray:
-        return self._array(stream)[...]
+        return self._array(stream)[...] if self._files(stream) is None else self._files(stream).all()
+
+    def _files(self, stream: str) -> ShardFiles | None:
+        if stream not in self._shards:
+            self._shards[stream] = ShardFiles.open(self.path / stream)
+        return self._shards[stream]
 
     def _array(self, stream: str):
         """The stream's array, opened once: `root[stream]` rereads its metadata from disk on

@@ -16,7 +16,8 @@ def hsa(*args, cwd=REPO):
 
 def test_help_lists_every_stage_and_tool():
     out = hsa("--help").stdout
-    for name in ("synth", "prepare", "geometry", "features", "train", "evaluate", "preview", "check-params", "params-doc"):
+    for name in ("synth", "prepare", "geometry", "features", "train", "evaluate", "preview", "check-params", "params-doc",
+                 "serve", "sync-deps", "rollout", "calibrate"):
         assert name in out
 
 

@@ -133,6 +133,39 @@ def test_shards_smaller_than_a_batch_give_the_same_store(store, prepared, tmp_pa
         np.testing.assert_array_equal(small.load(stream), ref.load(stream))
 
 
+def test_shard_files_read_what_zarr_reads(store, prepared, tmp_path, monkeypatch):
+    """FeatureStore reads the features stage's shards straight from their files (zarr is
+    the independent truth): whole streams, single frames across shard boundaries and in the
+    partial last shard; a damaged shard index is an error; any other layout goes to zarr."""
+    import zarr
+
+    from hsa_pipeline.errors import StoreError
+    from hsa_pipeline.stores import ShardFiles
+
+    monkeypatch.setattr(features_mod, "SHARD_BYTES", 7 * 8 * 8 * 128 * 2)  # 7-frame shards, 100 frames: 15 shards
+    out = tmp_path / "features.zarr"
+    torch.manual_seed(0)
+    run_features(CFG, prepared, out)
+    fs, root = FeatureStore(out), zarr.open_group(str(out), mode="r")
+    for stream in fs.streams:
+        files = ShardFiles.open(out / stream)
+        assert files is not None and files.shard == 7
+        truth = root[stream][...]
+        np.testing.assert_array_equal(files.all(), truth)
+        np.testing.assert_array_equal(fs.load(stream), truth)
+        for row in (0, 6, 7, 50, 98, 99):
+            np.testing.assert_array_equal(fs.grid(stream, row), truth[row])
+    shard = out / "top" / "c" / "3" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # a bit of the index
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="shard index fails its checksum"):
+        FeatureStore(out).grid("top", 21)
+    plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    plain.create_array("x", shape=(4, 2), dtype="float16", chunks=(1, 2))
+    assert ShardFiles.open(tmp_path / "plain.zarr" / "x") is None  # one file per frame: zarr reads it
+
+
 def test_changed_settings_restart_instead_of_mixing(prepared, tmp_path, monkeypatch):
     monkeypatch.setattr(features_mod, "SHARD_BYTES", 100 * 8 * 8 * 128 * 2)
     out = tmp_path / "features.zarr"
