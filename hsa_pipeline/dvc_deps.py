@@ -25,12 +25,10 @@ MARK = "  # named in params"
 
 def files_named_in_params(p: Params, sections: list[str]) -> dict[str, str]:
     """params key -> the file it names, for the params `sections` a stage declares."""
-    from .kinematics import DH_TABLES
-
     found = {}
     if "robot" in sections:
         for name, arm in p.robot.arms.items():
-            if arm.model.lower() not in DH_TABLES:
+            if arm.model.lower().endswith((".urdf", ".xacro")):  # kinematics.build_robot's rule for a file
                 found[f"robot.arms.{name}.model"] = arm.model
     if "features" in sections and is_weights_path(p.features.pretrained):
         found["features.pretrained"] = p.features.pretrained
