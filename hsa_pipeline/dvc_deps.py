@@ -42,9 +42,9 @@ def _stages(dvc_yaml: Path) -> dict:
 def check_listed(stage: str, p: Params, dvc_yaml: Path = Path("dvc.yaml")) -> None:
     """ConfigError when a file the stage's params name is not a dependency of the stage in
     dvc.yaml (nothing to check without a dvc.yaml or that stage in it)."""
-    if not dvc_yaml.is_file() or stage not in _stages(dvc_yaml):
+    spec = _stages(dvc_yaml).get(stage) if dvc_yaml.is_file() else None
+    if spec is None:
         return
-    spec = _stages(dvc_yaml)[stage]
     deps = {os.path.normpath(d) for d in spec.get("deps", []) if isinstance(d, str)}
     for key, path in files_named_in_params(p, spec.get("params", [])).items():
         if os.path.normpath(path) not in deps:

@@ -43,6 +43,7 @@ import torch
 
 from .errors import UserError
 from .policy import Policy, TemporalEnsembler
+from .stores import POLICY_FILES
 
 CONTROL_KEYS = ("reset", "ensemble")  # observation keys that are requests, not inputs
 
@@ -95,11 +96,11 @@ def unpack(data: bytes):
 
 # --------------------------------------------------------------------------- the policy side
 def policy_hash(directory: str | Path) -> str:
-    """sha256 over the exported policy's files: which policy answers."""
+    """sha256 over the exported policy's files (stores.POLICY_FILES): which policy answers."""
     h = hashlib.sha256()
-    for path in sorted(Path(directory).iterdir()):
-        if path.is_file():
-            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name in POLICY_FILES:
+        if (Path(directory) / name).is_file():
+            h.update(name.encode() + b"\0" + (Path(directory) / name).read_bytes())
     return h.hexdigest()
 
 
@@ -114,7 +115,6 @@ class Session:
     """One connection's state: its own temporal ensembler."""
 
     ensembler: TemporalEnsembler | None
-    steps: int = 0
 
 
 @dataclass
@@ -139,7 +139,6 @@ class PolicyServer:
             "qpos_dim": self.qpos_dim, "action_dim": int(meta["shapes"]["action_dim"]),
             "chunk_size": self.policy.chunk_size, "column_names": meta["column_names"],
             "control_hz": self.control_hz, "ensemble_k": self.ensemble_k,
-            "shapes": {k: meta["shapes"][k] for k in ("qpos_dim", "action_dim")},
             "policy_sha256": policy_hash(self.policy_dir),
             "params": {"act": meta["act"], "hsa": meta["hsa"], "features": {k: v for k, v in meta["features"].items()
                                                                              if k != "mapping"}},
@@ -179,7 +178,7 @@ class PolicyServer:
 
     def infer(self, session: Session, obs) -> dict:
         if isinstance(obs, dict) and obs.get("reset") is True:
-            session.ensembler, session.steps = self.session().ensembler, 0
+            session.ensembler = self.session().ensembler
             if not set(obs) - set(CONTROL_KEYS):
                 return {"reset": True}
         images, qpos = self.check(obs)
@@ -195,7 +194,6 @@ class PolicyServer:
         out = {"actions": chunk, "server_timing": {"encode_ms": 1e3 * (t1 - t0), "act_ms": 1e3 * (t2 - t1)}}
         if session.ensembler is not None and obs.get("ensemble", True) is not False:
             out["action"] = session.ensembler.step(chunk)
-            session.steps += 1
         return out
 
 
@@ -332,7 +330,8 @@ class RemotePolicy:
             self.client = WebsocketClientPolicy(uri, api_key=api_key)
         except OSError as e:
             raise UserError(f"{uri}: no policy server answers ({e}); start one with `hsa serve`") from None
-        self.meta = self.client.get_server_metadata()
+        meta = self.client.get_server_metadata()
+        self.meta = {**meta, "shapes": {k: meta[k] for k in ("qpos_dim", "action_dim")}}  # as Policy.meta has them
         self.streams = list(self.meta["streams"])
         self.chunk_size = int(self.meta["chunk_size"])
 
