@@ -31,9 +31,9 @@ def worker(threads: str, seconds: float) -> None:
     import torch
 
     from hsa_pipeline.config import load_params
-    from hsa_pipeline.data import Caches
-    from hsa_pipeline.runtime import ThreadTuner
-    from hsa_pipeline.train import Dist, TrainingData, build, train_step
+    from hsa_pipeline.data.caches import Caches
+    from hsa_pipeline.pipeline.runtime import ThreadTuner
+    from hsa_pipeline.training.loop import Dist, TrainingData, build, train_step
 
     tuner = ThreadTuner("auto" if threads == "auto" else int(threads))
     p = load_params("params.yaml")

@@ -26,12 +26,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the LeRobot writer of the tests
 
 from hsa_pipeline.config import load_params  # noqa: E402
-from hsa_pipeline.episodes import Episode, open_episode, write_episode  # noqa: E402
+from hsa_pipeline.data.episodes import Episode, open_episode, write_episode  # noqa: E402
 
 
 def world_frames(n: int) -> list[np.ndarray]:
-    from hsa_pipeline.synth import record_episode, scene_seed
     from hsa_pipeline.world import TouchWorld
+    from hsa_pipeline.world.synth import record_episode, scene_seed
 
     p = load_params("params.yaml")
     env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=10**6)

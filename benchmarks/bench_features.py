@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from hsa_pipeline.config import load_params
-from hsa_pipeline.encoder import Encoder
-from hsa_pipeline.features import run_features
-from hsa_pipeline.stores import Manifest
+from hsa_pipeline.data.stores import Manifest
+from hsa_pipeline.features.encoder import Encoder
+from hsa_pipeline.features.extract import run_features
 
 PREPARE = Path("outputs/prepare")
 

@@ -16,7 +16,7 @@ import numpy as np
 warnings.filterwarnings("ignore")
 
 from hsa_pipeline.config import load_params  # noqa: E402
-from hsa_pipeline.rig import Rig  # noqa: E402
+from hsa_pipeline.geometry.rig import Rig  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:

@@ -17,10 +17,10 @@ import time
 import numpy as np
 import torch
 
-from hsa_pipeline.act import ACTPolicy, ActShapes
 from hsa_pipeline.config import ActConfig, FeaturesConfig
-from hsa_pipeline.encoder import Encoder
-from hsa_pipeline.policy import Policy, TemporalEnsembler
+from hsa_pipeline.features.encoder import Encoder
+from hsa_pipeline.model.act import ACTPolicy, ActShapes
+from hsa_pipeline.model.policy import Policy, TemporalEnsembler
 
 STREAMS = ["top", "left_wrist", "right_wrist", "tactile_left"]
 

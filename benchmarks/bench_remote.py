@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from hsa_pipeline.features import SHARD_BYTES
-from hsa_pipeline.stores import ShardFiles
+from hsa_pipeline.data.stores import ShardFiles
+from hsa_pipeline.features.extract import SHARD_BYTES
 
 STREAMS = ["top", "left_wrist", "right_wrist", "tactile_left", "tactile_right"]
 GRID, WIDTH, FPS = 14, 768, 30

@@ -26,13 +26,13 @@ import torch
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from hsa_pipeline.act import ACTPolicy, ActShapes
 from hsa_pipeline.config import ActConfig, FeaturesConfig
-from hsa_pipeline.encoder import Encoder
-from hsa_pipeline.episodes import encode_jpeg
-from hsa_pipeline.policy import Policy, TemporalEnsembler
-from hsa_pipeline.serve import PolicyServer, ServerThread
-from hsa_pipeline.stores import POLICY_SCHEMA
+from hsa_pipeline.data.episodes import encode_jpeg
+from hsa_pipeline.data.stores import POLICY_SCHEMA
+from hsa_pipeline.features.encoder import Encoder
+from hsa_pipeline.model.act import ACTPolicy, ActShapes
+from hsa_pipeline.model.policy import Policy, TemporalEnsembler
+from hsa_pipeline.serving.server import PolicyServer, ServerThread
 
 CONFIGS = {
     "demo": {"model": "hsa-tiny-vit", "sizes": {"top": (192, 256), "wrist": (144, 192), "tactile": (64, 64)},

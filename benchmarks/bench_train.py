@@ -28,10 +28,10 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
 from hsa_pipeline.config import ActConfig, HsaConfig
-from hsa_pipeline.hsa import HsaInputs, HSALoss
-from hsa_pipeline.runtime import pick_device
+from hsa_pipeline.model.act import ACTPolicy, ActShapes, act_losses
+from hsa_pipeline.model.hsa import HsaInputs, HSALoss
+from hsa_pipeline.pipeline.runtime import pick_device
 
 B, K, D = 16, 45, 14
 CAMS = ["top", "left_wrist", "right_wrist"]

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hsa_pipeline.calibrate import pose_error, run
 from hsa_pipeline.config import load_params
+from hsa_pipeline.geometry.board import BoardSpec
+from hsa_pipeline.geometry.calibrate import pose_error, run
 from hsa_pipeline.world import TouchWorld
-from hsa_pipeline.world.calibration import BoardSpec, record
+from hsa_pipeline.world.calibration import record
 
 PRESET = Path(__file__).resolve().parents[1] / "presets" / "xtrainer.yaml"
 BOARD = "5x4,0.04,0.03,DICT_4X4_50"

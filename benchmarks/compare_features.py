@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from hsa_pipeline.features import FeatureStore
+from hsa_pipeline.features.extract import FeatureStore
 
 
 def compare(a_path: str, b_path: str) -> dict[str, dict[str, float]]:

@@ -65,7 +65,7 @@ def preview(episode: Path = typer.Argument(..., help="an episode .hdf5 file, or 
             frames: int = typer.Option(6, help="frames per camera"),
             params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Draw the sensor boxes on frames of an episode (PNG files + contact_sheet.png)."""
-    from .preview import run_preview
+    from .geometry.preview import run_preview
 
     with _user_errors("preview"):
         p = load_params(params, set_)
@@ -92,7 +92,7 @@ def serve(policy: Path = typer.Option(Path("outputs/train/policy"), help="an exp
           threads: int = typer.Option(1, help="CPU threads for torch"),
           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Serve an exported policy to robot code over websockets (openpi's protocol and client)."""
-    from .serve import serve_policy
+    from .serving.server import serve_policy
 
     with _user_errors("serve"):
         p = load_params(params, set_) if params.is_file() else None
@@ -111,7 +111,7 @@ def rollout(scene: int = typer.Option(0, help="scene index j: the j-th rollout s
             api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HSA_API_KEY", help="the server's API key"),
             params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Run one scene of the touch world closed loop and write an animated GIF of it."""
-    from .rollout import rollout_animation
+    from .evaluation.rollout import rollout_animation
 
     with _user_errors("rollout"):
         r = rollout_animation(load_params(params, set_), policy, scene, out, expert, server, api_key)
@@ -138,7 +138,7 @@ def calibrate(ctx: typer.Context, check: bool = typer.Option(False, "--check", h
     if not check:
         print(ctx.get_help())
         return
-    from .calibrate import box_check
+    from .geometry.calibrate import box_check
 
     with _user_errors("calibrate"):
         p = load_params(params, set_)
@@ -151,7 +151,7 @@ def calibrate(ctx: typer.Context, check: bool = typer.Option(False, "--check", h
 
 
 def _calibrate(method: str, camera: str, episodes, board: str, write: bool, params: Path, set_, **kw) -> None:
-    from .calibrate import describe, run, write_params
+    from .geometry.calibrate import describe, run, write_params
 
     with _user_errors("calibrate"):
         result = run(load_params(params, set_), method, camera, list(episodes or []), board, **kw)
@@ -195,9 +195,10 @@ def calibrate_record_demo(out: Path = typer.Argument(..., help="directory for th
                           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Render a calibration recording in the touch world (board on the flange for a world
     camera, on the table for a wrist camera): practice, and the tools' ground-truth test."""
-    from .calibrate import arm_of_camera
+    from .geometry.board import BoardSpec
+    from .geometry.calibrate import arm_of_camera
     from .world import TouchWorld
-    from .world.calibration import BoardSpec, record
+    from .world.calibration import record
 
     with _user_errors("calibrate"):
         p = load_params(params, set_)
@@ -224,7 +225,7 @@ def check_params(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -
 def sync_deps(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
               dvc_yaml: Path = typer.Option(Path("dvc.yaml"), help="the pipeline file to update")) -> None:
     """List the files params.yaml names (URDFs, a weights file) as deps in dvc.yaml."""
-    from .dvc_deps import sync
+    from .pipeline.dvc_deps import sync
 
     with _user_errors("sync-deps"):
         listed = sync(load_params(params, set_), dvc_yaml)

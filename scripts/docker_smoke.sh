@@ -66,7 +66,7 @@ marker="SMOKE-EDIT-$RANDOM$RANDOM"
 fresh_clone() {  # directory
     scripts/clone_for_container.sh "$repo" "$1"  # no hard links into the source: see that script
     rm -f "$1/outputs/eval/metrics.json" "$1/outputs/train/metrics.json"
-    python3 - "$1/hsa_pipeline/prepare.py" "$marker" <<'PY'
+    python3 - "$1/hsa_pipeline/data/prepare.py" "$marker" <<'PY'
 import sys
 path, marker = sys.argv[1], sys.argv[2]
 src = open(path).read()

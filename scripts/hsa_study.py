@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hsa_pipeline.config import apply_overrides, params_from_dict  # noqa: E402
-from hsa_pipeline.rollout import paired_difference, wilson  # noqa: E402
+from hsa_pipeline.evaluation.rollout import paired_difference, wilson  # noqa: E402
 
 VARIANTS = {
     "hsa-on": [],

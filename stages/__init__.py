@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from hsa_pipeline.config import load_params
-from hsa_pipeline.dvc_deps import check_listed
 from hsa_pipeline.errors import UserError
+from hsa_pipeline.pipeline.dvc_deps import check_listed
 
 NAMES = ["code", "synth", "prepare", "geometry", "features", "train", "evaluate"]
 

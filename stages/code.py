@@ -9,8 +9,8 @@ Writes   outputs/code/<stage>.sha256 for every other stage: the fingerprint of i
 
 from pathlib import Path
 
-from hsa_pipeline.atomic import atomic_dir
-from hsa_pipeline.closure import code_fingerprint
+from hsa_pipeline.pipeline.atomic import atomic_dir
+from hsa_pipeline.pipeline.closure import code_fingerprint
 from stages import NAMES, main
 
 PARAMS: list[str] = []

@@ -8,7 +8,7 @@ Writes   outputs/eval/ metrics.json, plots/, rollouts/ (success.gif, failure.gif
 
 from pathlib import Path
 
-from hsa_pipeline.evaluate import run_evaluate
+from hsa_pipeline.evaluation.evaluate import run_evaluate
 from stages import main
 
 PARAMS = ["eval", "world", "robot", "sensors", "cameras"]

@@ -6,7 +6,7 @@ Writes   outputs/features.zarr (resumable: an interrupted run continues where it
 
 from pathlib import Path
 
-from hsa_pipeline.features import run_features
+from hsa_pipeline.features.extract import run_features
 from stages import main
 
 PARAMS = ["features"]

@@ -7,7 +7,7 @@ Writes   outputs/geometry.zarr
 
 from pathlib import Path
 
-from hsa_pipeline.geometry import run_geometry
+from hsa_pipeline.geometry.compute import run_geometry
 from stages import main
 
 PARAMS = ["robot", "sensors", "cameras", "geometry"]

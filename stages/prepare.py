@@ -7,7 +7,7 @@ Writes   outputs/prepare/ episodes.json, training.json, stats.json, contact.json
 
 from pathlib import Path
 
-from hsa_pipeline.prepare import run_prepare
+from hsa_pipeline.data.prepare import run_prepare
 from stages import main
 
 PARAMS = ["data", "act.chunk_size"]

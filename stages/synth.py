@@ -7,7 +7,7 @@ Writes   <synth.out_dir>/episodes/episode_*.hdf5, or only SYNTH_DISABLED when sy
 
 from pathlib import Path
 
-from hsa_pipeline.synth import run_synth
+from hsa_pipeline.world.synth import run_synth
 from stages import main
 
 PARAMS = ["synth", "world", "robot", "sensors", "cameras"]

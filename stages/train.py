@@ -7,7 +7,7 @@ Writes   outputs/train/run/ (kept between runs: checkpoints, TensorBoard, curves
 
 from pathlib import Path
 
-from hsa_pipeline.train import run_train
+from hsa_pipeline.training.loop import run_train
 from stages import main
 
 PARAMS = ["act", "hsa", "train"]

@@ -40,7 +40,7 @@ def run_stage(name: str, p: Params):
 
 
 def demo_rig(p: Params):
-    from hsa_pipeline.rig import Rig
+    from hsa_pipeline.geometry.rig import Rig
 
     return Rig(p.robot, p.sensors, p.cameras, p.geometry.margin_px)
 
@@ -48,7 +48,7 @@ def demo_rig(p: Params):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """Tiny demo episodes (X-Trainer layout), shared read-only by many tests."""
-    from hsa_pipeline.synth import run_synth
+    from hsa_pipeline.world.synth import run_synth
 
     p = make_params()
     return run_synth(p.synth, p.world, p.robot, p.sensors, p.cameras, tmp_path_factory.mktemp("demo"))

@@ -82,7 +82,7 @@ def write_lerobot(root: Path, episodes: list[dict], fps: float = 10.0, video_key
 
 def from_hdf5(directory: Path, root: Path, streams: list[str], **kw) -> Path:
     """A LeRobot copy of a directory of HDF5 episodes (the demo), for end-to-end tests."""
-    from hsa_pipeline.episodes import Episode
+    from hsa_pipeline.data.episodes import Episode
 
     episodes = []
     for f in sorted(Path(directory).glob("*.hdf5")):

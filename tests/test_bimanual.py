@@ -57,8 +57,8 @@ def test_evaluation_aligns_each_sensor_with_its_own_wrist_camera(trained):
 def test_the_report_draws_each_sensors_own_box(trained, monkeypatch):
     """The defect this guards: the report drew column 0 of the box store (the first
     sensor's box) whatever sensor it showed."""
-    from hsa_pipeline.data import Caches
-    from hsa_pipeline.stores import GeometryStore
+    from hsa_pipeline.data.caches import Caches
+    from hsa_pipeline.data.stores import GeometryStore
 
     monkeypatch.chdir(trained)  # the manifest names the episodes relative to the working directory
     caches = Caches(PREPARE, GEOMETRY, FEATURES, 1.0)

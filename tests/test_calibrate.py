@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from hsa_pipeline.calibrate import box_check, pose_error, read_marks, rpy_deg, run, write_params
 from hsa_pipeline.config import load_params
 from hsa_pipeline.errors import ConfigError, EpisodeError
-from hsa_pipeline.kinematics import rpy_matrix
-from hsa_pipeline.rig import Rig
+from hsa_pipeline.geometry.board import BoardSpec
+from hsa_pipeline.geometry.calibrate import box_check, pose_error, read_marks, rpy_deg, run, write_params
+from hsa_pipeline.geometry.kinematics import rpy_matrix
+from hsa_pipeline.geometry.rig import Rig
 from hsa_pipeline.world import TouchWorld
-from hsa_pipeline.world.calibration import BoardSpec, record
+from hsa_pipeline.world.calibration import record
 
 PRESET = REPO / "presets" / "xtrainer.yaml"
 BOARD = "5x4,0.04,0.03,DICT_4X4_50"
@@ -60,7 +61,7 @@ def test_intrinsics_from_board_views(recordings):
 
 
 def test_frames_without_the_board_are_skipped_and_counted(recordings, tmp_path):
-    from hsa_pipeline.episodes import Episode, write_episode
+    from hsa_pipeline.data.episodes import Episode, write_episode
 
     p, d = recordings
     with Episode(d / "top.hdf5") as ep:
@@ -79,7 +80,7 @@ def test_frames_without_the_board_are_skipped_and_counted(recordings, tmp_path):
 
 
 def test_poorly_conditioned_recordings_warn(recordings, tmp_path):
-    from hsa_pipeline.episodes import Episode, write_episode
+    from hsa_pipeline.data.episodes import Episode, write_episode
 
     p, d = recordings
     with Episode(d / "wrist.hdf5") as ep:
@@ -95,7 +96,7 @@ def test_pnp_from_hand_marked_sensor_centres(demo_dir, tmp_path):
     """10 frames, marks with 2 px noise: the boxes from the found pose sit within 3 px of
     the true ones (95% of box sides; the worst, far from every mark, under 5 px)."""
     from conftest import make_params
-    from hsa_pipeline.episodes import Episode
+    from hsa_pipeline.data.episodes import Episode
 
     truth = make_params(["synth.enabled=false", f"data.episodes_dir={demo_dir}"])
     rig = Rig(truth.robot, truth.sensors, truth.cameras, 0.0)
@@ -139,7 +140,7 @@ def test_marks_outside_the_image_or_too_few_are_refused(demo_dir, tmp_path):
 
 
 def test_rpy_round_trips_and_a_reflection_is_not_written():
-    from hsa_pipeline.calibrate import pose_values
+    from hsa_pipeline.geometry.calibrate import pose_values
 
     for rpy in ([10, -20, 30], [-133.15, 0.0, 0.0], [-19.44, 0, 180]):
         R = rpy_matrix(np.deg2rad(rpy))
@@ -160,7 +161,7 @@ def test_pose_error_against_a_hand_made_offset():
 
 # --------------------------------------------------------------------------- writing params.yaml
 def test_write_keeps_comments_and_never_leaves_a_broken_file(recordings, tmp_path):
-    from hsa_pipeline.calibrate import Result
+    from hsa_pipeline.geometry.calibrate import Result
 
     p, d = recordings
     target = tmp_path / "params.yaml"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import demo_rig
-from hsa_pipeline.cameras import Camera, GridMapping, box_token_mask, sensor_boxes
+from hsa_pipeline.data.grid import GridMapping, box_token_mask
+from hsa_pipeline.geometry.cameras import Camera, sensor_boxes
 
 
 def cam(width=640, height=480, f=500.0, cx=320.0, cy=240.0, dist=None) -> Camera:

@@ -115,7 +115,7 @@ def test_a_docstring_edit_reruns_nothing_and_a_code_edit_exactly_the_stages_that
     """The defect this guards: every stage listed its .py files as deps, so fixing a typo
     in a docstring reran features and training (hours on real data)."""
     run([DVC, "repro"], repo)
-    source = repo / "hsa_pipeline" / "geometry.py"
+    source = repo / "hsa_pipeline" / "geometry" / "compute.py"
     text = source.read_text()
     source.write_text(text.replace('"""The `geometry` stage', '"""The `geometry` stage (a docstring edit)', 1))
     assert "(a docstring edit)" in source.read_text()
@@ -220,7 +220,7 @@ def test_the_readme_ablation_line_compares_hsa_on_and_off(repo):
 def test_the_stages_run_the_checkouts_code(repo):
     """What DVC hashes is what runs: an edit in the checkout shows in `dvc repro` (not the
     installed package, which a non-editable install or a Docker image would hold)."""
-    source = repo / "hsa_pipeline" / "prepare.py"
+    source = repo / "hsa_pipeline" / "data" / "prepare.py"
     original = source.read_text()
     anchor = "    layout = resolve_layout(cfg.episodes_dir, cfg.layout)\n"
     assert anchor in original

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, make_params
-from hsa_pipeline.closure import behaviour, code_fingerprint, import_closure
+from hsa_pipeline.pipeline.closure import behaviour, code_fingerprint, import_closure
 from stages import NAMES, DeclaredParams, UndeclaredParam, stage_module
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -96,8 +96,8 @@ def test_the_fingerprint_ignores_docstrings_comments_and_layout_but_not_code(tmp
 
 
 def test_files_named_in_params_are_listed_and_a_missing_one_stops_the_stage(tmp_path):
-    from hsa_pipeline.dvc_deps import MARK, check_listed, sync
     from hsa_pipeline.errors import ConfigError
+    from hsa_pipeline.pipeline.dvc_deps import MARK, check_listed, sync
 
     dvc_yaml = tmp_path / "dvc.yaml"
     dvc_yaml.write_text((REPO / "dvc.yaml").read_text())

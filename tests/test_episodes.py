@@ -15,10 +15,10 @@ from PIL import Image
 
 from conftest import make_params
 from hsa_pipeline.config import DataConfig
-from hsa_pipeline.contact import contact_scores
-from hsa_pipeline.episodes import Episode, EpisodeError, write_episode
-from hsa_pipeline.prepare import STD_MIN, run_prepare, split_episodes
-from hsa_pipeline.stores import Manifest
+from hsa_pipeline.data.contact import contact_scores
+from hsa_pipeline.data.episodes import Episode, EpisodeError, write_episode
+from hsa_pipeline.data.prepare import STD_MIN, run_prepare, split_episodes
+from hsa_pipeline.data.stores import Manifest
 
 CAMS = {"top": "third_person", "wrist": "wrist"}
 
@@ -282,8 +282,8 @@ def test_contact_score_is_distance_from_the_no_contact_reference():
 
 
 def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
-    from hsa_pipeline.synth import record_episode, scene_seed
     from hsa_pipeline.world import TouchWorld
+    from hsa_pipeline.world.synth import record_episode, scene_seed
 
     p = make_params()
     cfg = p.data

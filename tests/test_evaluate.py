@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN, tiny_pipeline_params
-from hsa_pipeline.evaluate import (
+from hsa_pipeline.evaluation.evaluate import (
     action_errors,
     baselines,
     chunk_targets,
@@ -23,7 +23,7 @@ from hsa_pipeline.evaluate import (
     retrieval,
     run_evaluate,
 )
-from hsa_pipeline.rollout import wilson
+from hsa_pipeline.evaluation.rollout import wilson
 
 
 def test_perfect_policy_scores_zero_and_hold_scores_what_numpy_says():
@@ -94,7 +94,7 @@ def test_contact_events_and_retrieval_chance():
 
 
 def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_dir):
-    from hsa_pipeline.train import run_train
+    from hsa_pipeline.training.loop import run_train
 
     p = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.report_frames=2", "eval.rollouts=3",
                               "eval.max_steps=12"])
@@ -155,7 +155,7 @@ def test_wilson_interval_matches_known_values():
 def test_an_exception_in_a_rollout_stops_the_evaluation_with_the_scene():
     """The defect this guards: a crash was counted as a failed rollout and evaluate exited
     0, so a bug in the policy path read as "0% success"."""
-    from hsa_pipeline.rollout import run_rollout
+    from hsa_pipeline.evaluation.rollout import run_rollout
 
     class Broken:
         streams, t = ["top"], 3
@@ -171,9 +171,9 @@ def test_an_exception_in_a_rollout_stops_the_evaluation_with_the_scene():
 def test_a_policy_for_another_rig_is_refused_in_one_line(work_dir):
     from conftest import bimanual_params
     from hsa_pipeline.errors import StoreError
-    from hsa_pipeline.policy import Policy
-    from hsa_pipeline.rollout import check_compatible
-    from hsa_pipeline.train import run_train
+    from hsa_pipeline.evaluation.rollout import check_compatible
+    from hsa_pipeline.model.policy import Policy
+    from hsa_pipeline.training.loop import run_train
     from hsa_pipeline.world import TouchWorld
 
     p = tiny_pipeline_params(["train.steps=2", "train.val_every=2"])
@@ -201,7 +201,7 @@ def test_hsa_rollout_writes_an_animation_of_the_expert(tmp_path):
 
 
 def test_paired_difference_is_the_mean_difference_with_its_interval():
-    from hsa_pipeline.rollout import paired_difference
+    from hsa_pipeline.evaluation.rollout import paired_difference
 
     a = [1, 1, 0, 1, 0, 1, 1, 0]
     b = [0, 1, 0, 0, 0, 1, 0, 1]

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import make_params
-from hsa_pipeline import features as features_mod
-from hsa_pipeline.cameras import GridMapping, box_token_mask
 from hsa_pipeline.config import ConfigError, FeaturesConfig
-from hsa_pipeline.encoder import Encoder, preprocess
-from hsa_pipeline.episodes import Episode, EpisodeError
-from hsa_pipeline.features import run_features
-from hsa_pipeline.prepare import run_prepare
-from hsa_pipeline.stores import FeatureStore, Manifest
+from hsa_pipeline.data.episodes import Episode, EpisodeError
+from hsa_pipeline.data.grid import GridMapping, box_token_mask
+from hsa_pipeline.data.prepare import run_prepare
+from hsa_pipeline.data.stores import FeatureStore, Manifest
+from hsa_pipeline.features import extract as features_mod
+from hsa_pipeline.features.encoder import Encoder, preprocess
+from hsa_pipeline.features.extract import run_features
 
 CFG = FeaturesConfig(batch_size=16, workers=0)
 
@@ -139,8 +139,8 @@ def test_shard_files_read_what_zarr_reads(store, prepared, tmp_path, monkeypatch
     partial last shard; a damaged shard index is an error; any other layout goes to zarr."""
     import zarr
 
+    from hsa_pipeline.data.stores import ShardFiles
     from hsa_pipeline.errors import StoreError
-    from hsa_pipeline.stores import ShardFiles
 
     monkeypatch.setattr(features_mod, "SHARD_BYTES", 7 * 8 * 8 * 128 * 2)  # 7-frame shards, 100 frames: 15 shards
     out = tmp_path / "features.zarr"
@@ -177,7 +177,7 @@ def test_changed_settings_restart_instead_of_mixing(prepared, tmp_path, monkeypa
 def test_weights_from_a_local_file(tmp_path):
     import open_clip
 
-    from hsa_pipeline.encoder import register_shipped_configs
+    from hsa_pipeline.features.encoder import register_shipped_configs
 
     register_shipped_configs()
     torch.manual_seed(123)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import demo_rig, make_params
-from hsa_pipeline.episodes import Episode, write_episode
+from hsa_pipeline.data.episodes import Episode, write_episode
+from hsa_pipeline.data.prepare import run_prepare
+from hsa_pipeline.data.stores import GeometryStore, Manifest
 from hsa_pipeline.errors import EpisodeError
-from hsa_pipeline.geometry import run_geometry
-from hsa_pipeline.prepare import run_prepare
-from hsa_pipeline.stores import GeometryStore, Manifest
+from hsa_pipeline.geometry.compute import run_geometry
 
 
 def geometry(p, prepare_dir, out):
@@ -119,7 +119,7 @@ def test_limit_violations_fail_in_error_mode_and_leave_no_store(past_the_limit, 
 
 
 def test_next_press_looks_ahead_to_the_following_press():
-    from hsa_pipeline.rig import next_press
+    from hsa_pipeline.geometry.rig import next_press
 
     heights = np.array([5, 3, 0, 0, 2, 4, 0, 0.4, 1.0])  # presses: frames 2-3 and 6-7 (tolerance 0.5)
     np.testing.assert_array_equal(next_press(heights, 0.5), [2, 2, 6, 6, 6, 6, -1, -1, -1])
@@ -128,9 +128,9 @@ def test_next_press_looks_ahead_to_the_following_press():
 def test_next_contact_boxes_show_the_tile_the_expert_puts_the_probe_on():
     """While the probe is carried, the next-contact box in the top camera holds the matching
     tile's centre (the world's truth, projected), and the box now holds the sensor."""
-    from hsa_pipeline.cameras import Camera
-    from hsa_pipeline.synth import record_episode, scene_seed
+    from hsa_pipeline.geometry.cameras import Camera
     from hsa_pipeline.world import TouchWorld
+    from hsa_pipeline.world.synth import record_episode, scene_seed
 
     p = make_params()
     env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=10**6)

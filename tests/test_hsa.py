@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hsa_pipeline.config import HsaConfig
-from hsa_pipeline.hsa import HsaInputs, HSALoss, MemoryBank, info_nce, masked_mean
+from hsa_pipeline.model.hsa import HsaInputs, HSALoss, MemoryBank, info_nce, masked_mean
 
 
 def reference_info_nce(q, pos, valid, kappa, neg=None, neg_mask=None):

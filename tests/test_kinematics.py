@@ -7,14 +7,7 @@ import numpy as np
 import pytest
 
 from hsa_pipeline.config import ArmConfig, ConfigError, Pose
-from hsa_pipeline.kinematics import (
-    Arm,
-    BatchedChain,
-    build_robot,
-    claw_width,
-    pose_matrix,
-    rpy_matrix,
-)
+from hsa_pipeline.geometry.kinematics import Arm, BatchedChain, build_robot, claw_width, pose_matrix, rpy_matrix
 
 # Nova 2 URDF joint origins (xyz, rpy), all about +z: Dobot-Arm/DOBOT_6Axis_ROS2_V4,
 # cra_description/urdf/nova2_robot.xacro at commit a1eabef (older copies flip joints 1, 4, 5).

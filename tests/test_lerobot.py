@@ -16,10 +16,10 @@ from lerobot_data import from_hdf5, write_lerobot
 
 from conftest import REPO
 from hsa_pipeline.config import DataConfig, LeRobotConfig
-from hsa_pipeline.episodes import Episode, episode_files, open_episode
+from hsa_pipeline.data.episodes import Episode, episode_files, open_episode
+from hsa_pipeline.data.lerobot import stream_mapping
+from hsa_pipeline.data.prepare import run_prepare
 from hsa_pipeline.errors import EpisodeError
-from hsa_pipeline.lerobot import stream_mapping
-from hsa_pipeline.prepare import run_prepare
 
 STREAMS = ["top", "wrist", "tactile"]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import FEATURES, GEOMETRY, PREPARE, make_params, tiny_pipeline_params
-from hsa_pipeline.data import ActionCodec, Caches
-from hsa_pipeline.reliance import PHASES, donor_rows, frame_phases, reading, touch_reliance
+from hsa_pipeline.data.caches import ActionCodec, Caches
+from hsa_pipeline.evaluation.reliance import PHASES, donor_rows, frame_phases, reading, touch_reliance
 
 
 class _FakeManifest:
@@ -112,7 +112,7 @@ class _ExpertAsPolicy:
 
 @pytest.mark.parametrize("order", ["random", "by_class"])
 def test_decision_check_scores_the_expert_right_and_blind_to_touch(order):
-    from hsa_pipeline.rollout import decision_check
+    from hsa_pipeline.evaluation.rollout import decision_check
     from hsa_pipeline.world import TouchWorld
 
     p = make_params([f"world.candidate_order={order}"])
@@ -147,8 +147,8 @@ def test_by_class_puts_each_class_at_one_place():
 
 
 def test_a_touch_blind_trained_policy_has_zero_tactile_reliance(work_dir):
-    from hsa_pipeline.evaluate import load_trained
-    from hsa_pipeline.train import run_train
+    from hsa_pipeline.evaluation.evaluate import load_trained
+    from hsa_pipeline.training.loop import run_train
 
     p = tiny_pipeline_params(["train.steps=4", "train.val_every=4", "act.blind=[tactile]", "hsa.enabled=false"])
     run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, work_dir / "outputs/train")

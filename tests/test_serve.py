@@ -17,9 +17,9 @@ from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from conftest import REPO, TRAIN, tiny_pipeline_params
-from hsa_pipeline.policy import Policy, TemporalEnsembler
-from hsa_pipeline.serve import PolicyServer, RemotePolicy, ServerThread, pack, policy_hash, unpack
-from hsa_pipeline.train import run_train
+from hsa_pipeline.model.policy import Policy, TemporalEnsembler
+from hsa_pipeline.serving.server import PolicyServer, RemotePolicy, ServerThread, pack, policy_hash, unpack
+from hsa_pipeline.training.loop import run_train
 from hsa_pipeline.world import TouchWorld
 
 P = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.max_steps=8"])
@@ -84,7 +84,7 @@ def test_served_actions_are_the_in_process_actions_bit_for_bit(trained, policy):
         first = client.infer(request(policy, observations(1)[0]))
         assert np.array_equal(first["action"], first["actions"][0])
         # JPEG bytes are decoded as the recordings are: the same pixels, the same actions
-        from hsa_pipeline.episodes import decode_jpeg, encode_jpeg
+        from hsa_pipeline.data.episodes import decode_jpeg, encode_jpeg
 
         obs = observations(1)[0]
         jpeg = {s: encode_jpeg(obs[s], 90) for s in policy.streams}
@@ -94,8 +94,8 @@ def test_served_actions_are_the_in_process_actions_bit_for_bit(trained, policy):
 
 
 def test_the_touch_world_closed_loop_through_the_server_matches_in_process(trained, policy, tmp_path):
-    from hsa_pipeline.evaluate import closed_loop
-    from hsa_pipeline.rollout import run_rollout
+    from hsa_pipeline.evaluation.evaluate import closed_loop
+    from hsa_pipeline.evaluation.rollout import run_rollout
 
     server = PolicyServer(policy, str(trained), ensemble_k=0.01)
     with ServerThread(server) as port:
@@ -129,7 +129,7 @@ TINY_WORLD = ["world.frames_per_touch=12", "world.max_joint_speed_deg=360"]
 def test_a_served_policy_other_than_the_trained_one_is_refused_by_evaluate(trained, policy, tmp_path):
     from hsa_pipeline.config import EvalConfig
     from hsa_pipeline.errors import StoreError
-    from hsa_pipeline.evaluate import closed_loop
+    from hsa_pipeline.evaluation.evaluate import closed_loop
 
     other = tmp_path / "train" / "policy"
     shutil.copytree(trained, other)

@@ -1,12 +1,13 @@
-"""The shape of the code: imports go one way (stages above the library, readers below
-writers, the world below its expert), and no module reaches into another's privates."""
+"""The shape of the code: imports go one way (stages above the library, the library's
+sub-packages in layers, readers below writers, the world below its expert), and no
+module reaches into another's privates."""
 
 from __future__ import annotations
 
 import ast
 
 from conftest import REPO
-from hsa_pipeline.closure import import_graph
+from hsa_pipeline.pipeline.closure import import_graph
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -75,3 +76,49 @@ def test_every_image_the_docs_show_exists_and_every_image_is_shown():
     assert shown and all(p.is_file() for p in shown), [str(p) for p in shown if not p.is_file()]
     images = {p.resolve() for p in (REPO / "docs" / "images").glob("*")}
     assert images <= shown, f"images nothing shows: {sorted(str(p) for p in images - shown)}"
+
+
+# The library's sub-packages, lowest first: a package may import only those before it (and
+# itself); `errors` and `config` are below everything. Each package's __init__ docstring
+# says the same ("May import: ...").
+LAYERS = ["errors", "config", "pipeline", "data", "geometry", "features", "world", "model", "training", "serving",
+          "evaluation", "cli"]
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "hsa_pipeline" or len(parts) < 2:
+        return None
+    return LAYERS.index(parts[1])
+
+
+def test_every_module_of_the_library_belongs_to_a_layer():
+    modules = [m for m in import_graph() if m.startswith("hsa_pipeline.")]
+    assert modules and all(m.split(".")[1] in LAYERS for m in modules), \
+        [m for m in modules if m.split(".")[1] not in LAYERS]
+
+
+def test_imports_go_down_the_layers_only():
+    upward = sorted(f"{m} imports {d}" for m, deps in import_graph().items() if layer_of(m) is not None
+                    for d in deps if layer_of(d) is not None and layer_of(d) > layer_of(m))
+    assert upward == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    """The rule above, on a made-up graph: a model module importing the evaluation."""
+    graph = {"hsa_pipeline.model.act": {"hsa_pipeline.evaluation.evaluate", "hsa_pipeline.data.caches"}}
+    upward = [d for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m)]
+    assert upward == ["hsa_pipeline.evaluation.evaluate"]
+
+
+def test_each_package_says_what_it_may_import():
+    """The docstring of every sub-package names exactly the layers below it that it may use."""
+    import importlib
+
+    for i, name in enumerate(LAYERS):
+        if name in ("errors", "cli"):
+            continue
+        doc = importlib.import_module(f"hsa_pipeline.{name}").__doc__ or ""
+        assert "May import:" in doc, name
+        allowed = {w.strip(" .,") for w in doc.split("May import:")[1].split(".")[0].split(",")}
+        assert allowed <= set(LAYERS[:i]), (name, allowed - set(LAYERS[:i]))

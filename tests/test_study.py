@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from conftest import REPO
-from hsa_pipeline.rollout import paired_difference, wilson
+from hsa_pipeline.evaluation.rollout import paired_difference, wilson
 
 
 def _study():

@@ -24,12 +24,12 @@ from conftest import (
     TRAIN,
     tiny_pipeline_params,
 )
-from hsa_pipeline.act import ACTPolicy, ActShapes, act_losses
 from hsa_pipeline.config import ActConfig, apply_overrides
-from hsa_pipeline.data import ActionCodec, Batch, Caches, ChunkSamples, FrameBatches
+from hsa_pipeline.data.caches import ActionCodec, Batch, Caches, ChunkSamples, FrameBatches
 from hsa_pipeline.errors import TrainingDiverged
-from hsa_pipeline.policy import Policy, TemporalEnsembler
-from hsa_pipeline.train import build, run_train
+from hsa_pipeline.model.act import ACTPolicy, ActShapes, act_losses
+from hsa_pipeline.model.policy import Policy, TemporalEnsembler
+from hsa_pipeline.training.loop import build, run_train
 
 
 def caches_for(p=None) -> Caches:
@@ -220,7 +220,7 @@ def test_hsa_disabled_is_plain_act(work_dir):
 
 
 def test_non_finite_loss_stops_with_the_step_and_term(work_dir, monkeypatch):
-    import hsa_pipeline.train as train_mod
+    import hsa_pipeline.training.loop as train_mod
 
     real = train_mod.act_losses
     calls = {"n": 0}
@@ -246,7 +246,7 @@ def test_online_features_equal_cached_and_policy_predicts_joint_units(work_dir):
     train(p)
     policy = Policy.load(TRAIN / "policy")
     c = caches_for(p)
-    from hsa_pipeline.episodes import Episode
+    from hsa_pipeline.data.episodes import Episode
 
     ep = c.manifest.episodes[1]
     row = int(c.manifest.offsets[1]) + 7
@@ -403,7 +403,7 @@ def test_without_validation_episodes_metrics_stay_valid_json(work_dir):
 def test_device_names_are_checked_with_the_key():
     from conftest import make_params
     from hsa_pipeline.errors import ConfigError
-    from hsa_pipeline.runtime import pick_device
+    from hsa_pipeline.pipeline.runtime import pick_device
 
     with pytest.raises(ConfigError, match=r"features.device: expected auto \(a GPU when there is one\), cpu, cuda or "
                                           r"cuda:N, got 'gpu'"):
@@ -436,7 +436,7 @@ def test_tensorboard_has_one_named_run_with_hparams_and_loss_vs_chance_charts(wo
 
 
 def test_auto_threads_take_the_cores_other_processes_leave(monkeypatch):
-    from hsa_pipeline import runtime
+    from hsa_pipeline.pipeline import runtime
 
     assert [runtime.threads_left(2, busy) for busy in (0.0, 0.2, 0.6, 1.0, 1.9, 3.0)] == [2, 2, 1, 1, 1, 1]
     assert [runtime.threads_left(16, busy) for busy in (0.0, 4.0, 4.5)] == [16, 12, 11]
@@ -460,7 +460,7 @@ def test_auto_threads_take_the_cores_other_processes_leave(monkeypatch):
 def test_auto_threads_stay_inside_the_containers_cpu_limit(monkeypatch, tmp_path):
     """The defect this guards: `threads: auto` used os.cpu_count(), the host's cores, so
     `docker run --cpus 4` on a 64-core host ran 64 threads."""
-    from hsa_pipeline import runtime
+    from hsa_pipeline.pipeline import runtime
 
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 64)
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(64)))
@@ -554,7 +554,7 @@ def test_touch_map_weights_camera_tokens_by_their_match_with_the_touch():
 def test_with_hsa_the_touch_map_heads_are_the_hsa_heads(work_dir):
     """HSA on + act.touch_map: the loss trains the very heads the policy's map reads, and
     evaluate loads them back from the checkpoint."""
-    from hsa_pipeline.evaluate import load_trained
+    from hsa_pipeline.evaluation.evaluate import load_trained
 
     p = tiny_pipeline_params(["act.touch_map=true", "act.vae=false", "hsa.positives=next_contact", "train.steps=4",
                               "train.val_every=4"])
@@ -577,7 +577,7 @@ def test_the_exported_policy_carries_its_hsa_heads_and_a_layout_version(work_dir
     import shutil
 
     from hsa_pipeline.errors import StoreError
-    from hsa_pipeline.evaluate import load_trained
+    from hsa_pipeline.evaluation.evaluate import load_trained
 
     p = tiny_pipeline_params(["act.touch_map=false", "train.steps=4", "train.val_every=4"])
     train(p)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import bimanual_params, demo_rig, make_params
-from hsa_pipeline.episodes import Episode
-from hsa_pipeline.synth import record_episode, run_synth, scene_seed
+from hsa_pipeline.data.episodes import Episode
 from hsa_pipeline.world import ScriptedExpert, TouchWorld
 from hsa_pipeline.world.ik import ArmIK
 from hsa_pipeline.world.render import PAD_RGB, object_texture, tactile_image
+from hsa_pipeline.world.synth import record_episode, run_synth, scene_seed
 from hsa_pipeline.world.tasks import ArmTask, Tile
 
 
@@ -295,7 +295,7 @@ def test_expert_actions_drive_the_env_exactly():
 
 def test_user_errors_of_the_world_and_the_codec_are_one_line_errors():
     """The defect this guards: plain ValueErrors, printed with a traceback by the stages."""
-    from hsa_pipeline.data import ActionCodec
+    from hsa_pipeline.data.caches import ActionCodec
     from hsa_pipeline.errors import ConfigError, UserError
 
     p = make_params()

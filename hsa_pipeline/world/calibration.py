@@ -13,60 +13,15 @@ calibration tools read, like a lab's own calibration recordings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..cameras import Camera
-from ..kinematics import invert_rigid
+from ..geometry.board import BoardSpec
+from ..geometry.cameras import Camera
+from ..geometry.kinematics import invert_rigid
 from .render import ROOM_RGB, TABLE_RGB, Canvas
-
-
-@dataclass(frozen=True)
-class BoardSpec:
-    """A ChArUco board: squares across and down, square and marker sides (m), dictionary."""
-
-    squares_x: int = 5
-    squares_y: int = 4
-    square_m: float = 0.04
-    marker_m: float = 0.03
-    dictionary: str = "DICT_4X4_50"
-
-    @classmethod
-    def parse(cls, text: str) -> "BoardSpec":
-        """'5x4,0.04,0.03,DICT_4X4_50' -> BoardSpec."""
-        try:
-            grid, square, marker, *rest = text.split(",")
-            sx, sy = (int(v) for v in grid.lower().split("x"))
-            return cls(sx, sy, float(square), float(marker), rest[0] if rest else "DICT_4X4_50")
-        except ValueError:
-            raise ValueError(f"board '{text}': expected SQUARESxSQUARES,SQUARE_M,MARKER_M[,DICTIONARY], "
-                             f"e.g. 5x4,0.04,0.03,DICT_4X4_50") from None
-
-    @property
-    def size_m(self) -> tuple[float, float]:
-        return self.squares_x * self.square_m, self.squares_y * self.square_m
-
-    def board(self):
-        import cv2
-
-        if not hasattr(cv2.aruco, self.dictionary):
-            raise ValueError(f"board dictionary '{self.dictionary}' is not an OpenCV ArUco dictionary")
-        d = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, self.dictionary))
-        return cv2.aruco.CharucoBoard((self.squares_x, self.squares_y), self.square_m, self.marker_m, d)
-
-    def texture(self, px_per_square: int = 80) -> np.ndarray:
-        """The printed board, (H, W, 3) uint8: pixel (u, v) is board point (u, v) / px_per_m."""
-        img = self.board().generateImage((self.squares_x * px_per_square, self.squares_y * px_per_square), marginSize=0)
-        return np.repeat(img[..., None], 3, axis=2)
-
-    def corners_world(self, T_world_board: np.ndarray) -> np.ndarray:
-        """(4, 3) outer corners of the board in the world, in texture order."""
-        w, h = self.size_m
-        local = np.array([[0, 0, 0, 1], [w, 0, 0, 1], [w, h, 0, 1], [0, h, 0, 1]], dtype=float)
-        return (local @ T_world_board.T)[:, :3]
 
 
 def flange_board_mount(spec: BoardSpec, offset_m: float = 0.02) -> np.ndarray:
@@ -119,7 +74,7 @@ def record(env, camera: str, arm: str, spec: BoardSpec, frames: int, seed: int, 
     """Move `arm` through random poses around the world's home pose; keep those where
     `camera` sees the whole board, facing it; write them as one episode to `out`.
     Returns the truth: the board pose in the flange (flange board) or world (table board)."""
-    from ..episodes import write_episode
+    from ..data.episodes import write_episode
 
     rig = env.rig
     cam = rig.cameras[camera]

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..config import CameraConfig, RobotConfig, SensorConfig, WorldConfig
 from ..errors import ConfigError
-from ..rig import Rig
+from ..geometry.rig import Rig
 from .ik import home_qpos
 from .render import (
     ARM_RGB,

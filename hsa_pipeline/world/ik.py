@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from ..rig import Rig
+from ..geometry.rig import Rig
 
 GRIP_OPEN, GRIP_PRESS = 0.3, 0.6  # normalised gripper commands of the scripted expert
 HOME_M = 0.20  # the start: this high above the table

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..cameras import NEAR_M, Camera
+from ..geometry.cameras import NEAR_M, Camera
 
 TILE_M = 0.08  # side of an object tile on the table
 TABLE_RGB = (150, 120, 90)

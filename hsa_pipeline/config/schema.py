@@ -1,0 +1,614 @@
+"""Typed configuration: the one place that reads params.yaml.
+
+Every section of params.yaml is a dataclass below; every field carries a one-line doc
+(`docs/params.md` is generated from them, so the reference cannot drift). Loading
+validates types, allowed values and ranges and fails with ONE line that names the key:
+
+    params.yaml: hsa.temperature: must be > 0, got -0.1
+
+Stages read only their own sections (dvc.yaml lists the keys they declare).
+`--set key=value` overrides (the `hsa` CLI) use the same dotted keys and YAML value
+syntax as `dvc exp run -S key=value`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from ..errors import ConfigError
+
+
+def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None, **checks: Any):
+    """A documented config field. `checks`: gt, ge, lt, le (numbers), min_len (lists)."""
+    meta = {"doc": doc, **checks}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- poses
+@dataclass
+class Pose:
+    """A rigid transform: the pose of a child frame (sensor, camera, arm base) in its parent
+    frame (the field's doc names the parent). Either `xyz` + `rpy_deg` or a full 4x4
+    `matrix`; a matrix must be a proper rotation (orthonormal, det +1), last row 0 0 0 1."""
+
+    xyz: list[float] = param(doc="translation of the child's origin in the parent frame, metres",
+                             factory=lambda: [0.0, 0.0, 0.0])
+    rpy_deg: list[float] = param(doc="roll, pitch, yaw in degrees about the parent's fixed x, y, z axes "
+                                     "(R = Rz(yaw) Ry(pitch) Rx(roll), the URDF convention)",
+                                 factory=lambda: [0.0, 0.0, 0.0])
+    matrix: Optional[list[list[float]]] = param(None, "4x4 homogeneous matrix; overrides xyz/rpy_deg when set")
+
+
+DEVICE_DOC = "auto (a GPU when there is one), cpu, cuda or cuda:N"
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+THREADS_DOC = ("CPU threads for torch: a fixed number (the default 1: the same results whatever else runs, since a "
+               "CPU op's summation order follows the thread count), or auto = the cores this process may use "
+               "(affinity mask and cgroup CPU quota, as in a container) that other processes leave, re-checked "
+               "every 2 s (faster alone, but results then vary with the machine's load)")
+
+
+# --------------------------------------------------------------------------- sections
+# Every default below equals the value in the repository's params.yaml (tests/test_config.py
+# checks it), so docs/params.md shows what a user of the demo runs.
+@dataclass
+class WorldConfig:
+    """The simulated touch world (hsa_pipeline/world): the rig of `robot`, `sensors` and
+    `cameras` over a table with object tiles, and a task. `synth` records its scripted
+    expert; `evaluate` runs the trained policy in it, closed loop."""
+
+    task: Literal["match", "press"] = param(
+        "match", "match: feel a probe whose class no camera shows and put it on the tile of its class (needs "
+        "touch); press: press the target tiles left to right (vision suffices)")
+    object_classes: int = param(6, "distinct object classes (a texture each, and an imprint shape)", ge=2, le=12)
+    candidates: int = param(3, "match: tiles to choose from (one is the probe's class); guessing succeeds 1 in this",
+                            ge=2, le=4)
+    candidate_order: Literal["random", "by_class"] = param(
+        "random", "match: where the candidate tiles lie. random: in random order (the felt class must be matched to "
+                  "the seen tile); by_class: sorted by class, so with object_classes = candidates each class's tile "
+                  "always lies at the same place and the felt class alone decides it (the control task: touch "
+                  "reaching the decision, no matching)")
+    touches: int = param(3, "press: target tiles to press", ge=1)
+    distractors: int = param(3, "press: distractor tiles (in-image hard negatives)", ge=0)
+    frames_per_touch: int = param(20, "the expert's frames for one approach-press-hold-lift cycle", ge=6)
+    tactile_size: int = param(96, "tactile image side in pixels", ge=16)
+    control_hz: float = param(10.0, "control steps per second (one recorded frame a step)", gt=0.0)
+    max_joint_speed_deg: float = param(180.0, "an arm joint moves at most this fast toward its target, deg/s (a "
+                                                "setting of the demo world, not a datasheet value)", gt=0.0)
+
+
+@dataclass
+class SynthConfig:
+    """The embedded demo dataset (stage `synth`): the scripted expert acting in the touch
+    world (`world`), recorded as HDF5 episodes."""
+
+    enabled: bool = param(True, "generate the demo dataset; set false when data.episodes_dir points at real data")
+    out_dir: str = param("data/demo", "where the demo episodes are written (episodes/ below it); "
+                                      "data.episodes_dir must be <out_dir>/episodes while enabled")
+    episodes: int = param(80, "number of episodes", ge=2)
+    layout: Literal["xtrainer", "act"] = param("xtrainer", "HDF5 layout written: X-Trainer JPEG or ACT raw")
+    jpeg_quality: int = param(90, "JPEG quality for the xtrainer layout", ge=1, le=100)
+    seed: int = param(0, "scene seed; the dataset is a pure function of params (scenes of evaluate's rollouts are "
+                         "disjoint from these)")
+
+
+@dataclass
+class LeRobotConfig:
+    """Which features of a LeRobot dataset are the pipeline's qpos, action and image streams."""
+
+    qpos: str = param("observation.state", "feature holding the joint positions")
+    action: str = param("action", "feature holding the actions")
+    streams: dict[str, str] = param(doc="stream name (data.cameras, data.tactile) -> video feature key; a stream "
+                                        "not listed reads observation.images.<name>", factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where episodes are and how to read them (stage `prepare`)."""
+
+    episodes_dir: str = param("data/demo/episodes", "directory of episode_*.hdf5 files, or a local LeRobot dataset")
+    layout: Literal["auto", "act", "xtrainer", "lerobot"] = param(
+        "auto", "episode layout; auto: a LeRobot dataset when meta/info.json is there, else HDF5 (JPEG-compressed "
+        "X-Trainer files are detected)")
+    lerobot: LeRobotConfig = param(doc="LeRobot datasets only: which features are qpos, action and the streams",
+                                   factory=LeRobotConfig)
+    cameras: dict[str, Literal["third_person", "wrist"]] = param(
+        doc="camera stream name -> role", factory=lambda: {"top": "third_person", "wrist": "wrist"})
+    tactile: list[str] = param(doc="tactile image stream names", factory=lambda: ["tactile"])
+    action_shift: int = param(
+        0, "pair observation t with action[t - action_shift:]; 0 for sim data, 1 for the real-robot "
+        "recordings of ACT/X-Trainer (observation t with action t-1 onward)", ge=0)
+    train_ratio: float = param(0.75, "fraction of episodes used for training (split by episode)", gt=0.0, le=1.0)
+    split_seed: int = param(0, "seed of the episode shuffle before the split")
+    on_bad_episode: Literal["error", "skip"] = param(
+        "error", "error: stop at the first bad episode; skip: list it in the manifest and go on")
+    min_length: int = param(10, "episodes shorter than this many frames are bad", ge=1)
+    contact_threshold: float = param(0.02, "a frame is 'in contact' when its contact score exceeds this", ge=0.0)
+
+
+@dataclass
+class ArmConfig:
+    """One arm: its kinematic model, where it stands and which qpos columns drive it."""
+
+    model: str = param("nova2", "nova2, nova5, or a path to a URDF file (relative to the repository root)")
+    qpos_start: int = param(0, "this arm's joints are qpos[qpos_start : qpos_start + n_joints]", ge=0)
+    gripper_index: Optional[int] = param(6, "qpos index of this arm's normalised gripper command, or null", ge=0)
+    end_link: Optional[str] = param(None, "URDF only: the link treated as the flange (default: the model's end effector)")
+    base: Pose = param(doc="pose of the arm's base frame in the WORLD frame", factory=Pose)
+    on_limit_violation: Literal["warn", "error"] = param("warn", "what to do when recorded joints leave the joint limits")
+
+
+@dataclass
+class RobotConfig:
+    """The arms of the rig (X-Trainer: two Nova 2 arms, left first in qpos)."""
+
+    arms: dict[str, ArmConfig] = param(doc="arm name -> arm", factory=lambda: {"arm": ArmConfig()})
+
+
+@dataclass(kw_only=True)
+class SensorConfig:
+    """A tactile sensor, keyed by its tactile stream name. Its sensing surface is a
+    rectangle in the x-y plane of the sensor frame, centred on its origin."""
+
+    arm: str = param(doc="the arm whose flange carries it")
+    mount: Pose = param(doc="pose of the sensor frame in the FLANGE frame of its arm (the published X-Trainer "
+                            "mount is xyz 0 0 0.02)")
+    size: list[float] = param(doc="surface rectangle (x, y) in metres", factory=lambda: [0.03, 0.04], min_len=2)
+    finger_offset: Literal["none", "left", "right"] = param(
+        "none", "move the mount along flange y by +/- half the X-Trainer claw opening")
+
+
+@dataclass(kw_only=True)
+class CameraConfig:
+    """A calibrated colour camera, keyed by its image stream name."""
+
+    mount: str = param(doc="'world' (fixed, third-person) or the name of the arm whose flange carries it")
+    width: int = param(doc="image width in pixels", ge=1)
+    height: int = param(doc="image height in pixels", ge=1)
+    K: list[list[float]] = param(doc="3x3 intrinsics [[fx,0,cx],[0,fy,cy],[0,0,1]]")
+    distortion: list[float] = param(doc="OpenCV k1 k2 p1 p2 [k3]; empty for none", factory=list)
+    pose: Pose = param(doc="pose of the camera frame in its MOUNT frame (the world frame, or the flange frame of "
+                           "the arm that carries it); OpenCV camera axes: z forward, x right, y down")
+
+
+@dataclass
+class GeometryConfig:
+    """Options of the `geometry` stage beyond the calibration itself."""
+
+    margin_px: float = param(4.0, "pixels added on every side of a box to absorb calibration error", ge=0.0)
+    press_tolerance_m: float = param(
+        0.01, "next-contact boxes (hsa.positives: next_contact): a press is a run of frames with the sensor within "
+              "this of its lowest height in the episode", gt=0.0)
+
+
+@dataclass
+class FeaturesConfig:
+    """The CLIP encoder whose patch-token grids the `features` stage caches."""
+
+    model: str = param("hsa-tiny-vit", "open_clip model name, or one shipped in hsa_pipeline/features/model_configs")
+    pretrained: Optional[str] = param(
+        None, "open_clip pretrained tag or a local weights file; null = random weights (demo only)")
+    block: int = param(-1, "transformer block whose tokens are cached; -1 = final tokens after ln_post")
+    resize: Literal["stretch", "letterbox"] = param(
+        "stretch", "keep the full field of view: stretch to a square or letterbox (never centre-crop)")
+    batch_size: int = param(64, "images per encoder batch", ge=1)
+    workers: int = param(2, "DataLoader workers that decode and resize", ge=0)
+    device: str = param("auto", DEVICE_DOC)
+    threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
+
+
+@dataclass
+class ActConfig:
+    """ACT as published (Zhao et al. 2023); the demo uses a smaller transformer."""
+
+    chunk_size: int = param(20, "actions predicted per step", ge=1)
+    hidden_dim: int = param(128, "transformer width (ACT: 512)", ge=8)
+    dim_feedforward: int = param(512, "feed-forward width (ACT: 3200)", ge=8)
+    enc_layers: int = param(2, "transformer encoder layers (ACT: 4)", ge=1)
+    dec_layers: int = param(2, "decoder layers, every one used (ACT built 7 and used 1)", ge=1)
+    heads: int = param(4, "attention heads (ACT: 8)", ge=1)
+    dropout: float = param(0.1, "dropout", ge=0.0, lt=1.0)
+    latent_dim: int = param(32, "CVAE latent size", ge=1)
+    vae_enc_layers: int = param(2, "CVAE encoder layers (ACT: 4)", ge=1)
+    vae: bool = param(True, "the CVAE of ACT: in training an encoder reads the demonstrated actions into a latent "
+                            "z; at inference z = 0. false: no CVAE (z is always 0), so nothing but the observation "
+                            "can carry a choice into the actions")
+    kl_weight: float = param(10.0, "weight of the KL term (with vae: true); it is what keeps z from carrying a "
+                                   "choice the observation should make (README, 'Why the policy ignored touch')",
+                             ge=0.0)
+    grid_pool: int = param(2, "average-pool camera token grids by this factor before the transformer", ge=1)
+    full_grid: list[str] = param(doc="streams the transformer sees unpooled (every patch token), e.g. the camera "
+                                     "whose small details decide the task", factory=list)
+    touch_map: bool = param(
+        True, "explicit grounding of touch in sight: every camera token gets a learned vector weighted by how well it "
+               "matches the mean tactile token (cosine of two projection heads over a learned temperature, softmax "
+               "over the camera's tokens), so 'where do I see what I feel' is an input of the transformer, not "
+               "something attention must find. With hsa.enabled the heads are HSA's own: the alignment HSA learns "
+               "is the map the policy reads")
+    relative_actions: bool = param(
+        False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
+    blind: list[str] = param(doc="streams the policy does not see (their tokens are zeroed), for ablations such as "
+                                 "a touch-blind policy: [tactile]", factory=list)
+    checkpoint_layers: bool = param(
+        False, "training memory: recompute each transformer layer's activations in the backward pass instead of "
+               "keeping them (same gradients; X-Trainer config on a CPU: peak RSS 4.1-4.3 -> 2.8 GB, 36% slower)")
+
+
+@dataclass
+class HsaConfig:
+    """The HSA tactile-visual contrastive loss (docs/hsa-loss.md explains every knob)."""
+
+    enabled: bool = param(True, "add the HSA loss; false = plain ACT on the same tokens")
+    weight: float = param(1.0, "w_HSA in L = L1 + kl_weight*KL + w_HSA*L_HSA", ge=0.0)
+    tp_weight: float = param(1.0, "scale of the third-person term (times visibility alpha)", ge=0.0)
+    proj_dim: int = param(64, "projection head output size", ge=1)
+    temperature: float = param(0.07, "kappa (initial value when learnable)", gt=0.0)
+    temperature_mode: Literal["fixed", "learnable", "anneal"] = param(
+        "fixed", "fixed, learnable (CLIP-style, clamped) or annealed")
+    temperature_final: float = param(0.07, "kappa at the end of training when annealed", gt=0.0)
+    temperature_min: float = param(0.01, "lower clamp of a learnable kappa", gt=0.0)
+    symmetric: bool = param(False, "also contrast vision -> tactile (in-batch only)")
+    in_image_negatives: bool = param(True, "use out-of-box tokens of the same image as hard negatives")
+    bank_size: int = param(0, "FIFO memory bank of past wrist embeddings used as extra negatives; 0 = off", ge=0)
+    bank_topk: int = param(0, "keep only the k hardest bank negatives; 0 = all", ge=0)
+    require_contact: bool = param(False, "only frames in contact count as positives (the published method, with "
+                                         "positives: now); with next_contact every frame points at its next press")
+    positives: Literal["now", "next_contact"] = param(
+        "next_contact", "the positive box: now = where the sensor is in the image (the published method); next_contact = where "
+               "it presses NEXT, from the recording's own future (forward kinematics of the next press projected "
+               "into the current frame, geometry.press_tolerance_m), so what is felt is aligned with the place it "
+               "must go to")
+    reduction: Literal["mean", "sum"] = param("mean", "mean or sum of the per-sample losses over usable samples")
+
+
+@dataclass
+class TrainConfig:
+    """The `train` stage: optimisation, devices, logging and checkpoints."""
+
+    steps: int = param(1500, "optimizer steps; raising it on a finished run continues that run", ge=1)
+    batch_size: int = param(32, "samples per step (per process)", ge=1)
+    lr: float = param(3e-4, "AdamW learning rate (after warm-up; constant, so it does not depend on steps)", gt=0.0)
+    weight_decay: float = param(1e-4, "AdamW weight decay", ge=0.0)
+    grad_clip: float = param(10.0, "max gradient norm; 0 = off", ge=0.0)
+    warmup_steps: int = param(100, "linear warm-up steps", ge=0)
+    seed: int = param(0, "seed for torch, numpy and sampling")
+    device: str = param("auto", DEVICE_DOC)
+    threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
+    compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune"]] = param(
+        False, "torch.compile the training forward: true (= default) or a mode; reduce-overhead captures CUDA graphs "
+        "(GPU). HSA diagnostics run outside the compiled graph, so logging steps do not break it")
+    memory_budget_gb: float = param(4.0, "hold the caches in RAM below this size, else stream from Zarr", gt=0.0)
+    workers: int = param(0, "DataLoader workers when streaming", ge=0)
+    log_every: int = param(25, "steps between TensorBoard/TSV scalars", ge=1)
+    val_every: int = param(250, "steps between validations", ge=1)
+    ckpt_every: int = param(500, "steps between checkpoints", ge=1)
+    resume: bool = param(True, "continue from the last checkpoint when it was made from the same inputs, code "
+                               "and settings (else start fresh)")
+
+
+@dataclass
+class EvalConfig:
+    """The `evaluate` stage: open-loop scores on held-out episodes, and closed-loop
+    rollouts of the policy in the touch world."""
+
+    ensemble_k: float = param(0.01, "temporal ensembling weight exp(-k*i), i = 0 the oldest prediction", ge=0.0)
+    report_frames: int = param(4, "frames shown with boxes and heat maps in the HTML report", ge=0)
+    rollouts: int = param(20, "closed-loop rollouts in the touch world (scenes disjoint from the training ones); 0 = "
+                              "none (real-robot data: the policy cannot act in the demo world)", ge=0)
+    max_steps: int = param(80, "a rollout that has not succeeded after this many steps is a failure (timeout)", ge=1)
+    seed: int = param(0, "seed of the rollout scenes")
+    threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
+    server: Optional[str] = param(None, "null: the rollouts run the exported policy in this process; ws://HOST:PORT: "
+                                        "through that `hsa serve` server with openpi's client (API key from the "
+                                        "HSA_API_KEY environment variable), to check a deployment closed loop")
+
+
+@dataclass(kw_only=True)
+class Params:
+    """All of params.yaml. The tactile sensors and cameras have no defaults: they are your
+    rig's calibration."""
+
+    world: WorldConfig = param(factory=WorldConfig)
+    synth: SynthConfig = param(factory=SynthConfig)
+    data: DataConfig = param(factory=DataConfig)
+    robot: RobotConfig = param(factory=RobotConfig)
+    sensors: dict[str, SensorConfig] = param(doc="tactile stream name -> sensor")
+    cameras: dict[str, CameraConfig] = param(doc="camera stream name -> calibration")
+    geometry: GeometryConfig = param(factory=GeometryConfig)
+    features: FeaturesConfig = param(factory=FeaturesConfig)
+    act: ActConfig = param(factory=ActConfig)
+    hsa: HsaConfig = param(factory=HsaConfig)
+    train: TrainConfig = param(factory=TrainConfig)
+    eval: EvalConfig = param(factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- loading
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (list,):
+        return "a list"
+    if origin in (dict,):
+        return "a mapping"
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, recursively; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")  # a bug in this file, not user input
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    if value is None or (isinstance(value, str) and "min_len" not in meta):
+        return  # e.g. threads: auto
+    for name, op, text in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
+                           ("lt", lambda a, b: a < b, "<"), ("le", lambda a, b: a <= b, "<=")):
+        if name in meta and not op(value, meta[name]):
+            raise ConfigError(f"{key}: must be {text} {meta[name]}, got {value!r}")
+    if "min_len" in meta and len(value) < meta["min_len"]:
+        raise ConfigError(f"{key}: needs at least {meta['min_len']} values, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"{where}: unknown key{hint}; allowed: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            value = _convert(data[name], hints[name], key)
+            _check_range(value, f.metadata, key)
+            kwargs[name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required ({f.metadata.get('doc', 'no default')}), but missing")
+    return cls(**kwargs)
+
+
+def _check_pose(pose: Pose, key: str) -> None:
+    if pose.matrix is not None:
+        import numpy as np  # local: config stays importable without numpy users
+
+        m = np.asarray(pose.matrix, dtype=float)
+        if m.shape != (4, 4):
+            raise ConfigError(f"{key}.matrix: expected 4x4, got shape {m.shape}")
+        r = m[:3, :3]
+        if not np.allclose(r @ r.T, np.eye(3), atol=1e-4) or not np.isclose(np.linalg.det(r), 1.0, atol=1e-4):
+            raise ConfigError(f"{key}.matrix: rotation must be orthonormal with det +1, got det {np.linalg.det(r):.4f}")
+        if not np.allclose(m[3], [0, 0, 0, 1]):
+            raise ConfigError(f"{key}.matrix: last row must be 0 0 0 1, got {m[3].tolist()}")
+    if len(pose.xyz) != 3 or len(pose.rpy_deg) != 3:
+        raise ConfigError(f"{key}: xyz and rpy_deg need 3 values each")
+
+
+def _cross_check(p: Params) -> None:
+    """Checks that span sections (names that must refer to each other)."""
+    for name, arm in p.robot.arms.items():
+        _check_pose(arm.base, f"robot.arms.{name}.base")
+    for name, s in p.sensors.items():
+        if s.arm not in p.robot.arms:
+            raise ConfigError(f"sensors.{name}.arm: '{s.arm}' is not an arm; arms: {', '.join(p.robot.arms)}")
+        _check_pose(s.mount, f"sensors.{name}.mount")
+        if any(v <= 0 for v in s.size[:2]):
+            raise ConfigError(f"sensors.{name}.size: must be positive, got {s.size}")
+    for name, c in p.cameras.items():
+        key = f"cameras.{name}"
+        if c.mount != "world" and c.mount not in p.robot.arms:
+            raise ConfigError(f"{key}.mount: expected 'world' or an arm ({', '.join(p.robot.arms)}), got '{c.mount}'")
+        k = c.K
+        if len(k) != 3 or any(len(r) != 3 for r in k) or k[0][1] != 0 or k[1][0] != 0 or k[2] != [0, 0, 1]:
+            raise ConfigError(f"{key}.K: expected [[fx,0,cx],[0,fy,cy],[0,0,1]], got {k}")
+        if k[0][0] <= 0 or k[1][1] <= 0:
+            raise ConfigError(f"{key}.K: focal lengths must be positive, got fx={k[0][0]}, fy={k[1][1]}")
+        if not (0 <= k[0][2] < c.width and 0 <= k[1][2] < c.height):
+            raise ConfigError(f"{key}.K: principal point ({k[0][2]}, {k[1][2]}) lies outside the {c.width}x{c.height} image")
+        if len(c.distortion) not in (0, 4, 5):
+            raise ConfigError(f"{key}.distortion: expected 0, 4 or 5 values (k1 k2 p1 p2 [k3]), got {len(c.distortion)}")
+        _check_pose(c.pose, f"{key}.pose")
+    roles = p.data.cameras
+    for cam in roles:
+        if p.cameras and cam not in p.cameras:
+            raise ConfigError(f"data.cameras: camera '{cam}' has no calibration under cameras.{cam}")
+    for t in p.data.tactile:
+        if p.sensors and t not in p.sensors:
+            raise ConfigError(f"data.tactile: stream '{t}' has no sensor under sensors.{t}")
+    for s in p.act.full_grid:
+        if s not in p.data.cameras and s not in p.data.tactile:
+            raise ConfigError(f"act.full_grid: '{s}' is not a stream of data.cameras or data.tactile")
+    for s in p.act.blind:
+        if s not in p.data.cameras and s not in p.data.tactile:
+            raise ConfigError(f"act.blind: '{s}' is not a stream of data.cameras or data.tactile")
+        if s in p.data.tactile and p.hsa.enabled:
+            raise ConfigError(f"act.blind: the policy is blind to the tactile stream '{s}', so HSA has nothing to "
+                              f"align; set hsa.enabled: false")
+    if p.hsa.bank_topk and not p.hsa.bank_size:
+        raise ConfigError("hsa.bank_topk: needs hsa.bank_size > 0")
+    for key, device in (("features.device", p.features.device), ("train.device", p.train.device)):
+        if not DEVICE_RE.match(device):
+            raise ConfigError(f"{key}: expected {DEVICE_DOC}, got {device!r}")
+    if p.synth.enabled:
+        # The demo writes where the pipeline reads: a mismatch would train on other data.
+        expected = Path(p.synth.out_dir) / "episodes"
+        if Path(p.data.episodes_dir) != expected:
+            raise ConfigError(f"data.episodes_dir: is {p.data.episodes_dir!r} but synth.enabled is true and writes "
+                              f"{str(expected)!r}; set data.episodes_dir: {expected} or synth.enabled: false")
+    else:
+        # DVC deletes the synth stage's output folder before it reruns: user data there is lost.
+        synth_out, episodes = Path(p.synth.out_dir).resolve(), Path(p.data.episodes_dir).resolve()
+        if episodes == synth_out or synth_out in episodes.parents:
+            raise ConfigError(f"data.episodes_dir: {p.data.episodes_dir!r} is inside synth.out_dir "
+                              f"({p.synth.out_dir!r}), which DVC empties when the synth stage reruns; move your "
+                              f"episodes elsewhere or set synth.out_dir to another folder")
+
+
+def is_weights_path(pretrained: str | None) -> bool:
+    """features.pretrained names a local weights file (not an open_clip tag, not null)."""
+    return pretrained is not None and (Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors")
+                                       or "/" in pretrained or os.sep in pretrained)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=1.5' -> ('a.b', 1.5); the value is YAML, as with `dvc exp run -S`."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. hsa.weight=1.5")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def params_from_dict(raw: dict) -> Params:
+    p = _build(Params, raw, "")
+    _cross_check(p)
+    return p
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read, override and validate params.yaml; the only reader of that file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return params_from_dict(apply_overrides(raw, overrides or []))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (for checkpoints, store attributes and TensorBoard hparams)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def reference_markdown() -> str:
+    """The params.yaml reference, generated from the dataclasses above (docs/params.md).
+    Defaults are the repository's params.yaml values (tests/test_config.py keeps them equal)."""
+    lines = ["# params.yaml reference", "",
+             "Generated by `hsa params-doc` from `hsa_pipeline/config/`; do not edit. A default is what a key "
+             "takes when params.yaml leaves it out, and equals the value in the repository's params.yaml.", ""]
+
+    def default_text(f: dataclasses.Field) -> str:
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = to_dict(f.default_factory())
+        else:
+            return "required"
+        return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        rows, nested = [], []
+        for f in dataclasses.fields(cls):
+            tp, key, doc = hints[f.name], f"{prefix}{f.name}", f.metadata.get("doc", "")
+            args = typing.get_args(tp)
+            if dataclasses.is_dataclass(tp):
+                if doc:  # e.g. a pose: say which frame it is in, then its fields
+                    rows.append((key, tp.__name__.lower(), default_text(f) if f.default_factory is dataclasses.MISSING
+                                 else "", doc))
+                nested.append((tp, key + "."))
+                continue
+            if typing.get_origin(tp) is dict and args and dataclasses.is_dataclass(args[1]):
+                rows.append((key, "mapping", default_text(f) if f.default_factory is dataclasses.MISSING else "", doc))
+                nested.append((args[1], key + ".<name>."))
+                continue
+            checks = ", ".join(f"{k} {f.metadata[k]}" for k in ("gt", "ge", "lt", "le") if k in f.metadata)
+            rows.append((key, _type_name(tp), default_text(f), doc + (f" ({checks})" if checks else "")))
+        if rows:
+            lines.extend([f"## {prefix.rstrip('.') or 'top level'}", "", " ".join((cls.__doc__ or "").split()), "",
+                          "| key | type | default | meaning |", "|---|---|---|---|"])
+            lines.extend(f"| `{k}` | {t} | {d} | {m} |" for k, t, d, m in rows)
+            lines.append("")
+        for sub, sub_prefix in nested:
+            walk(sub, sub_prefix)
+
+    walk(Params, "")
+    return "\n".join(lines)

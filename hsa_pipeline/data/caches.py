@@ -1,0 +1,276 @@
+"""Training samples from the caches only (no JPEG decoding, no image encoder).
+
+A sample is one frame t of one episode; `Batch` (below) is B of them, the typed contract
+between data and model:
+
+  qpos       (Dq,)            normalised
+  actions    (chunk, Da)      normalised action[t - shift : t - shift + chunk] (ActionCodec), zero-padded
+  is_pad     (chunk,)         True where the episode ended before the chunk did
+  tokens     {stream: (G, G, C)} cached CLIP grids (float32)
+  box        {pair: (G, G)}   tokens inside the sensor box, per (camera, sensor) pair
+  visible    {pair: ()}       sensor visible in that camera
+  weight     {pair: ()}       fraction of the box inside the image (alpha)
+  contact    {sensor: ()}     tactile contact score above data.contact_threshold
+  row        ()               global frame index
+
+Caches are held in RAM when they fit `train.memory_budget_gb`, otherwise read from Zarr
+per sample (DataLoader workers), so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from ..errors import ConfigError
+from .grid import GridMapping, box_token_mask
+from .stores import FeatureStore, GeometryInfo, GeometryStore, Manifest, check_rows, load_contact, load_stats
+
+
+@dataclass
+class ActionCodec:
+    """How action chunks are normalised for the model, and back: per-dimension z-score of
+    the action, either absolute (ACT) or relative to the current qpos."""
+
+    mean: np.ndarray  # (Da,)
+    std: np.ndarray  # (Da,)
+    relative: bool
+
+    @classmethod
+    def from_stats(cls, stats: dict, relative: bool, qpos_dim: int | None = None) -> "ActionCodec":
+        mean, std = np.asarray(stats["action"]["mean"]), np.asarray(stats["action"]["std"])
+        if relative and qpos_dim is not None and qpos_dim != len(mean):
+            raise ConfigError(f"act.relative_actions needs actions in qpos space, but qpos has {qpos_dim} "
+                             f"dimensions and actions {len(mean)}")
+        return cls(mean, std, relative)
+
+    def encode(self, actions: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+        """(..., k, Da) raw actions, (..., Dq) raw qpos -> normalised."""
+        ref = qpos[..., None, :] if self.relative else self.mean
+        return ((actions - ref) / self.std).astype(np.float32)
+
+    def decode(self, pred: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+        """(..., k, Da) model output, (..., Dq) raw qpos -> raw actions."""
+        ref = qpos[..., None, :] if self.relative else self.mean
+        return pred * self.std + ref
+
+
+@dataclass(frozen=True)
+class HsaPair:
+    """Which streams HSA aligns for one tactile sensor."""
+
+    sensor: str  # tactile stream = sensor name
+    wrist: str | None  # wrist camera on the same arm
+    third_person: str | None
+
+    def key(self, camera: str) -> str:
+        return f"{camera}/{self.sensor}"
+
+
+def chunk_window(row: int, start: int, end: int, chunk: int, shift: int) -> tuple[int, int]:
+    """The recorded actions that frame `row` of the episode [start, end) is trained to
+    predict: action[a0 : a0 + n], a0 = row - shift (observation t pairs with action
+    t - shift onward, clipped at the episode start), n <= chunk (fewer at the episode end)."""
+    a0 = max(start, row - shift)
+    return a0, min(chunk, end - a0)
+
+
+def hsa_pairs(manifest: Manifest, geometry: GeometryInfo) -> list[HsaPair]:
+    """For each tactile sensor: the wrist camera on its arm and the (first) third-person camera."""
+    cams = manifest.info.cameras
+    camera_mounts, sensor_arms = geometry.camera_mounts, geometry.sensor_arms
+    pairs = []
+    for sensor in manifest.info.tactile:
+        if sensor not in geometry.sensors:
+            continue
+        arm = sensor_arms.get(sensor)
+        wrist = next((c for c, v in cams.items() if v.role == "wrist" and camera_mounts.get(c) == arm), None)
+        tp = next((c for c, v in cams.items() if v.role == "third_person"), None)
+        pairs.append(HsaPair(sensor, wrist, tp))
+    return pairs
+
+
+class Caches:
+    """Everything training and evaluation read, opened once: the prepare outputs, the
+    geometry store (as box -> token masks) and the feature store."""
+
+    def __init__(self, prepare_dir: Path, geometry_path: Path, features_path: Path, memory_budget_gb: float,
+                 positives: str = "now"):
+        self.manifest = Manifest.load(prepare_dir)
+        self.stats = load_stats(prepare_dir)
+        contact = load_contact(prepare_dir)
+        self.features_path = Path(features_path)
+        store = FeatureStore(features_path)
+        check_rows(store.attrs, self.manifest, self.features_path, "features")
+        geo = GeometryStore(geometry_path)
+        check_rows(geo.attrs, self.manifest, Path(geometry_path), "geometry")
+        self.feature_info, self.geometry_info = store.info, geo.info
+        # what a result trained on these caches is a function of (the resume key uses it)
+        self.fingerprint = {"prepare": self.manifest.prepare_fingerprint, "geometry": geo.fingerprint,
+                            "features": store.fingerprint}
+        self.streams: dict[str, str] = store.info.streams
+        self.grid, self.width = store.info.grid, store.info.width
+        self.pairs = hsa_pairs(self.manifest, geo.info)
+        N = self.manifest.n_frames
+        threshold = self.manifest.contact_threshold
+        self.contact = {s: np.concatenate([np.asarray(contact[s][e.id]) for e in self.manifest.episodes]) > threshold
+                        for s in contact}
+        # box -> token masks for every frame, with the feature store's exact image -> grid mapping:
+        # the sensor's box now, or (positives: next_contact) the box of where it presses next
+        self.box, self.visible, self.weight = {}, {}, {}
+        pre = "next_" if positives == "next_contact" else ""
+        for p in self.pairs:
+            s = geo.sensors.index(p.sensor)
+            for cam in (p.wrist, p.third_person):
+                if cam is None:
+                    continue
+                mapping = GridMapping(**store.info.mapping[cam])
+                vis = geo.cam[cam][pre + "visible"][:, s]
+                self.box[p.key(cam)] = box_token_mask(geo.cam[cam][pre + "box"][:, s], mapping) & vis[:, None, None]
+                self.visible[p.key(cam)] = vis
+                self.weight[p.key(cam)] = geo.cam[cam][pre + "weight"][:, s]
+        self.boxes_px = {c: geo.cam[c]["box"] for c in geo.cameras}
+        # qpos / actions for every frame, normalised, in memory (small)
+        q, a = [], []
+        for e in self.manifest.episodes:
+            with self.manifest.open(e) as ep:
+                q.append(ep.qpos)
+                a.append(ep.action)
+        self.qpos_raw, self.action_raw = np.concatenate(q), np.concatenate(a)
+        self.qpos = ((self.qpos_raw - self.stats["qpos"]["mean"]) / self.stats["qpos"]["std"]).astype(np.float32)
+        nbytes = N * len(self.streams) * self.grid * self.grid * self.width * 2
+        self.in_memory = nbytes <= memory_budget_gb * 2**30
+        self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None
+        self.cache_bytes = nbytes
+
+    def episode_of(self, row: int) -> int:
+        return self.manifest.episode_of(row)
+
+    def sensor_boxes_px(self, camera: str, sensor: str) -> np.ndarray:
+        """(N, 4) pixel box of `sensor` in `camera` for every frame (the store's column of that sensor)."""
+        return self.boxes_px[camera][:, self.geometry_info.sensors.index(sensor)]
+
+    def rows(self, split: str) -> np.ndarray:
+        """All global frame indices of the episodes in a split."""
+        offs = self.manifest.offsets
+        return np.concatenate([np.arange(offs[e], offs[e + 1]) for e in self.manifest.split(split)] or [np.zeros(0, int)])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The training contract between the data and the model: B samples. Per-sensor keys
+    are 'camera/sensor' (HsaPair.key); `contact` is keyed by sensor. Normalised = z-scored
+    with the prepare stage's stats (ActionCodec for actions)."""
+
+    row: torch.Tensor  # (B,) global frame index (row of every store)
+    qpos: torch.Tensor  # (B, Dq) float32, normalised
+    actions: torch.Tensor  # (B, k, Da) float32, normalised; 0 where padded
+    is_pad: torch.Tensor  # (B, k) bool: past the episode's end
+    tokens: dict[str, torch.Tensor]  # stream -> (B, G, G, C) float32 feature grid
+    box: dict[str, torch.Tensor]  # 'camera/sensor' -> (B, G, G) bool: tokens inside the sensor's box
+    visible: dict[str, torch.Tensor]  # 'camera/sensor' -> (B,) bool: the box is in the image
+    weight: dict[str, torch.Tensor]  # 'camera/sensor' -> (B,) float32: how much of the sensor the box shows
+    contact: dict[str, torch.Tensor]  # sensor -> (B,) bool: prepare's contact score over the threshold
+
+    @classmethod
+    def collate(cls, samples: list[dict]) -> "Batch":
+        """ChunkSamples items (one sample each, the same fields unbatched) -> a Batch."""
+        return cls(**default_collate(samples))
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda v: v.to(device, non_blocking=True)  # noqa: E731
+        return Batch(**{f.name: ({k: move(t) for k, t in getattr(self, f.name).items()}
+                                 if isinstance(getattr(self, f.name), dict) else move(getattr(self, f.name)))
+                        for f in fields(self)})
+
+
+class ChunkSamples(Dataset):
+    """One training sample per row, read from the caches (or streamed from Zarr): the
+    per-sample reference of the contract (Batch's fields, unbatched)."""
+
+    def __init__(self, caches: Caches, rows: np.ndarray, chunk_size: int, codec: ActionCodec):
+        self.c, self.rows, self.chunk, self.codec = caches, np.asarray(rows), chunk_size, codec
+        self.shift = caches.manifest.action_shift
+        self._store: FeatureStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _tokens(self, stream: str, row: int) -> np.ndarray:
+        if self.c.tokens is not None:
+            return self.c.tokens[stream][row]
+        if self._store is None:  # opened lazily in each worker process
+            self._store = FeatureStore(self.c.features_path)
+        return self._store.grid(stream, row)
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.rows[i])
+        e = self.c.episode_of(row)
+        start, end = int(self.c.manifest.offsets[e]), int(self.c.manifest.offsets[e + 1])
+        a0, n = chunk_window(row, start, end, self.chunk, self.shift)
+        actions = np.zeros((self.chunk, self.c.action_raw.shape[1]), np.float32)
+        actions[:n] = self.codec.encode(self.c.action_raw[a0: a0 + n], self.c.qpos_raw[row])
+        is_pad = np.arange(self.chunk) >= n
+        return {
+            "row": torch.tensor(row),
+            "qpos": torch.from_numpy(self.c.qpos[row]),
+            "actions": torch.from_numpy(actions),
+            "is_pad": torch.from_numpy(is_pad),
+            "tokens": {s: torch.from_numpy(self._tokens(s, row).astype(np.float32)) for s in self.c.streams},
+            "box": {k: torch.from_numpy(v[row]) for k, v in self.c.box.items()},
+            "visible": {k: torch.tensor(bool(v[row])) for k, v in self.c.visible.items()},
+            "weight": {k: torch.tensor(float(v[row])) for k, v in self.c.weight.items()},
+            "contact": {k: torch.tensor(bool(v[row])) for k, v in self.c.contact.items()},
+        }
+
+
+class FrameBatches:
+    """Batches of the sample contract above, gathered by tensor indexing from caches held
+    as tensors on the training device (no per-sample Python, no host-side float16 ->
+    float32 conversion): what training uses when the caches fit `train.memory_budget_gb`.
+    ChunkSamples is the per-sample reference (and the streaming path); tests check that
+    both give the same batches."""
+
+    def __init__(self, caches: Caches, chunk_size: int, codec: ActionCodec, device: torch.device):
+        if caches.tokens is None:
+            raise ValueError("FrameBatches needs the caches in memory (Caches(..., memory_budget_gb) too small)")
+        t = lambda a, dtype=None: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        m = caches.manifest
+        rows = np.arange(m.n_frames)
+        ep = np.searchsorted(m.offsets, rows, side="right") - 1
+        start, end = m.offsets[ep], m.offsets[ep + 1]
+        a0 = np.maximum(start, rows - m.action_shift)  # chunk_window, for every row at once
+        n = np.minimum(chunk_size, end - a0)
+        steps = np.arange(chunk_size)
+        self.is_pad = t(steps[None] >= n[:, None])  # (N, k)
+        self.action_index = t(np.minimum(a0[:, None] + steps[None], end[:, None] - 1))  # (N, k), pads repeat the last
+        self.action = t(caches.action_raw, torch.float32)  # (N, Da) raw units
+        self.qpos_raw = t(caches.qpos_raw, torch.float32)  # (N, Dq)
+        self.qpos = t(caches.qpos)  # (N, Dq) normalised
+        self.mean, self.std, self.relative = t(codec.mean, torch.float32), t(codec.std, torch.float32), codec.relative
+        self.tokens = {s: t(caches.tokens[s]) for s in caches.streams}  # (N, G, G, C) float16
+        self.box = {k: t(v) for k, v in caches.box.items()}
+        self.visible = {k: t(v) for k, v in caches.visible.items()}
+        self.weight = {k: t(v, torch.float32) for k, v in caches.weight.items()}
+        self.contact = {k: t(v) for k, v in caches.contact.items()}
+
+    def batch(self, rows: torch.Tensor) -> Batch:
+        """rows (B,) global frame indices on the device -> the sample contract, batched."""
+        is_pad = self.is_pad[rows]  # (B, k)
+        ref = self.qpos_raw[rows][:, None] if self.relative else self.mean  # (B, 1, Da) or (Da,)
+        actions = (self.action[self.action_index[rows]] - ref) / self.std  # (B, k, Da)
+        return Batch(
+            row=rows,
+            qpos=self.qpos[rows],
+            actions=actions.masked_fill(is_pad[..., None], 0.0),
+            is_pad=is_pad,
+            tokens={s: v[rows].float() for s, v in self.tokens.items()},  # (B, G, G, C)
+            box={k: v[rows] for k, v in self.box.items()},
+            visible={k: v[rows] for k, v in self.visible.items()},
+            weight={k: v[rows] for k, v in self.weight.items()},
+            contact={k: v[rows] for k, v in self.contact.items()},
+        )

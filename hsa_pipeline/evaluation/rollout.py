@@ -1,0 +1,248 @@
+"""Closed-loop evaluation: the exported policy drives the touch world.
+
+The same code path a real robot uses: `Policy` computes features from the raw images
+with the online encoder (the cache's exact preprocessing), ACT predicts a chunk, and
+temporal ensembling turns the chunks into one action per step. A rollout ends on success,
+on a failure the world detects (wrong tile, collision, joint limit) or after
+`eval.max_steps` steps (timeout). Those are the world's failures, counted. An exception
+is not a failure of the policy but a bug in our code (or the world's): it stops the
+evaluation with its traceback and the scene it happened in, so it never reads as "0%".
+
+Success rates come with a 95% Wilson score interval (Wilson 1927), which stays inside
+[0, 1] and is honest for small counts, unlike the normal approximation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import StoreError
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion successes / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(a: list[bool], b: list[bool], z: float = Z95) -> tuple[float, float, float]:
+    """Success of A minus success of B on the SAME scenes (and training seeds), with a 95%
+    interval: the mean of the per-scene differences d in {-1, 0, 1} +- z * sd(d) / sqrt(n).
+    Pairing removes the scene-to-scene spread that two independent rates would carry."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference: {len(a)} and {len(b)} outcomes; pair the same scenes")
+    d = np.asarray(a, float) - np.asarray(b, float)
+    half = z * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+@dataclass
+class RolloutResult:
+    seed: int
+    success: bool
+    failure: str | None  # None on success
+    phases_reached: int
+    steps: int
+    ms: dict[str, list[float]] = field(default_factory=dict)  # per step: world, encode, act
+    decision: dict | None = None  # match: the decision check at the first step after pick-up (decision_check)
+    frames: list[np.ndarray] = field(default_factory=list)  # contact sheets, when recorded
+
+
+def check_compatible(policy, env, where: str) -> None:
+    """One clear error when the policy was made for other streams or another action width."""
+    missing = [s for s in policy.streams if s not in env.streams]
+    width = policy.meta["shapes"]["action_dim"]
+    if missing or width != env.width or policy.meta["shapes"]["qpos_dim"] != env.width:
+        raise StoreError(f"{where}: the policy reads streams {policy.streams} and acts with {width} values, but the "
+                         f"touch world renders {env.streams} and takes {env.width}; closed-loop evaluation needs a "
+                         f"policy trained on the demo world's rig (for real-robot data set eval.rollouts: 0)")
+
+
+def drive(env, seed: int, start, record: bool = False, threads=None) -> RolloutResult:
+    """One scene until the world says it is over. `start()` is called after the reset and
+    returns `choose(obs, ms) -> action` (which may time its parts into `ms`)."""
+    from ..world import contact_sheet
+
+    result = RolloutResult(seed, False, None, 0, 0, {"world": [], "encode": [], "act": []})
+    try:
+        obs, info = env.reset(seed=seed)
+        choose = start()
+        done = False
+        while not done:
+            if threads is not None:
+                threads.update()
+            if record:
+                result.frames.append(contact_sheet(obs, env.streams, height=96))
+            action = choose(obs, result.ms)
+            t = time.perf_counter()
+            obs, _, terminated, truncated, info = env.step(action)
+            result.ms["world"].append(1e3 * (time.perf_counter() - t))
+            done = terminated or truncated
+        if record:
+            result.frames.append(contact_sheet(obs, env.streams, height=96))
+        result.success, result.failure = bool(info["success"]), info["failure"]
+        result.phases_reached, result.steps = int(info["phases_reached"]), int(info["step"])
+    except Exception as e:
+        e.add_note(f"(in the closed-loop rollout of scene seed {seed}, step {getattr(env, 't', '?')})")
+        raise
+    return result
+
+
+def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int) -> dict | None:
+    """match task, at the first step every arm carries its probe: which tile the predicted
+    chunk heads for (TouchWorld.chunk_places) against the true one, and whether the
+    decision FOLLOWS TOUCH: with the tactile image of another candidate's class put in
+    (the cameras unchanged), does the chunk turn to that candidate? (over the candidates
+    that are neither the true tile nor the one already chosen; a policy that ignores
+    touch scores 0, one that reads the felt class 1). Uses the
+    world's truth, so it is an evaluation in the touch world only (never training)."""
+    if env.cfg.task != "match" or not all(t.held for t in env.tasks):
+        return None
+    chosen = env.chunk_places(chunk)
+    correct = [c == t.order[0] for c, t in zip(chosen, env.tasks, strict=True)]
+    rng = np.random.default_rng([seed, 11])  # the counterfactual's own draws: the rollout is unchanged
+    follows = []
+    for a, task in enumerate(env.tasks):
+        for j, tile in enumerate(task.tiles):
+            if tile.kind != "candidate" or j in (task.order[0], chosen[a]):
+                continue  # a tile the chunk heads for already cannot show that it follows
+            other = {**obs, task.sensor: env.felt_image(task, tile.cls, rng)}
+            follows.append(env.chunk_places(policy.predict_chunk(other, obs["qpos"]))[a] == j)
+    return {"chosen": chosen, "true": [t.order[0] for t in env.tasks], "correct": all(correct),
+            "follows_touch": float(np.mean(follows)) if follows else None}
+
+
+def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
+    """One scene with the policy in the loop: encode, ACT, temporal ensembling, each timed;
+    on the match task, the decision check at the first step after pick-up."""
+    from ..model.policy import TemporalEnsembler
+
+    checked: dict = {}
+
+    def start():
+        ens = TemporalEnsembler(policy.chunk_size, ensemble_k)
+
+        def choose(obs, ms):
+            t0 = time.perf_counter()
+            tokens = policy.features({s: obs[s] for s in policy.streams})
+            t1 = time.perf_counter()
+            chunk = policy.predict_chunk(None, obs["qpos"], tokens)
+            action = ens.step(chunk)
+            ms["encode"].append(1e3 * (t1 - t0))
+            ms["act"].append(1e3 * (time.perf_counter() - t1))
+            if "decision" not in checked:
+                decision = decision_check(env, policy, obs, chunk, seed)
+                if decision is not None:
+                    checked["decision"] = decision
+            return action
+        return choose
+
+    result = drive(env, seed, start, record, threads)
+    result.decision = checked.get("decision")
+    return result
+
+
+def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: int) -> dict:
+    """Success rate with its interval, per-phase success, time to success, failure kinds, timings."""
+    n = len(results)
+    k = sum(r.success for r in results)
+    low, high = wilson(k, n)
+    failures: dict[str, int] = {}
+    for r in results:
+        if not r.success:
+            kind = r.failure or "unknown"
+            failures[kind] = failures.get(kind, 0) + 1
+    steps_ok = [r.steps for r in results if r.success]
+    per_step = {name: [x for r in results for x in r.ms.get(name, [])] for name in ("world", "encode", "act")}
+    policy_ms = [e + a for r in results for e, a in zip(r.ms.get("encode", []), r.ms.get("act", []), strict=True)]
+
+    def pct(xs, q):
+        return float(np.percentile(xs, q)) if xs else None
+
+    checks = [r.decision for r in results if r.decision is not None]
+    follows = [c["follows_touch"] for c in checks if c["follows_touch"] is not None]
+    decisions = len(checks)
+    correct = sum(c["correct"] for c in checks)
+
+    return {
+        "success_rate": k / n if n else None, "success_ci95": [low, high], "rollouts": n, "successes": k,
+        "phase_success": {name: sum(r.phases_reached > i for r in results) / max(n, 1)
+                          for i, name in enumerate(phase_names)},
+        "time_to_success_steps": {"mean": float(np.mean(steps_ok)) if steps_ok else None,
+                                  "median": float(np.median(steps_ok)) if steps_ok else None},
+        "failures": failures, "max_steps": max_steps,
+        "ms_per_step": {"world_render": pct(per_step["world"], 50), "encode": pct(per_step["encode"], 50),
+                        "act_and_ensemble": pct(per_step["act"], 50)},
+        "policy_step_ms": {"p50": pct(policy_ms, 50), "p99": pct(policy_ms, 99)},
+        "decision": {"checked": decisions, "accuracy": correct / decisions if decisions else None,
+                     "accuracy_ci95": list(wilson(correct, decisions)) if decisions else None,
+                     "follows_touch": float(np.mean(follows)) if follows else None},
+    }
+
+
+def write_gif(frames: list[np.ndarray], path, fps: float = 10.0) -> None:
+    """An animated GIF of contact sheets (plays in any browser and image viewer)."""
+    from PIL import Image
+
+    images = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE, colors=64) for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0,
+                   optimize=True)
+
+
+def run_expert(env, seed: int, record: bool = True) -> RolloutResult:
+    """The scripted expert on one scene, recorded like a policy rollout (for comparison)."""
+    from ..world import ScriptedExpert
+
+    def start():
+        expert = ScriptedExpert(env)  # plans from the scene the reset made
+        expert.reset()
+        return lambda obs, ms: expert.act()
+
+    return drive(env, seed, start, record)
+
+
+def policy_driver(policy_dir, server: str | None = None, api_key: str | None = None):
+    """What drives a rollout: the exported policy in this process, or (`server`, a ws://
+    address of `hsa serve`) the served one through openpi's client."""
+    from pathlib import Path
+
+    if server:
+        from ..serving.server import RemotePolicy
+
+        return RemotePolicy(server, api_key)
+    from ..model.policy import Policy
+
+    return Policy.load(Path(policy_dir), device="cpu")
+
+
+def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False, server: str | None = None,
+                      api_key: str | None = None) -> RolloutResult:
+    """`hsa rollout`: scene `scene` of the evaluate stage's rollouts (eval.seed), driven by
+    the policy in `policy_dir` or at `server` (or the scripted expert), written as an
+    animated GIF."""
+    from pathlib import Path
+
+    from ..world import TouchWorld
+    from ..world.synth import scene_seed
+
+    env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=p.eval.max_steps)
+    seed = scene_seed("eval", p.eval.seed, scene)
+    if expert:
+        result = run_expert(env, seed)
+    else:
+        policy = policy_driver(policy_dir, server, api_key)
+        check_compatible(policy, env, server or str(policy_dir))
+        result = run_rollout(env, policy, seed, p.eval.ensemble_k, record=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_gif(result.frames, out)
+    return result
