@@ -6,15 +6,19 @@ tabulates closed-loop success (pooled over seeds and rollouts, with a 95% Wilson
 interval), the decision check after pick-up, touch reliance in contact, and each
 variant's success MINUS HSA off on the same scenes and seeds (paired, with its interval):
 
-  hsa-on       ACT + HSA as params.yaml has it (the defaults: positives where the sensor
-               presses next, their heads = the policy's touch map)
+  hsa-on       ACT + HSA as params.yaml has it (the recipe: positives where the sensor's
+               touch next changes, read from its images; their heads = the policy's touch
+               map, one map per sensor)
+  mean-map     the recipe with one touch map from the MEAN of every tactile stream (the
+               map before per-sensor maps; the same as hsa-on with one sensor)
   hsa-on-now   the published HSA: positives where the sensor is now, contact frames only
-  hsa-off      the same ACT without the HSA loss (its touch map learned from actions only)
-  touch-blind  hsa-off that never sees the tactile stream (act.blind=[tactile]): the
+  hsa-off      the same ACT without the HSA loss (its touch maps learned from actions only)
+  touch-blind  hsa-off that never sees a tactile stream (act.blind = every one): the
                guessing baseline a touch-dependent task must beat
 
     python scripts/hsa_study.py --out outputs/study [--seeds 0 1 2] [--rollouts 100] \
-        [--variants hsa-on hsa-off touch-blind] [--episodes 40 80 160 320] [--set world.task=match ...]
+        [--variants hsa-on hsa-off touch-blind] [--episodes 40 80 160 320] \
+        [--preset presets/touch-world/claw.yaml] [--set world.task=match ...]
 
 Every variant runs the real stages (`python -m stages.<name>`) in its own directory under
 --out; each dataset and its caches are built once, in --out/shared-e<N>. Every run's
@@ -42,17 +46,24 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hsa_pipeline.config import apply_overrides, params_from_dict  # noqa: E402
+from hsa_pipeline.config import apply_overrides, params_from_dict, preset_overrides  # noqa: E402
 from hsa_pipeline.evaluation.rollout import paired_difference, wilson  # noqa: E402
 
-VARIANTS = {
+VARIANTS = {  # overrides of each variant; TACTILE stands for the list of every tactile stream
     "hsa-on": [],
+    "mean-map": ["act.touch_query=mean"],
     "hsa-on-now": ["hsa.positives=now", "hsa.require_contact=true"],
     "hsa-off": ["hsa.enabled=false"],
-    "touch-blind": ["hsa.enabled=false", "act.blind=[tactile]"],
+    "touch-blind": ["hsa.enabled=false", "act.blind=TACTILE"],
 }
 BASELINE = "hsa-off"  # the paired differences are "variant minus this"
 SHARED = ["data", "outputs/prepare", "outputs/geometry.zarr", "outputs/features.zarr"]
+
+
+def variant_overrides(variant: str, base: list[str]) -> list[str]:
+    """A variant's overrides, with TACTILE replaced by the tactile streams of `base`'s params."""
+    tactile = params_from_dict(apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), base)).data.tactile
+    return [o.replace("TACTILE", "[" + ", ".join(tactile) + "]") for o in VARIANTS[variant]]
 
 
 def write_params(directory: Path, overrides: list[str]) -> None:
@@ -107,10 +118,12 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, nargs="+", default=[None],
                     help="dataset sizes (a learning curve); default: params.yaml's synth.episodes")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses train.threads CPU threads)")
+    ap.add_argument("--preset", action="append", default=[], type=Path,
+                    help="an overlay of params for every run, e.g. presets/touch-world/bimanual.yaml")
     ap.add_argument("--set", action="append", default=[], help="override for every run, e.g. world.candidate_order=by_class")
     args = ap.parse_args()
     out = args.out.resolve()
-    base = args.set + [f"eval.rollouts={args.rollouts}"]
+    base = [o for p in args.preset for o in preset_overrides(p)] + args.set + [f"eval.rollouts={args.rollouts}"]
     t0 = time.perf_counter()
 
     jobs = []
@@ -121,7 +134,8 @@ def main() -> None:
         for variant in args.variants:
             for seed in args.seeds:
                 d = out / f"{variant}{tag}-s{seed}"
-                jobs.append((d, shared, base + size + VARIANTS[variant] + [f"train.seed={seed}"], variant, seed, n))
+                jobs.append((d, shared, base + size + variant_overrides(variant, base) + [f"train.seed={seed}"], variant,
+                             seed, n))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(lambda j: train_and_evaluate(*j[:3]), jobs))
     runs = [read_run(d, variant, seed, n) for d, _, _, variant, seed, n in jobs]
@@ -155,7 +169,9 @@ def summarise(runs: list[dict]) -> list[dict]:
                    "reliance_in_contact": _mean([(r.get("touch_reliance") or {}).get("in contact", {}).get("reliance")
                                                  for r in rs]),
                    "chunk_l1_vs_hold": _mean([r.get("chunk_l1_vs_hold") for r in rs]),
-                   "wrist_top1": _mean([r["alignment"].get("tactile_to_wrist", {}).get("top1") for r in rs])}
+                   "wrist_top1": _mean([v.get("top1") for r in rs
+                                        for k, v in (r["alignment"].get("next_contact") or {}).items()
+                                        if k.endswith("_to_wrist")])}
             pairs = [(ok, base[(r["seed"], s)]) for r in rs for s, ok in r["outcomes"] if (r["seed"], s) in base]
             if v != BASELINE and pairs:
                 row["minus_" + BASELINE] = list(paired_difference([a for a, _ in pairs], [b for _, b in pairs]))
@@ -177,7 +193,8 @@ def _f(x, pct=False):
 def render(table: list[dict], runs: list[dict], args, minutes: float) -> str:
     world = runs[0]["closed_loop"]
     lines = [f"HSA study: task {world['task']}, seeds {args.seeds}, {args.rollouts} rollouts per run (the same scenes "
-             f"for every run), overrides {args.set or 'none'}; {minutes:.0f} min", "",
+             f"for every run), presets {[str(p) for p in args.preset] or 'none'}, overrides {args.set or 'none'}; "
+             f"{minutes:.0f} min", "",
              f"| episodes | variant | success (pooled) | 95% interval | per seed | minus {BASELINE} (paired, 95%) "
              "| decision right | follows touch | touch reliance in contact | chunk L1 / hold |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -1,7 +1,8 @@
-"""Stage `geometry`: forward kinematics, sensor poses and the sensor's box in every camera,
-for every frame.
+"""Stage `geometry`: forward kinematics, sensor poses, each sensor's contact, and its box in
+every camera (where it is now, and where its touch next changes), for every frame.
 
-Reads    params robot, sensors, cameras, geometry; outputs/prepare/episodes.json; the episodes' qpos
+Reads    params robot, sensors, cameras, geometry; outputs/prepare/episodes.json and
+         contact.json; the episodes' qpos
 Writes   outputs/geometry.zarr
 """
 
@@ -17,7 +18,8 @@ OUT = Path("outputs/geometry.zarr")
 
 def run(p) -> dict:
     s = run_geometry(p.robot, p.sensors, p.cameras, p.geometry, PREPARE, OUT)
-    print(f"geometry: visible fraction per camera {s['visible_fraction']} -> {OUT}")
+    print(f"geometry: visible fraction per camera {s['visible_fraction']}; in contact per sensor "
+          f"{dict(zip(s['sensors'], s['contact_fraction'], strict=True))} ({s['contact_sources']}) -> {OUT}")
     return s
 
 

@@ -1,5 +1,5 @@
 """Stage `prepare`: validate every episode, split by episode, normalisation stats and
-per-frame contact scores.
+per-frame contact (score and flag) of every tactile stream, read from its images.
 
 Reads    params data, act.chunk_size; the episodes in data.episodes_dir (never modified)
 Writes   outputs/prepare/ episodes.json, training.json, stats.json, contact.json

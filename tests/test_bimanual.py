@@ -19,7 +19,7 @@ def trained(tmp_path_factory):
     os.chdir(root)
     try:
         p = bimanual_params(TINY_TRAIN + ["synth.episodes=3", "data.train_ratio=0.67", "train.steps=10",
-                                          "train.val_every=10", "eval.report_frames=1"])
+                                          "train.val_every=10", "eval.report_frames=1", "eval.rollouts=2"])
         for name in ("synth", "prepare", "geometry", "features", "train", "evaluate"):
             run_stage(name, p)
     finally:
@@ -46,9 +46,18 @@ def test_training_curves_exist_per_sensor(trained):
     assert json.loads((trained / TRAIN / "metrics.json").read_text())["step"] == 10
 
 
+def test_each_sensors_touch_map_marks_its_own_arms_camera_and_the_top_one(trained):
+    policy = json.loads((trained / TRAIN / "policy" / "policy.json").read_text())
+    assert policy["shapes"]["touch_cameras"] == {"tactile_left": ["left_wrist", "top"],
+                                                 "tactile_right": ["right_wrist", "top"]}
+    assert policy["act"]["touch_map"] and policy["act"]["touch_query"] == "per_sensor"
+
+
 def test_evaluation_aligns_each_sensor_with_its_own_wrist_camera(trained):
     m = json.loads((trained / EVAL / "metrics.json").read_text())
-    assert {"tactile_left_to_wrist", "tactile_right_to_wrist"} <= set(m["alignment"])
+    assert {"tactile_left_to_wrist", "tactile_right_to_wrist"} <= set(m["alignment"]["next_contact"])
+    # two arms must both succeed: guessing the tile is 1 in candidates for each
+    assert m["closed_loop"]["guess_rate"] == pytest.approx((1 / 3) ** 2)
     joints = (trained / EVAL / "plots" / "per_joint.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in joints[1:]] == [f"{arm}.{j}" for arm in ("left", "right")
                                                           for j in ("j1", "j2", "j3", "j4", "j5", "j6", "gripper")]

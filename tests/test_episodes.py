@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_params
-from hsa_pipeline.config import DataConfig
-from hsa_pipeline.data.contact import contact_scores
+from hsa_pipeline.config import ContactConfig, DataConfig
+from hsa_pipeline.data.contact import start_look, trace
 from hsa_pipeline.data.episodes import Episode, EpisodeError, write_episode
 from hsa_pipeline.data.prepare import STD_MIN, run_prepare, split_episodes
 from hsa_pipeline.data.stores import Manifest
@@ -270,15 +270,17 @@ def test_stats_clip_a_still_joint(tmp_path):
     assert json.loads((tmp_path / "out/stats.json").read_text())["qpos"]["std"] == [STD_MIN] * 7
 
 
-def test_contact_score_is_distance_from_the_no_contact_reference():
+def test_contact_score_is_distance_from_the_episode_start():
     rng = np.random.default_rng(0)
     rest = np.full((20, 32, 32, 3), 100.0) + rng.normal(0, 1, (20, 32, 32, 3))
-    rest[5:8, 8:24, 8:24] += 80  # frames 5..7 pressed: a blob differs from the gel
-    scores, ref = contact_scores({"a": rest[:10], "b": rest[10:]})
-    np.testing.assert_allclose(ref, 100.0, atol=1.5)
-    expected = np.abs(rest[:10] - ref).mean(axis=(1, 2, 3)) / 255
-    np.testing.assert_allclose(scores["a"], expected)
-    assert scores["a"][5:8].min() > 5 * scores["a"][[0, 1, 2, 3, 4, 8, 9]].max()
+    rest[5:15, 8:24, 8:24] += 80  # frames 5..14 pressed (half the episode): a blob differs from the gel
+    cfg = ContactConfig()
+    ref = start_look(rest, cfg)  # the median of the first 3 frames: the gel and its noise
+    np.testing.assert_allclose(ref, np.median(rest[:3], axis=0))
+    np.testing.assert_allclose(ref, 100.0, atol=4.0)
+    got = trace(rest, ref, cfg)
+    np.testing.assert_allclose(got.score, np.abs(rest - ref).mean(axis=(1, 2, 3)) / 255)
+    assert got.contact.tolist() == [5 <= t < 15 for t in range(20)]
 
 
 def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
@@ -293,8 +295,7 @@ def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
     contact = json.loads((tmp_path / "out/contact.json").read_text())["tactile"]
     env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=10**6)
     truth = record_episode(env, scene_seed("train", 0, 0))["felt"]["tactile"] >= 0  # what the world says is felt
-    predicted = np.array(contact["episode_0"]) > cfg.contact_threshold
-    np.testing.assert_array_equal(predicted, truth)
+    np.testing.assert_array_equal(np.array(contact["episode_0"]["contact"], bool), truth)
 
 
 def test_one_usable_episode_is_said_and_hashes_name_the_content(tmp_path, capsys):

@@ -13,14 +13,13 @@ import pytest
 from PIL import Image
 
 from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN, tiny_pipeline_params
+from hsa_pipeline.evaluation.alignment import contact_events, retrieval
 from hsa_pipeline.evaluation.evaluate import (
     action_errors,
     baselines,
     chunk_targets,
-    contact_events,
     joint_units,
     replay,
-    retrieval,
     run_evaluate,
 )
 from hsa_pipeline.evaluation.rollout import wilson
@@ -103,9 +102,11 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     saved = json.loads((EVAL / "metrics.json").read_text())
     for key in ("chunk_l1", "hold_chunk_l1", "const_vel_chunk_l1", "replay_l1_ensembled", "replay_l1_chunked"):
         assert isinstance(saved[key], float) and saved[key] >= 0, key
-    assert saved["hsa_enabled"] is True and "tactile_to_wrist" in saved["alignment"]
-    a = saved["alignment"]["tactile_to_wrist"]
-    assert 0 <= a["top1"] <= 1 and 0 < a["top1_chance"] <= 1 and 0 < a["loc_chance"] < 1
+    assert saved["hsa_enabled"] is True and saved["alignment"]["trained_on"] == "next_contact"
+    for target in ("now", "next_contact"):  # both targets, each with what it measures
+        a = saved["alignment"][target]["tactile_to_wrist"]
+        assert saved["alignment"][target]["measures"]
+        assert 0 <= a["top1"] <= 1 and 0 < a["top1_chance"] <= 1 and 0 < a["loc_chance"] < 1
     assert m["chunk_l1"] == pytest.approx(saved["chunk_l1"], rel=1e-5)
     # closed loop: 3 rollouts of a 6-step policy, each ending in a counted way
     c = saved["closed_loop"]

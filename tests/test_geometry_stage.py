@@ -48,7 +48,7 @@ def test_store_matches_the_rig_per_episode(stores):
 def test_store_is_a_handful_of_files_and_its_fingerprint_follows_its_content(stores, tmp_path):
     p, tmp = stores
     files = [f for f in (tmp / "geometry.zarr").rglob("*") if f.is_file()]
-    assert len(files) <= 2 * (1 + 2 * 7) + 3  # metadata + one chunk per array (pose, 7 per camera), 3 groups: not per frame
+    assert len(files) <= 2 * (3 + 2 * 7) + 3  # metadata + a chunk per array (pose, contact, next_row, 7 a camera), 3 groups
     same = geometry(p, tmp / "prepare", tmp_path / "same.zarr")
     assert same["fingerprint"] == GeometryStore(tmp / "geometry.zarr").fingerprint
     wider = geometry(make_params([f"data.episodes_dir={p.data.episodes_dir}", "synth.enabled=false",
@@ -118,13 +118,6 @@ def test_limit_violations_fail_in_error_mode_and_leave_no_store(past_the_limit, 
     assert not (tmp_path / "e.zarr").exists() and not (tmp_path / "e.zarr.partial").exists()
 
 
-def test_next_press_looks_ahead_to_the_following_press():
-    from hsa_pipeline.geometry.rig import next_press
-
-    heights = np.array([5, 3, 0, 0, 2, 4, 0, 0.4, 1.0])  # presses: frames 2-3 and 6-7 (tolerance 0.5)
-    np.testing.assert_array_equal(next_press(heights, 0.5), [2, 2, 6, 6, 6, 6, -1, -1, -1])
-
-
 def test_next_contact_boxes_show_the_tile_the_expert_puts_the_probe_on():
     """While the probe is carried, the next-contact box in the top camera holds the matching
     tile's centre (the world's truth, projected), and the box now holds the sensor."""
@@ -139,17 +132,16 @@ def test_next_contact_boxes_show_the_tile_the_expert_puts_the_probe_on():
         ep = record_episode(env, scene_seed("train", 5, i))
         task = env.tasks[0]
         goal = task.tiles[task.order[0]]
-        geo = rig.episode_geometry(ep["qpos"])
+        geo = rig.episode_geometry(ep["qpos"], touch={"tactile": ep["felt"]["tactile"] >= 0})
         top: Camera = rig.cameras["top"]
         uv = top.project((np.linalg.inv(geo.camera_pose["top"][0]) @ [goal.x, goal.y, 0.0, 1.0])[None, :3])[0]
         carried = np.flatnonzero(ep["felt"]["tactile"] == task.tiles[task.probe].cls)
-        carried = carried[carried < carried.max() - 3]  # before the put-down press itself
         assert len(carried) > 5
         nb = geo.next_boxes["top"]["tactile"]
         assert nb.visible[carried].all()
         x0, y0, x1, y1 = nb.box[carried].T
         assert ((x0 <= uv[0]) & (uv[0] <= x1) & (y0 <= uv[1]) & (uv[1] <= y1)).all()
-        assert not nb.visible[-1]  # after the last press nothing follows
+        assert not nb.visible[-1]  # after the last touch nothing follows
 
 
 def test_stores_and_the_manifest_from_another_layout_get_one_line_naming_it(stores, tmp_path):
@@ -167,17 +159,17 @@ def test_stores_and_the_manifest_from_another_layout_get_one_line_naming_it(stor
     shutil.copytree(tmp / "geometry.zarr", old)
     root = zarr.open_group(str(old), mode="r+")
     del root.attrs["schema_version"]
-    with pytest.raises(StoreError, match="geometry layout version 1, but this code reads version 2; rerun `dvc repro"):
+    with pytest.raises(StoreError, match="geometry layout version 1, but this code reads version 3; rerun `dvc repro"):
         GeometryStore(old)
-    root.attrs["schema_version"] = 2
+    root.attrs["schema_version"] = 3
     del root.attrs["camera_mounts"]
     with pytest.raises(StoreError, match="attribute.s. camera_mounts missing"):
         GeometryStore(old)
     prep = tmp_path / "prepare"
     shutil.copytree(tmp / "prepare", prep)
     raw = json.loads((prep / "episodes.json").read_text())
-    (prep / "episodes.json").write_text(json.dumps({**raw, "schema_version": 3}))
-    with pytest.raises(StoreError, match="manifest layout version 3, but this code reads version 2; it was written "
+    (prep / "episodes.json").write_text(json.dumps({**raw, "schema_version": 4}))
+    with pytest.raises(StoreError, match="manifest layout version 4, but this code reads version 3; it was written "
                                          "by newer code"):
         Manifest.load(prep)
     del raw["qpos_dim"]

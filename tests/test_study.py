@@ -40,6 +40,6 @@ def test_the_table_pools_seeds_and_pairs_each_variant_with_hsa_off_scene_by_scen
                                                                       [0, 1, 0, 1, 1, 0, 0, 0]))
     assert table["hsa-on"]["minus_hsa-off"][0] == pytest.approx(3 / 8)
     assert "minus_hsa-off" not in table["hsa-off"]
-    text = study.render(study.summarise(on + off), on + off, type("A", (), {"seeds": [0, 1], "rollouts": 4, "set": []}),
-                        1.0)
+    args = type("A", (), {"seeds": [0, 1], "rollouts": 4, "set": [], "preset": []})
+    text = study.render(study.summarise(on + off), on + off, args, 1.0)
     assert "| params | hsa-on | 6/8 = 75% |" in text and "+38%" in text

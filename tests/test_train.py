@@ -533,13 +533,14 @@ def test_touch_map_weights_camera_tokens_by_their_match_with_the_touch():
     cfg = ActConfig(hidden_dim=16, dim_feedforward=32, heads=2, enc_layers=1, dec_layers=1, vae_enc_layers=1,
                     latent_dim=4, chunk_size=5, touch_map=True, dropout=0.0)
     torch.manual_seed(0)
-    model = ACTPolicy(cfg, ActShapes(7, 7, ["cam", "tac"], grid=4, token_dim=8, tactile=["tac"]))
+    model = ACTPolicy(cfg, ActShapes(7, 7, ["cam", "tac"], grid=4, token_dim=8, tactile=["tac"],
+                                     touch_cameras={"tac": ["cam"]}))
     felt, tokens = torch.randn(2, 16), torch.randn(2, 4, 16)
     q, k = model.touch_query(felt), model.touch_key(tokens)
     torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
     scale = 1 / 0.07  # the learned inverse temperature starts at 1 / 0.07
-    expected = torch.softmax((q[:, None] * k).sum(-1) * scale, -1)[..., None] * 4 * model.touch_emb
-    torch.testing.assert_close(model.touch_map_bias(felt, tokens), expected)
+    expected = torch.softmax((q[:, None] * k).sum(-1) * scale, -1)[..., None] * 4 * model.touch_emb[0]
+    torch.testing.assert_close(model.touch_map_bias(felt, tokens, model.touch_emb[0]), expected)
     B = 2
     cam = torch.randn(B, 4, 4, 8)
     qpos = torch.randn(B, 7)
@@ -591,10 +592,10 @@ def test_the_exported_policy_carries_its_hsa_heads_and_a_layout_version(work_dir
     old = json.loads(meta_path.read_text())
     del old["schema_version"]
     meta_path.write_text(json.dumps(old))
-    with pytest.raises(StoreError, match=r"policy.json: policy layout version 1, but this code reads version 2"):
+    with pytest.raises(StoreError, match=r"policy.json: policy layout version 1, but this code reads version 3"):
         load_trained(TRAIN, "cpu")
     (TRAIN / "policy" / "hsa.pt").unlink()
-    meta_path.write_text(json.dumps({**old, "schema_version": 2}))
+    meta_path.write_text(json.dumps({**old, "schema_version": 3}))
     with pytest.raises(StoreError, match=r"hsa.pt: missing from the exported policy"):
         load_trained(TRAIN, "cpu")
 
@@ -614,8 +615,11 @@ def test_hsa_on_with_a_sensor_it_cannot_align_is_an_error_not_a_zero_loss(work_d
     c.pairs = []
     with pytest.raises(ConfigError, match="tactile sensor 'tactile' is not in the geometry store"):
         build(p.act, p.hsa, 4, c, torch.device("cpu"))
-    off = tiny_pipeline_params(["hsa.enabled=false"])
-    assert build(off.act, off.hsa, 4, c, torch.device("cpu")).hsa is None  # without HSA it needs no pairs
+    off = tiny_pipeline_params(["hsa.enabled=false", "act.touch_map=false"])
+    assert build(off.act, off.hsa, 4, c, torch.device("cpu")).hsa is None  # without HSA (or a map) it needs no pairs
+    mapped = tiny_pipeline_params(["hsa.enabled=false"])  # a touch map needs to know each sensor's cameras
+    with pytest.raises(ConfigError, match="act.touch_map: tactile sensor 'tactile' is not in the geometry store"):
+        build(mapped.act, mapped.hsa, 4, c, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -9,7 +9,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from conftest import bimanual_params, demo_rig, make_params
+from conftest import REPO, bimanual_params, demo_rig, make_params
+from hsa_pipeline.config import preset_overrides
 from hsa_pipeline.data.episodes import Episode
 from hsa_pipeline.world import ScriptedExpert, TouchWorld
 from hsa_pipeline.world.ik import ArmIK
@@ -50,7 +51,7 @@ def hand_made(env: TouchWorld, task: str) -> ArmTask:
 
 def go(env: TouchWorld, x: float, y: float, z: float, grip: float = 0.3):
     """Move the sensor to (x, y, z) along a joint-space line, slower than the speed limit."""
-    ik = ArmIK(env.rig, "arm", "tactile", None)
+    ik = ArmIK(env.rig, "arm", "tactile")
     ik.q = env.qpos[:6].copy()
     start, target = env.qpos.copy(), np.append(ik.solve(x, y, z), grip)
     n = int(np.ceil(np.abs(target - start).max() / (0.5 * env.max_step_rad))) + 1
@@ -142,6 +143,87 @@ def test_observations_match_the_spaces_and_the_stream_names():
         env.step(np.zeros(6))
     again, _ = env.reset(seed=4)
     np.testing.assert_array_equal(obs["top"], again["top"])  # a seed is a scene
+
+
+# --------------------------------------------------------------------------- the claw (presets/touch-world)
+def claw_params(extra: list[str] | None = None):
+    return make_params(preset_overrides(REPO / "presets/touch-world/claw.yaml") + (extra or []))
+
+
+def claw_to(env: TouchWorld, x: float, y: float, z: float, grip: float):
+    """Move the claw's centre to (x, y, z) with gripper command `grip`, slower than the limit."""
+    ik = ArmIK(env.rig, "arm", "tactile")
+    ik.q = env.qpos[:6].copy()
+    start, target = env.command.copy(), np.append(ik.solve(x, y, z), grip)
+    n = int(np.ceil(np.abs(target[:6] - start[:6]).max() / (0.5 * env.max_step_rad))) + 1
+    for i in range(1, n + 1):
+        obs, r, term, trunc, info = env.step(start + (target - start) * i / n)
+        if term:
+            break
+    return obs, info
+
+
+def test_the_claw_feels_by_squeezing_carries_and_puts_down():
+    """Hand-made scene: the probe block at (0, -0.3). Closing in mid-air touches nothing;
+    closing around the probe stops the claw's measured opening at the probe's width while
+    the pad feels its class, at a height far above the table; the probe leaves with the
+    claw, and opening over the tile of its class puts it down there: success."""
+    from hsa_pipeline.world.claw import CLAW_OPEN, CLAW_SQUEEZE, GRASP_Z_M, PROBE_COMMAND
+
+    env = world(claw_params())
+    task = hand_made(env, "match")
+    task.claw = True
+    _, info = claw_to(env, 0.0, -0.3, 0.15, CLAW_OPEN)
+    obs, info = claw_to(env, 0.0, -0.3, 0.15, CLAW_SQUEEZE)  # closed above the probe: nothing between the fingers
+    assert env.depth["tactile"] == 0 and env.felt_class(task) == -1 and env.qpos[6] == pytest.approx(CLAW_SQUEEZE)
+    claw_to(env, 0.0, -0.3, 0.15, CLAW_OPEN)
+    claw_to(env, 0.0, -0.3, GRASP_Z_M, CLAW_OPEN)
+    obs, info = claw_to(env, 0.0, -0.3, GRASP_Z_M, CLAW_SQUEEZE)
+    assert task.held and info["phase"] == "picked up" and env.felt_class(task) == 1
+    assert env.qpos[6] == pytest.approx(PROBE_COMMAND) and env.command[6] == pytest.approx(CLAW_SQUEEZE)
+    blank = tactile_image(None, 0.0, env.cfg.tactile_size, np.random.default_rng(0)).astype(float)
+    assert np.abs(obs["tactile"].astype(float) - blank).mean() > 3  # the imprint of its class
+    obs, info = claw_to(env, 0.0, -0.5, 0.12, CLAW_SQUEEZE)  # carried high over the table: still felt
+    assert task.held and env.felt_class(task) == 1 and task.carried[2] > 0.05
+    claw_to(env, 0.0, -0.5, GRASP_Z_M + 0.002, CLAW_SQUEEZE)
+    _, info = claw_to(env, 0.0, -0.5, GRASP_Z_M + 0.002, CLAW_OPEN)  # let go over the tile of its class
+    assert info["success"] and task.placed_on == 1 and not task.held and env.felt_class(task) == -1
+
+
+@pytest.mark.parametrize("where, failure", [((0.15, -0.5), "wrong tile"), ((0.3, -0.4), "put down off the tiles")])
+def test_the_claw_fails_on_the_wrong_tile_or_off_the_tiles(where, failure):
+    from hsa_pipeline.world.claw import CLAW_OPEN, CLAW_SQUEEZE, GRASP_Z_M
+
+    env = world(claw_params())
+    task = hand_made(env, "match")
+    task.claw = True
+    claw_to(env, 0.0, -0.3, GRASP_Z_M, CLAW_OPEN)
+    claw_to(env, 0.0, -0.3, GRASP_Z_M, CLAW_SQUEEZE)
+    claw_to(env, where[0], where[1], 0.12, CLAW_SQUEEZE)
+    _, info = claw_to(env, where[0], where[1], 0.12, CLAW_OPEN)  # dropped from up there
+    assert not info["success"] and info["failure"] == failure
+
+
+@pytest.mark.parametrize("preset", ["claw", "bimanual"])
+def test_the_scripted_expert_solves_30_seeded_claw_scenes(preset):
+    p = make_params(preset_overrides(REPO / f"presets/touch-world/{preset}.yaml"))
+    env = world(p, max_steps=10**6)
+    results = [record_episode(env, scene_seed("eval", 0, i)) for i in range(30)]
+    assert [r["failure"] for r in results if not r["success"]] == []
+    for r in results:  # each pad feels exactly one class, its own probe's, from the grasp to the release
+        for sensor, felt in r["felt"].items():
+            touched = np.flatnonzero(felt >= 0)
+            assert len(set(felt[touched])) == 1 and np.all(np.diff(touched) == 1), sensor
+
+
+def test_a_claw_on_the_press_task_or_without_a_gripper_is_refused():
+    from hsa_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="world.task: 'press' presses tiles with a pad facing down, but "
+                                          "sensors.tactile sits in a claw"):
+        world(claw_params(["world.task=press"]))
+    with pytest.raises(ConfigError, match="the pad is in a claw, but robot.arms.arm.gripper_index is null"):
+        world(claw_params(["robot.arms.arm.gripper_index=null"]))
 
 
 # --------------------------------------------------------------------------- the expert and the recorded demo

@@ -116,6 +116,27 @@ class LeRobotConfig:
 
 
 @dataclass
+class ContactConfig:
+    """When a tactile sensor is in contact, read from its own images (stage `prepare`;
+    hsa_pipeline/data/contact.py): each frame's difference from the sensor's no-contact
+    look (a contact score, 0..1), with hysteresis and a minimum duration. It decides where
+    the sensor touches next (hsa.positives: next_contact), hsa.require_contact, the phases
+    of the touch-reliance table and the alignment frames of `evaluate`, and the onsets of
+    `hsa calibrate --check`."""
+
+    reference: Literal["episode_start", "dataset_start"] = param(
+        "episode_start", "the no-contact look: episode_start = the median of each episode's first reference_frames "
+        "frames (recordings start with the pad free; follows a gel's drift between episodes); dataset_start = the "
+        "median of those frames over every episode (robust when a few episodes start in contact). Never the bulk of "
+        "the stream, so contact may last most of an episode")
+    reference_frames: int = param(3, "frames at the start of each episode taken as free of contact", ge=1)
+    enter: float = param(0.02, "contact begins when the score rises above this (the demo's gel: about 0.003 free, "
+                               "0.03-0.05 in contact)", gt=0.0)
+    exit: float = param(0.01, "contact ends when the score falls below this (hysteresis; <= enter)", gt=0.0)
+    min_frames: int = param(2, "contact runs, and gaps inside contact, shorter than this many frames are ignored", ge=1)
+
+
+@dataclass
 class DataConfig:
     """Where episodes are and how to read them (stage `prepare`)."""
 
@@ -136,7 +157,7 @@ class DataConfig:
     on_bad_episode: Literal["error", "skip"] = param(
         "error", "error: stop at the first bad episode; skip: list it in the manifest and go on")
     min_length: int = param(10, "episodes shorter than this many frames are bad", ge=1)
-    contact_threshold: float = param(0.02, "a frame is 'in contact' when its contact score exceeds this", ge=0.0)
+    contact: ContactConfig = param(doc="when a tactile sensor is in contact, from its own images", factory=ContactConfig)
 
 
 @dataclass
@@ -168,7 +189,13 @@ class SensorConfig:
                             "mount is xyz 0 0 0.02)")
     size: list[float] = param(doc="surface rectangle (x, y) in metres", factory=lambda: [0.03, 0.04], min_len=2)
     finger_offset: Literal["none", "left", "right"] = param(
-        "none", "move the mount along flange y by +/- half the X-Trainer claw opening")
+        "none", "the pad sits on a claw finger: the mount moves along flange y by +/- half the X-Trainer claw "
+                "opening (the touch world then grasps by squeezing between the fingers instead of pressing down)")
+    contact: Literal["touch", "kinematics"] = param(
+        "touch", "where this sensor's contact comes from: touch = its own tactile images (data.contact); "
+                 "kinematics = the sensor within geometry.press_tolerance_m of its lowest height in the episode, a "
+                 "fallback for a sensor whose images carry no contact signal (wrong for claws, presses at several "
+                 "heights, low passes without touching and episodes without contact)")
 
 
 @dataclass(kw_only=True)
@@ -190,8 +217,8 @@ class GeometryConfig:
 
     margin_px: float = param(4.0, "pixels added on every side of a box to absorb calibration error", ge=0.0)
     press_tolerance_m: float = param(
-        0.01, "next-contact boxes (hsa.positives: next_contact): a press is a run of frames with the sensor within "
-              "this of its lowest height in the episode", gt=0.0)
+        0.01, "sensors with contact: kinematics only: in contact within this of the sensor's lowest height in the "
+              "episode", gt=0.0)
 
 
 @dataclass
@@ -233,11 +260,17 @@ class ActConfig:
     full_grid: list[str] = param(doc="streams the transformer sees unpooled (every patch token), e.g. the camera "
                                      "whose small details decide the task", factory=list)
     touch_map: bool = param(
-        True, "explicit grounding of touch in sight: every camera token gets a learned vector weighted by how well it "
-               "matches the mean tactile token (cosine of two projection heads over a learned temperature, softmax "
-               "over the camera's tokens), so 'where do I see what I feel' is an input of the transformer, not "
-               "something attention must find. With hsa.enabled the heads are HSA's own: the alignment HSA learns "
-               "is the map the policy reads")
+        True, "explicit grounding of touch in sight: each tactile sensor marks the tokens of the cameras that can see "
+               "where it is going (its own arm's wrist cameras and every third-person camera) with a learned vector "
+               "of its own, weighted by how well each token matches what THAT sensor feels (cosine of two projection "
+               "heads over a learned temperature, softmax over the camera's tokens), so 'where do I see what I feel' "
+               "is an input of the transformer, not something attention must find. With hsa.enabled the heads are "
+               "HSA's own: the alignment HSA learns per sensor is the map the policy reads")
+    touch_query: Literal["per_sensor", "mean"] = param(
+        "per_sensor", "touch_map only: per_sensor = one map per sensor, as above; mean = one map from the mean of "
+                      "every tactile stream's tokens marking every camera (the map before per-arm maps, kept to "
+                      "compare: with two pads it halves one pad's signal, blends two felt classes and lets a pad mark "
+                      "the other arm's wrist camera)")
     relative_actions: bool = param(
         False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
     blind: list[str] = param(doc="streams the policy does not see (their tokens are zeroed), for ablations such as "
@@ -265,12 +298,15 @@ class HsaConfig:
     bank_size: int = param(0, "FIFO memory bank of past wrist embeddings used as extra negatives; 0 = off", ge=0)
     bank_topk: int = param(0, "keep only the k hardest bank negatives; 0 = all", ge=0)
     require_contact: bool = param(False, "only frames in contact count as positives (the published method, with "
-                                         "positives: now); with next_contact every frame points at its next press")
+                                         "positives: now); with next_contact every frame points where its touch "
+                                         "next changes")
     positives: Literal["now", "next_contact"] = param(
-        "next_contact", "the positive box: now = where the sensor is in the image (the published method); next_contact = where "
-               "it presses NEXT, from the recording's own future (forward kinematics of the next press projected "
-               "into the current frame, geometry.press_tolerance_m), so what is felt is aligned with the place it "
-               "must go to")
+        "next_contact", "the positive box: now = where the sensor is in the image (the published method); "
+        "next_contact = where its touch next CHANGES, from the recording's own future: out of contact, where its "
+        "next contact begins; in contact, where this contact ends (where a carried object is put down). Contact "
+        "comes from the sensor's own images (data.contact, or sensors.<name>.contact: kinematics); forward "
+        "kinematics of that frame projected into the current one gives the box. Frames of an episode without "
+        "contact get no positive")
     reduction: Literal["mean", "sum"] = param("mean", "mean or sum of the per-sample losses over usable samples")
 
 
@@ -336,6 +372,10 @@ class Params:
 
 
 # --------------------------------------------------------------------------- loading
+# Keys that were renamed: an old params.yaml gets the new name, not "unknown key".
+RENAMED = {"data.contact_threshold": "data.contact.enter (and data.contact.exit: contact now has hysteresis)"}
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -421,10 +461,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
+        where = f"{prefix}.{k}" if prefix else str(k)
+        if where in RENAMED:
+            raise ConfigError(f"{where}: renamed; use {RENAMED[where]}")
         if k not in fields:
             close = difflib.get_close_matches(str(k), fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            where = f"{prefix}.{k}" if prefix else str(k)
             raise ConfigError(f"{where}: unknown key{hint}; allowed: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
@@ -494,6 +536,9 @@ def _cross_check(p: Params) -> None:
         if s in p.data.tactile and p.hsa.enabled:
             raise ConfigError(f"act.blind: the policy is blind to the tactile stream '{s}', so HSA has nothing to "
                               f"align; set hsa.enabled: false")
+    if p.data.contact.exit > p.data.contact.enter:
+        raise ConfigError(f"data.contact.exit: {p.data.contact.exit} is above data.contact.enter "
+                          f"{p.data.contact.enter}; contact must end below the score where it begins")
     if p.hsa.bank_topk and not p.hsa.bank_size:
         raise ConfigError("hsa.bank_topk: needs hsa.bank_size > 0")
     for key, device in (("features.device", p.features.device), ("train.device", p.train.device)):
@@ -540,6 +585,23 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {text!r}: '{part}' is not a section")
         node[parts[-1]] = value
     return raw
+
+
+def preset_overrides(path: str | Path) -> list[str]:
+    """A preset overlay file (presets/touch-world/*.yaml: a mapping of dotted keys to the
+    values that replace them in params.yaml) -> the same as `--set key=value` overrides."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: preset not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of dotted keys (e.g. world.task) to values")
+    return [f"{k}={json.dumps(v)}" for k, v in raw.items()]
 
 
 def params_from_dict(raw: dict) -> Params:

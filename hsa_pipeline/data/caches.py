@@ -10,7 +10,7 @@ between data and model:
   box        {pair: (G, G)}   tokens inside the sensor box, per (camera, sensor) pair
   visible    {pair: ()}       sensor visible in that camera
   weight     {pair: ()}       fraction of the box inside the image (alpha)
-  contact    {sensor: ()}     tactile contact score above data.contact_threshold
+  contact    {sensor: ()}     the sensor in contact (geometry store: from its touch)
   row        ()               global frame index
 
 Caches are held in RAM when they fit `train.memory_budget_gb`, otherwise read from Zarr
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..errors import ConfigError
 from .grid import GridMapping, box_token_mask
-from .stores import FeatureStore, GeometryInfo, GeometryStore, Manifest, check_rows, load_contact, load_stats
+from .stores import FeatureStore, GeometryInfo, GeometryStore, Manifest, check_rows, load_stats
 
 
 @dataclass
@@ -61,11 +61,17 @@ class ActionCodec:
 
 @dataclass(frozen=True)
 class HsaPair:
-    """Which streams HSA aligns for one tactile sensor."""
+    """The streams of one tactile sensor: HSA aligns its touch with them, and its touch map
+    marks them (the cameras that can see where IT is going)."""
 
     sensor: str  # tactile stream = sensor name
-    wrist: str | None  # wrist camera on the same arm
-    third_person: str | None
+    wrist: str | None  # the (first) wrist camera on the same arm
+    third_persons: tuple[str, ...]  # every third-person camera
+
+    @property
+    def cameras(self) -> list[str]:
+        """Every camera of this sensor: its wrist camera first."""
+        return ([self.wrist] if self.wrist else []) + list(self.third_persons)
 
     def key(self, camera: str) -> str:
         return f"{camera}/{self.sensor}"
@@ -80,17 +86,17 @@ def chunk_window(row: int, start: int, end: int, chunk: int, shift: int) -> tupl
 
 
 def hsa_pairs(manifest: Manifest, geometry: GeometryInfo) -> list[HsaPair]:
-    """For each tactile sensor: the wrist camera on its arm and the (first) third-person camera."""
+    """For each tactile sensor: the wrist camera on its arm and every third-person camera."""
     cams = manifest.info.cameras
     camera_mounts, sensor_arms = geometry.camera_mounts, geometry.sensor_arms
+    third_persons = tuple(c for c, v in cams.items() if v.role == "third_person")
     pairs = []
     for sensor in manifest.info.tactile:
         if sensor not in geometry.sensors:
             continue
         arm = sensor_arms.get(sensor)
         wrist = next((c for c, v in cams.items() if v.role == "wrist" and camera_mounts.get(c) == arm), None)
-        tp = next((c for c, v in cams.items() if v.role == "third_person"), None)
-        pairs.append(HsaPair(sensor, wrist, tp))
+        pairs.append(HsaPair(sensor, wrist, third_persons))
     return pairs
 
 
@@ -102,7 +108,6 @@ class Caches:
                  positives: str = "now"):
         self.manifest = Manifest.load(prepare_dir)
         self.stats = load_stats(prepare_dir)
-        contact = load_contact(prepare_dir)
         self.features_path = Path(features_path)
         store = FeatureStore(features_path)
         check_rows(store.attrs, self.manifest, self.features_path, "features")
@@ -116,23 +121,14 @@ class Caches:
         self.grid, self.width = store.info.grid, store.info.width
         self.pairs = hsa_pairs(self.manifest, geo.info)
         N = self.manifest.n_frames
-        threshold = self.manifest.contact_threshold
-        self.contact = {s: np.concatenate([np.asarray(contact[s][e.id]) for e in self.manifest.episodes]) > threshold
-                        for s in contact}
-        # box -> token masks for every frame, with the feature store's exact image -> grid mapping:
-        # the sensor's box now, or (positives: next_contact) the box of where it presses next
-        self.box, self.visible, self.weight = {}, {}, {}
-        pre = "next_" if positives == "next_contact" else ""
-        for p in self.pairs:
-            s = geo.sensors.index(p.sensor)
-            for cam in (p.wrist, p.third_person):
-                if cam is None:
-                    continue
-                mapping = GridMapping(**store.info.mapping[cam])
-                vis = geo.cam[cam][pre + "visible"][:, s]
-                self.box[p.key(cam)] = box_token_mask(geo.cam[cam][pre + "box"][:, s], mapping) & vis[:, None, None]
-                self.visible[p.key(cam)] = vis
-                self.weight[p.key(cam)] = geo.cam[cam][pre + "weight"][:, s]
+        # each tactile sensor in contact, as the geometry stage decided it (from its touch)
+        self.contact = {s: geo.contact[:, geo.sensors.index(s)] for s in self.manifest.info.tactile
+                        if s in geo.sensors}
+        # where each sensor's touch next changes (a row, -1: never again): evaluation groups by it
+        self.next_row = {s: geo.next_row[:, geo.sensors.index(s)] for s in self.contact}
+        self._geo, self._mapping = geo, store.info.mapping
+        # what the HSA loss trains on: the sensor's box now, or where its touch next changes
+        self.box, self.visible, self.weight = self.token_boxes(positives)
         self.boxes_px = {c: geo.cam[c]["box"] for c in geo.cameras}
         # qpos / actions for every frame, normalised, in memory (small)
         q, a = [], []
@@ -146,6 +142,22 @@ class Caches:
         self.in_memory = nbytes <= memory_budget_gb * 2**30
         self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None
         self.cache_bytes = nbytes
+
+    def token_boxes(self, positives: str) -> tuple[dict, dict, dict]:
+        """Box -> token masks (N, G, G) for every frame and (camera, sensor) pair, with the
+        feature store's exact image -> grid mapping, and each box's visibility and weight:
+        positives 'now' = where the sensor is; 'next_contact' = where its touch next changes."""
+        pre = "next_" if positives == "next_contact" else ""
+        box, visible, weight = {}, {}, {}
+        for p in self.pairs:
+            s = self._geo.sensors.index(p.sensor)
+            for cam in p.cameras:
+                mapping = GridMapping(**self._mapping[cam])
+                vis = self._geo.cam[cam][pre + "visible"][:, s]
+                box[p.key(cam)] = box_token_mask(self._geo.cam[cam][pre + "box"][:, s], mapping) & vis[:, None, None]
+                visible[p.key(cam)] = vis
+                weight[p.key(cam)] = self._geo.cam[cam][pre + "weight"][:, s]
+        return box, visible, weight
 
     def episode_of(self, row: int) -> int:
         return self.manifest.episode_of(row)
@@ -174,7 +186,7 @@ class Batch:
     box: dict[str, torch.Tensor]  # 'camera/sensor' -> (B, G, G) bool: tokens inside the sensor's box
     visible: dict[str, torch.Tensor]  # 'camera/sensor' -> (B,) bool: the box is in the image
     weight: dict[str, torch.Tensor]  # 'camera/sensor' -> (B,) float32: how much of the sensor the box shows
-    contact: dict[str, torch.Tensor]  # sensor -> (B,) bool: prepare's contact score over the threshold
+    contact: dict[str, torch.Tensor]  # sensor -> (B,) bool: in contact (geometry store, from its touch)
 
     @classmethod
     def collate(cls, samples: list[dict]) -> "Batch":

@@ -5,10 +5,11 @@ Outputs (one directory, written atomically; read through stores.Manifest):
   episodes.json  episodes (id, file, length, layout, sha256 of the file), skipped episodes
                  with reasons, streams with roles and image shapes, qpos/action widths.
                  The caches (geometry, features) depend on this file only.
-  training.json  the split (episode id -> train | val), action_shift, contact_threshold
+  training.json  the split (episode id -> train | val), action_shift
   stats.json     per-dimension mean/std of qpos and action over training frames
                  (std clipped to >= 1e-2 so a still joint cannot produce inf/NaN, as ACT does)
-  contact.json   per tactile stream and episode: the contact score of every frame
+  contact.json   per tactile stream and episode: the contact score and the contact flag
+                 of every frame, read from the tactile images (data/contact.py)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..config import DataConfig
 from ..errors import EpisodeError
 from ..pipeline.atomic import atomic_dir, write_json
 from ..pipeline.hashing import sha256_file
-from .contact import THUMB, contact_scores, thumbnail
+from .contact import THUMB, ContactTrace, doubtful_starts, rest_look, start_look, thumbnail, trace
 from .episodes import episode_files, open_episode, resolve_layout
 from .lerobot import stream_mapping
 from .stores import CONTACT_FILE, EPISODES_FILE, SCHEMA_VERSIONS, STATS_FILE, TRAINING_FILE
@@ -42,13 +43,16 @@ class EpisodeInfo:
     shapes: dict[str, list[int]]  # stream -> [H, W]
     qpos: np.ndarray
     action: np.ndarray
-    thumbs: dict[str, np.ndarray]  # tactile stream -> (T, 32, 32, 3) float32
+    contact: dict[str, ContactTrace]  # tactile stream -> its contact score and flag per frame
+    start: dict[str, np.ndarray]  # tactile stream -> (32, 32, 3) its look at the episode's start
 
 
 def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str,
-                   file_digests: dict[str, str] | None = None) -> EpisodeInfo:
+                   file_digests: dict[str, str] | None = None, rest: dict[str, np.ndarray] | None = None) -> EpisodeInfo:
     """Open one episode and check everything later stages rely on; EpisodeError otherwise.
-    `file_digests`: LeRobot files already hashed in this pass (shared by several episodes)."""
+    `file_digests`: LeRobot files already hashed in this pass (shared by several episodes);
+    `rest`: each tactile stream's no-contact look over the dataset (data.contact.reference:
+    dataset_start), else each episode's own start is its reference."""
     with open_episode(path, layout, stream_mapping(cfg)) as ep:
         if layout == "lerobot":
             ep.check_timestamps()
@@ -81,7 +85,26 @@ def read_and_check(path: Path, cfg: DataConfig, chunk_size: int, layout: str,
                 if is_tactile:
                     thumbs[name][t] = thumbnail(img)
     digest = ep.sha256(file_digests) if layout == "lerobot" else sha256_file(path)
-    return EpisodeInfo(path.stem, path.name, T, ep.layout, digest, shapes, qpos, action, thumbs)
+    # contact from the thumbnails now, so no episode's thumbnails outlive its check
+    start = {s: start_look(v, cfg.contact) for s, v in thumbs.items()}
+    contact = {s: trace(v, start[s] if rest is None else rest[s], cfg.contact) for s, v in thumbs.items()}
+    return EpisodeInfo(path.stem, path.name, T, ep.layout, digest, shapes, qpos, action, contact, start)
+
+
+def dataset_rest_looks(files: list[Path], cfg: DataConfig, layout: str) -> dict[str, np.ndarray]:
+    """data.contact.reference: dataset_start: each tactile stream's rest look, the median
+    of every episode's start look (a pass that reads only each episode's first frames)."""
+    starts: dict[str, list[np.ndarray]] = {s: [] for s in cfg.tactile}
+    for path in tqdm(files, desc="prepare: the sensors' rest looks", unit="ep"):
+        try:
+            with open_episode(path, layout, stream_mapping(cfg)) as ep:
+                for s in cfg.tactile:
+                    n = min(cfg.contact.reference_frames, ep.stream_length(s))
+                    thumbs = np.stack([thumbnail(ep.frame(s, t, draft=THUMB)) for t in range(n)])
+                    starts[s].append(start_look(thumbs, cfg.contact))
+        except EpisodeError:
+            continue  # the main pass reports (or skips) it
+    return {s: rest_look(v) for s, v in starts.items() if v}
 
 
 def split_episodes(ids: list[str], train_ratio: float, seed: int) -> dict[str, str]:
@@ -106,9 +129,10 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
     infos: list[EpisodeInfo] = []
     skipped = []
     file_digests: dict[str, str] = {}  # this pass only: a file edited later is hashed again next time
+    rest = dataset_rest_looks(files, cfg, layout) if cfg.tactile and cfg.contact.reference == "dataset_start" else None
     for path in tqdm(files, desc="prepare: checking episodes", unit="ep"):
         try:
-            infos.append(read_and_check(path, cfg, chunk_size, layout, file_digests))
+            infos.append(read_and_check(path, cfg, chunk_size, layout, file_digests, rest))
         except EpisodeError as e:
             if cfg.on_bad_episode == "error":
                 raise
@@ -140,10 +164,10 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
     train = [i for i in infos if split[i.id] == "train"]
     stats = {"qpos": norm_stats([i.qpos for i in train]), "action": norm_stats([i.action for i in train]),
              "frames": int(sum(i.length for i in train))}
-    contact = {}
-    for name in cfg.tactile:
-        scores, _ = contact_scores({i.id: i.thumbs[name] for i in infos})
-        contact[name] = {k: np.round(v, 5).tolist() for k, v in scores.items()}
+    contact = {name: {i.id: {"score": np.round(i.contact[name].score, 5).tolist(),
+                             "contact": i.contact[name].contact.astype(int).tolist()} for i in infos}
+               for name in cfg.tactile}
+    report_contact(cfg, infos)
     episodes = {
         "schema_version": SCHEMA_VERSIONS["manifest"],
         "episodes_dir": str(cfg.episodes_dir),
@@ -156,10 +180,26 @@ def run_prepare(cfg: DataConfig, chunk_size: int, out_dir: str | Path) -> dict:
         "action_dim": int(ref.action.shape[1]),
         **({"lerobot": stream_mapping(cfg)} if layout == "lerobot" else {}),
     }
-    training = {"split": split, "action_shift": cfg.action_shift, "contact_threshold": cfg.contact_threshold}
+    training = {"split": split, "action_shift": cfg.action_shift}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / EPISODES_FILE, episodes)
         write_json(tmp / TRAINING_FILE, training)
         write_json(tmp / STATS_FILE, stats)
         write_json(tmp / CONTACT_FILE, contact)
     return {**episodes, "split": split, "n_val": n_val}
+
+
+def report_contact(cfg: DataConfig, infos: list[EpisodeInfo]) -> None:
+    """One line per tactile stream: how much of the data is in contact, how many episodes
+    never touch (they get no next-contact positive), and episodes that may start in contact."""
+    for name in cfg.tactile:
+        flags = [i.contact[name].contact for i in infos]
+        frac = float(np.concatenate(flags).mean())
+        untouched = sum(not f.any() for f in flags)
+        line = (f"prepare: {name}: in contact in {frac:.0%} of the frames; {untouched} of {len(infos)} episodes "
+                f"without contact")
+        doubtful = doubtful_starts({i.id: i.start[name] for i in infos}, cfg.contact) if len(infos) > 2 else []
+        if doubtful:
+            line += (f"; {len(doubtful)} episode(s) start unlike the others (in contact already?), e.g. "
+                     f"{', '.join(doubtful[:3])}: see data.contact.reference")
+        tqdm.write(line, file=sys.stderr)

@@ -21,8 +21,9 @@ import numpy as np
 from ..errors import StoreError
 from ..pipeline.hashing import sha256_file
 
-# What `prepare` writes. episodes.json is all that geometry and features read, so a new
-# split or contact threshold (training.json, stats.json, contact.json) never reruns them.
+# What `prepare` writes. Features read episodes.json only and geometry episodes.json and
+# contact.json (where each sensor touches), so a new split (training.json, stats.json)
+# reruns neither, and new contact settings rerun geometry (seconds), never features.
 EPISODES_FILE, TRAINING_FILE, STATS_FILE, CONTACT_FILE = "episodes.json", "training.json", "stats.json", "contact.json"
 PREPARE_FILES = (EPISODES_FILE, TRAINING_FILE, STATS_FILE, CONTACT_FILE)
 
@@ -31,7 +32,7 @@ PREPARE_FILES = (EPISODES_FILE, TRAINING_FILE, STATS_FILE, CONTACT_FILE)
 # store's attributes). A reader refuses another version with one line naming both; an
 # artefact from before versioning counts as version 1. Raise a number when its layout
 # changes in a way old readers would misread.
-SCHEMA_VERSIONS = {"manifest": 2, "geometry": 2, "features": 2, "policy": 2}
+SCHEMA_VERSIONS = {"manifest": 3, "geometry": 3, "features": 2, "policy": 3}
 POLICY_SCHEMA = SCHEMA_VERSIONS["policy"]
 POLICY_FILES = ("policy.json", "weights.pt", "hsa.pt")  # hsa.pt only when trained with HSA
 
@@ -107,7 +108,7 @@ class Manifest:
     """
 
     info: EpisodesInfo  # episodes.json
-    training: dict | None  # training.json: split, action_shift, contact_threshold (None if absent)
+    training: dict | None  # training.json: split, action_shift (None if absent)
     fingerprint: str
     prepare_fingerprint: str
 
@@ -160,10 +161,6 @@ class Manifest:
         return int(self._training("action_shift"))
 
     @property
-    def contact_threshold(self) -> float:
-        return float(self._training("contact_threshold"))
-
-    @property
     def streams(self) -> dict[str, str]:
         """stream -> role (third_person | wrist | tactile), cameras first."""
         return {n: c.role for n, c in {**self.info.cameras, **self.info.tactile}.items()}
@@ -177,6 +174,7 @@ def load_stats(prepare_dir: str | Path) -> dict:
 
 
 def load_contact(prepare_dir: str | Path) -> dict:
+    """contact.json: tactile stream -> episode id -> {"score": [...], "contact": [0/1, ...]}."""
     return read_json(Path(prepare_dir) / CONTACT_FILE, f"{CONTACT_FILE} (stage prepare)")
 
 
@@ -221,6 +219,8 @@ class GeometryInfo:
     camera_sizes: dict[str, list[int]]  # camera -> [width, height] calibrated (= recorded, checked)
     camera_mounts: dict[str, str]  # camera -> 'world' or the arm carrying it
     sensor_arms: dict[str, str]  # sensor -> the arm carrying it
+    contact_sources: dict[str, str]  # sensor -> touch | kinematics | none (no tactile stream recorded)
+    contact_fraction: list[float]  # per sensor: the fraction of frames in contact
     angle_columns: list[int]  # qpos columns that are joint angles (radians)
     column_names: list[str]  # a name per qpos column ('left.j1', 'left.gripper', ...)
     margin_px: float
@@ -259,6 +259,7 @@ class GeometryStore:
     """geometry.zarr, whole arrays in memory (they are small)."""
 
     ARRAYS = ("box", "depth", "visible", "weight", "next_box", "next_visible", "next_weight")
+    # contact (N, S) bool: each sensor in contact, from its touch (or kinematics: contact_sources)
 
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -267,6 +268,8 @@ class GeometryStore:
         self.path = path
         self.sensors, self.cameras, self.fingerprint = self.info.sensors, self.info.cameras, self.info.fingerprint
         self.sensor_pose = root["sensor_pose"][...]
+        self.contact = root["contact"][...]  # (N, S) bool
+        self.next_row = root["next_row"][...]  # (N, S) int64: where each sensor's touch next changes, -1 never
         self.cam = {c: {k: root[f"{c}/{k}"][...] for k in self.ARRAYS} for c in self.cameras}
 
 

@@ -9,14 +9,11 @@ Open loop, on the held-out (val) episodes, from the caches and the exported poli
    action and whole chunk, per joint and per horizon, for the policy and two baselines:
    hold the current qpos, and constant-velocity extrapolation;
 2. open-loop replay along each episode with and without temporal ensembling;
-3. alignment: tactile -> wrist / third-person retrieval (top-1, top-5) over frames where
-   the sensor is visible and in contact, and in-image localisation, each with its chance;
+3. alignment: tactile -> wrist / third-person retrieval (top-1, top-5) and in-image
+   localisation, each with its chance, against both targets: where the sensor is while in
+   contact (the published positive) and where its touch next changes (the recipe's)
+   (alignment.py);
 outputs: metrics.json, plots/*.csv and a self-contained report.html.
-
-Retrieval counts a hit when the retrieved frame belongs to the SAME CONTACT EVENT (same
-episode, same uninterrupted run of contact frames): frames of one press are near copies
-of each other, so asking for the exact frame would measure noise. The chance level uses
-the same rule.
 """
 
 from __future__ import annotations
@@ -32,11 +29,10 @@ from tqdm import tqdm
 from ..config import CameraConfig, EvalConfig, RobotConfig, SensorConfig, WorldConfig
 from ..data.caches import ActionCodec, Caches, chunk_window
 from ..errors import StoreError
-from ..model.act import ACTPolicy
-from ..model.hsa import HSALoss, masked_mean
 from ..model.policy import TemporalEnsembler, load_model
 from ..pipeline.atomic import atomic_dir, write_json
 from ..pipeline.runtime import ThreadTuner
+from .alignment import alignment, alignment_rows
 from .reliance import predict_chunks, touch_reliance
 from .rollout import RolloutResult, check_compatible, run_rollout, summarise, write_gif
 
@@ -97,81 +93,6 @@ def replay(chunks: np.ndarray, k: float, ensemble: bool) -> np.ndarray:
     return np.stack([chunks[t - t % c][t % c] for t in range(T)])
 
 
-# --------------------------------------------------------------------------- alignment
-def contact_events(rows: np.ndarray, contact: np.ndarray, episode_of) -> np.ndarray:
-    """An id per row: rows of one uninterrupted contact run in one episode share an id."""
-    ids = np.full(len(rows), -1)
-    current, prev_row, prev_ep = -1, None, None
-    for i, r in enumerate(rows):
-        ep = episode_of(int(r))
-        if contact[r] and (prev_row is None or r != prev_row + 1 or ep != prev_ep or not contact[prev_row]):
-            current += 1
-        ids[i] = current if contact[r] else -1
-        prev_row, prev_ep = r, ep
-    return ids
-
-
-def retrieval(q: np.ndarray, p: np.ndarray, events: np.ndarray, ks=(1, 5)) -> dict[str, float]:
-    """Tactile queries q (n, P) against candidates p (n, P); a hit is a candidate of the
-    query's own event among the top k. Chance: the same for a random ranking."""
-    n = len(q)
-    if n < 2:
-        return {}
-    sim = q @ p.T
-    order = np.argsort(-sim, axis=1)
-    out = {"n": float(n)}
-    for k in ks:
-        kk = min(k, n)
-        hits = (events[order[:, :kk]] == events[:, None]).any(1)
-        same = (events[None, :] == events[:, None]).sum(1)  # candidates of the query's event
-        # P(at least one of kk random candidates is from the event) = 1 - C(n-m, kk) / C(n, kk)
-        chance = np.array([1 - math.comb(n - m, kk) / math.comb(n, kk) for m in same])
-        out[f"top{k}"] = float(hits.mean())
-        out[f"top{k}_chance"] = float(chance.mean())
-    return out
-
-
-@torch.no_grad()
-def alignment(caches: Caches, policy: ACTPolicy, hsa: HSALoss | None, rows: np.ndarray, device) -> dict:
-    """Retrieval and localisation over held-out frames where the sensor is visible and in contact."""
-    out = {}
-    for pair in caches.pairs:
-        contact = caches.contact[pair.sensor]
-        for cam in (pair.wrist, pair.third_person):
-            if cam is None:
-                continue
-            key = pair.key(cam)
-            use = rows[(caches.visible[key][rows]) & contact[rows] & caches.box[key][rows].any((1, 2))]
-            if len(use) < 2:
-                continue
-            qs, ps, hits = [], [], []
-            for s in range(0, len(use), BATCH):
-                r = use[s: s + BATCH]
-                tok = {n: torch.from_numpy(caches.tokens[n][r].astype(np.float32)).to(device) for n in (pair.sensor, cam)}
-                adapted = {n: policy.adapters[n](t) for n, t in tok.items()}  # (B, G*G, H)
-                box = torch.from_numpy(caches.box[key][r].reshape(len(r), -1)).to(device)
-                t_mean = adapted[pair.sensor].mean(1)
-                if hsa is not None:  # the model's own alignment: its projection heads
-                    q = hsa.head_tactile(t_mean)
-                    p = hsa.head_vision(masked_mean(adapted[cam], box))
-                    tok_emb = hsa.head_vision(adapted[cam])
-                else:  # no heads (plain ACT): cosine between adapter outputs
-                    q = torch.nn.functional.normalize(t_mean, dim=-1)
-                    p = torch.nn.functional.normalize(masked_mean(adapted[cam], box), dim=-1)
-                    tok_emb = torch.nn.functional.normalize(adapted[cam], dim=-1)
-                best = torch.einsum("bp,bnp->bn", q, tok_emb).argmax(1)
-                hits.append(box.gather(1, best[:, None])[:, 0].cpu().numpy())
-                qs.append(q.cpu().numpy())
-                ps.append(p.cpu().numpy())
-            events = contact_events(use, contact, caches.episode_of)
-            role = "wrist" if cam == pair.wrist else "tp"
-            res = retrieval(np.concatenate(qs), np.concatenate(ps), events)
-            res["loc_acc"] = float(np.concatenate(hits).mean())
-            res["loc_chance"] = float(caches.box[key][use].mean())
-            out[f"{pair.sensor}_to_{role}"] = res
-    return out
-
-
 # --------------------------------------------------------------------------- the stage
 def load_trained(train_dir: Path, device):
     """The exported policy of a train stage's output and its HSA heads (None without HSA)."""
@@ -204,7 +125,7 @@ def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path
         for mode, ens in (("ensembled", True), ("chunked", False)):
             executed = to_units(replay(pred[sel], cfg.ensemble_k, ens))
             replay_err[mode].append(np.abs(executed - recorded)[valid[sel][:, 0]].mean())
-    align = alignment(caches, policy, hsa, rows, device)
+    align = alignment(caches, policy, hsa, rows, device, meta["hsa"]["positives"] if meta["hsa"] else None)
     reliance = touch_reliance(policy, caches, rows, codec, valid, to_units, device, base=to_units(pred))
     metrics = {
         "chunk_l1": results["policy"]["chunk_l1"], "first_l1": results["policy"]["first_l1"],
@@ -256,7 +177,8 @@ def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors
     summary = summarise(results, phases(world), cfg.max_steps)
     summary["task"] = world.task
     summary["driven_by"] = cfg.server or "in-process"
-    summary["guess_rate"] = 1 / world.candidates if world.task == "match" else None
+    # guessing the tile succeeds 1 in candidates for each arm, and the scene needs every arm
+    summary["guess_rate"] = (1 / world.candidates) ** len(env.tasks) if world.task == "match" else None
     return summary, examples, results
 
 
@@ -283,13 +205,13 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensor
                    "closed_loop": summary}
     write_outputs(Path(out), metrics, results, caches, models, rows, cfg, examples, outcomes, device)
     print("\n".join("evaluate: " + line for line in touch_summary(metrics).splitlines()))
-    align = metrics["alignment"]
     closed = (f"success {metrics['success_rate']:.0%} [{metrics['success_ci95'][0]:.0%}, "
               f"{metrics['success_ci95'][1]:.0%}] over {cfg.rollouts} rollouts; " if cfg.rollouts else "")
     print(f"evaluate: {closed}chunk L1 {metrics['chunk_l1']:.3f} (hold {metrics.get('hold_chunk_l1', float('nan')):.3f},"
           f" const-vel {metrics.get('const_vel_chunk_l1', float('nan')):.3f}); alignment "
           + ", ".join(f"{k}: top1 {v.get('top1', float('nan')):.2f} (chance {v.get('top1_chance', float('nan')):.2f}), "
-                      f"loc {v['loc_acc']:.2f} (chance {v['loc_chance']:.2f})" for k, v in align.items()))
+                      f"loc {v['loc_acc']:.2f} (chance {v['loc_chance']:.2f})"
+                      for k, v in alignment_rows(metrics["alignment"], trained_only=True)))
     return metrics
 
 
@@ -345,7 +267,7 @@ def write_outputs(out: Path, metrics: dict, results: dict, caches: Caches, model
     from .report import render_report
 
     names = list(results)
-    align = metrics["alignment"]
+    align = alignment_rows(metrics["alignment"])
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", _round(metrics))
         plots = tmp / "plots"
@@ -356,7 +278,7 @@ def write_outputs(out: Path, metrics: dict, results: dict, caches: Caches, model
         joints = caches.geometry_info.column_names
         _csv(plots / "per_joint.csv", ["joint"] + names, [[joints[j], *row] for j, row in enumerate(per_joint)])
         _csv(plots / "retrieval.csv", ["query", "metric", "value", "chance"],
-             [[q, m, v[m], v.get(f"{m}_chance", v.get("loc_chance"))] for q, v in align.items()
+             [[q, m, v[m], v.get(f"{m}_chance", v.get("loc_chance"))] for q, v in align
               for m in ("top1", "top5", "loc_acc") if m in v])
         (tmp / "rollouts").mkdir()  # one animated success and one failure, when there are rollouts
         if "closed_loop" in metrics:

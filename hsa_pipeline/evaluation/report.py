@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..geometry.draw import draw_boxes
+from .alignment import alignment_rows
 
 
 def _fig_png(fig) -> str:
@@ -32,7 +33,7 @@ def _img_png(img: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _charts(results: dict, align: dict, joint_names: list[str]) -> list[tuple[str, str]]:
+def _charts(results: dict, align: list[tuple[str, dict]], joint_names: list[str]) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,9 +63,9 @@ def _charts(results: dict, align: dict, joint_names: list[str]) -> list[tuple[st
     charts.append(("Chunk error per joint", _fig_png(fig)))
 
     if align:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * 3 * len(align)), 3.2))
         labels, vals, chances = [], [], []
-        for q, v in align.items():
+        for q, v in align:
             for m in ("top1", "top5", "loc_acc"):
                 if m in v:
                     labels.append(f"{q}\n{m}")
@@ -101,9 +102,7 @@ def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple
             t_ad = policy.adapters[pair.sensor](tac).mean(1)
             q = hsa.head_tactile(t_ad) if hsa else torch.nn.functional.normalize(t_ad, dim=-1)
             imgs.append(_img_png(ep.frame(pair.sensor, t)))
-            for cam in (pair.wrist, pair.third_person):
-                if cam is None:
-                    continue
+            for cam in pair.cameras:
                 frame = ep.frame(cam, t)
                 tok = torch.from_numpy(caches.tokens[cam][row:row + 1].astype(np.float32)).to(device)
                 ad = policy.adapters[cam](tok)
@@ -194,7 +193,8 @@ def _touch_html(metrics: dict) -> str:
 
 def render_report(path: Path, metrics: dict, results: dict, caches, models: dict, rows, cfg, examples: dict,
                   device) -> None:
-    policy, hsa, align = models["policy"], models["hsa"], metrics["alignment"]
+    policy, hsa, align = models["policy"], models["hsa"], alignment_rows(metrics["alignment"])
+    trained_on = metrics["alignment"].get("trained_on")
 
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
@@ -204,7 +204,7 @@ def render_report(path: Path, metrics: dict, results: dict, caches, models: dict
     align_rows = "".join(
         f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{fmt(v.get(m, float('nan')))}</td>" for m in
                                                    ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance", "n"))
-        + "</tr>" for q, v in align.items())
+        + "</tr>" for q, v in align)
     charts = "".join(f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,{b}'/>"
                      for t, b in _charts(results, align, caches.geometry_info.column_names))
     frames = "".join(f"<div class='frame'><p>{html.escape(title)}: tactile, wrist, third-person (box in red, "
@@ -221,6 +221,9 @@ img{{margin:4px;image-rendering:pixelated;max-width:100%}}.frame img{{height:160
 {_touch_html(metrics)}
 <h2>Open loop on held-out episodes</h2><table>{table}</table>
 <h2>Alignment (tactile query vs vision candidates)</h2>
+<p>Against two targets: <b>now</b>, the sensor's own box on frames in contact (the published HSA's positive),
+and <b>next_contact</b>, the box of where its touch next changes (the recipe's positive). This policy's HSA
+trained on: <b>{html.escape(str(trained_on or 'none (HSA off)'))}</b>.</p>
 <table><tr><th>query</th><th>top-1</th><th>chance</th><th>top-5</th><th>chance</th><th>localisation</th><th>chance</th><th>frames</th></tr>{align_rows}</table>
 <h2>Curves</h2>{charts}
 <h2>Frames</h2>{frames}

@@ -402,7 +402,7 @@ def box_check(data, robot, sensors, cameras, margin_px: float, max_episodes: int
     when contact starts (the frame before contact -> the first contact frame). The pad
     deforms and what it presses comes into view where the sensor is, so a box on the
     sensor sees the change; a box that misses it sees background. Needs no board."""
-    from ..data.contact import THUMB, contact_scores, thumbnail
+    from ..data.contact import THUMB, runs, start_look, thumbnail, trace
     from ..data.episodes import episode_files, open_episode, resolve_layout
     from ..data.lerobot import stream_mapping
     from .cameras import check_recorded_size
@@ -419,10 +419,9 @@ def box_check(data, robot, sensors, cameras, margin_px: float, max_episodes: int
             qpos = ep.qpos
             geo = rig.episode_geometry(qpos, where=f"{path}: qpos")
             thumbs = {s: np.stack([thumbnail(ep.frame(s, t, draft=THUMB)) for t in range(len(qpos))]) for s in data.tactile}
-            for s in data.tactile:
-                score = contact_scores({"e": thumbs[s]})[0]["e"]
-                touch = score > data.contact_threshold
-                onsets = [t for t in range(1, len(touch)) if touch[t] and not touch[t - 1]]
+            for s in data.tactile:  # contact onsets read from the touch, as prepare reads them (data.contact)
+                touch = trace(thumbs[s], start_look(thumbs[s], data.contact), data.contact).contact
+                onsets = [start for start, _ in runs(touch) if start > 0]
                 for cam in data.cameras:
                     for t in onsets:
                         box = geo.boxes[cam][s]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CameraConfig, RobotConfig, SensorConfig
+from ..data.contact import contact_from_height, next_change
 from .cameras import Boxes, Camera, sensor_boxes
 from .kinematics import Arm, LimitViolation, claw_width, pose_matrix
 
@@ -21,10 +22,16 @@ class Sensor:
     T_flange_sensor: np.ndarray  # (4, 4)
     size: tuple[float, float]
     finger_offset: str  # none | left | right
+    contact_source: str = "touch"  # touch | kinematics (SensorConfig.contact)
 
     @classmethod
     def from_config(cls, name: str, cfg: SensorConfig) -> "Sensor":
-        return cls(name, cfg.arm, pose_matrix(cfg.mount), (cfg.size[0], cfg.size[1]), cfg.finger_offset)
+        return cls(name, cfg.arm, pose_matrix(cfg.mount), (cfg.size[0], cfg.size[1]), cfg.finger_offset, cfg.contact)
+
+    @property
+    def in_claw(self) -> bool:
+        """The pad sits on a claw finger (it touches by squeezing, at any height)."""
+        return self.finger_offset != "none"
 
     def surface_points(self) -> np.ndarray:
         """(4, 3) corners of the sensing surface in the sensor frame (its x-y plane)."""
@@ -49,25 +56,16 @@ class Sensor:
         return poses
 
 
-def next_press(height: np.ndarray, tolerance: float) -> np.ndarray:
-    """(T,) sensor heights -> (T,) the frame where the sensor's NEXT press begins, -1 when
-    none follows. A press is a run of frames within `tolerance` of the episode's lowest
-    sensor height; a frame inside a press looks ahead to the following one (what it is
-    about to touch next, not what it touches now)."""
-    low = height <= height.min() + tolerance
-    starts = np.flatnonzero(low & ~np.concatenate([[False], low[:-1]]))  # first frame of each press
-    nxt = np.searchsorted(starts, np.arange(len(height)), side="right")  # first start after t
-    return np.where(nxt < len(starts), starts[np.minimum(nxt, len(starts) - 1)], -1)
-
-
 @dataclass
 class EpisodeGeometry:
     flange: dict[str, np.ndarray]  # arm -> (T, 4, 4)
     sensor_pose: dict[str, np.ndarray]  # sensor -> (T, 4, 4)
     camera_pose: dict[str, np.ndarray]  # camera -> (T, 4, 4)
     boxes: dict[str, dict[str, Boxes]]  # camera -> sensor -> Boxes
-    # camera -> sensor -> Boxes of where the sensor presses NEXT, seen from the camera NOW
+    # camera -> sensor -> Boxes of where the sensor's touch next changes, seen from the camera NOW
     next_boxes: dict[str, dict[str, Boxes]] = field(default_factory=dict)
+    contact: dict[str, np.ndarray] = field(default_factory=dict)  # sensor -> (T,) bool
+    next_frame: dict[str, np.ndarray] = field(default_factory=dict)  # sensor -> (T,) where the touch next changes, -1
     violations: list[LimitViolation] = field(default_factory=list)
 
 
@@ -99,10 +97,13 @@ class Rig:
         return names
 
     def episode_geometry(self, qpos: np.ndarray, where: str = "qpos", margin_px: float | None = None,
-                         press_tolerance_m: float = 0.01) -> EpisodeGeometry:
+                         touch: dict[str, np.ndarray] | None = None, press_tolerance_m: float = 0.01) -> EpisodeGeometry:
         """All per-frame geometry of one episode from its (T, D) qpos: the sensor boxes now,
-        and the boxes of each sensor's next press (next_press) projected into the cameras
-        as they are now: the recording's own future, nothing a real rig lacks."""
+        each sensor's contact, and the boxes of where its touch next changes (contact.next_change)
+        projected into the cameras as they are now: the recording's own future, nothing a
+        real rig lacks. `touch`: sensor -> (T,) contact read from its tactile images (prepare);
+        a sensor with `contact: kinematics` uses its height instead, and a touch sensor
+        missing from `touch` has no contact (and so no next-contact box)."""
         margin = self.margin_px if margin_px is None else margin_px
         n = len(qpos)
         flange, violations, grip = {}, [], {}
@@ -114,7 +115,11 @@ class Rig:
         sensor_pose = {s.name: s.world_poses(flange[s.arm], grip[s.arm]) for s in self.sensors.values()}
         camera_pose = {c.name: c.world_poses(flange, n) for c in self.cameras.values()}
         surface = {s.name: s.surface_world(sensor_pose[s.name]) for s in self.sensors.values()}  # (T, P, 3)
-        nxt = {s: next_press(p[:, 2, 3], press_tolerance_m) for s, p in sensor_pose.items()}
+        contact = {s.name: (contact_from_height(sensor_pose[s.name][:, 2, 3], press_tolerance_m)
+                            if s.contact_source == "kinematics" else
+                            np.asarray((touch or {}).get(s.name, np.zeros(n, bool)), bool))
+                   for s in self.sensors.values()}
+        nxt = {s: next_change(c) for s, c in contact.items()}
         boxes: dict[str, dict[str, Boxes]] = {}
         next_boxes: dict[str, dict[str, Boxes]] = {}
         for c in self.cameras.values():
@@ -122,7 +127,7 @@ class Rig:
             for s in self.sensors.values():
                 boxes[c.name][s.name] = sensor_boxes(c, camera_pose[c.name], surface[s.name], margin)
                 ahead = sensor_boxes(c, camera_pose[c.name], surface[s.name][np.maximum(nxt[s.name], 0)], margin)
-                none = nxt[s.name] < 0  # no press follows: nothing to point at
+                none = nxt[s.name] < 0  # the touch does not change again: nothing to point at
                 ahead.visible[none], ahead.weight[none], ahead.box[none] = False, 0.0, 0.0
                 next_boxes[c.name][s.name] = ahead
-        return EpisodeGeometry(flange, sensor_pose, camera_pose, boxes, next_boxes, violations)
+        return EpisodeGeometry(flange, sensor_pose, camera_pose, boxes, next_boxes, contact, nxt, violations)

@@ -6,6 +6,8 @@
 Camera and tactile grids enter through trainable per-stream adapters (LayerNorm + Linear
 on the frozen CLIP tokens), plus a learned 2-D position and a stream embedding. The HSA
 loss is computed on the same adapter outputs, so alignment shapes what the policy sees.
+With `act.touch_map`, each tactile sensor marks the camera tokens that match what IT
+feels, in the cameras that can see where it is going (touch_map_bias).
 Every decoder layer is used (the original ACT built 7 and used the first).
 At inference the CVAE encoder is skipped and z = 0. With `act.vae: false` there is no
 CVAE at all: z = 0 in training too, so a choice can only come from the observation.
@@ -35,6 +37,19 @@ class ActShapes:
     grid: int  # G of the cached G x G grids
     token_dim: int  # C of the cached tokens
     tactile: list[str] = field(default_factory=list)  # which of `streams` are tactile (act.touch_map reads them)
+    # sensor -> the cameras its touch map marks: its arm's wrist camera, every third-person camera
+    touch_cameras: dict[str, list[str]] = field(default_factory=dict)
+
+
+def touch_maps(cfg: ActConfig, shapes: ActShapes) -> list[tuple[list[str], list[str]]]:
+    """The touch maps of a policy: (tactile streams whose tokens form the query, camera
+    streams it marks) for each. per_sensor: one per sensor, marking its own cameras; mean:
+    one from the mean of every tactile stream, marking every camera."""
+    if not cfg.touch_map or not shapes.tactile:
+        return []
+    if cfg.touch_query == "mean":
+        return [(list(shapes.tactile), [s for s in shapes.streams if s not in shapes.tactile])]
+    return [([s], list(shapes.touch_cameras.get(s, []))) for s in shapes.tactile]
 
 
 class Adapter(nn.Module):
@@ -96,11 +111,12 @@ class ACTPolicy(nn.Module):
             self.vae_encoder = encoder(cfg.vae_enc_layers)
             self.vae_out = nn.Linear(H, 2 * cfg.latent_dim)
 
-        if cfg.touch_map:  # where does each camera see what the sensors feel? (touch_map_bias)
-            # the same kind of heads as HSA's; with HSA on they ARE its heads (train.build)
+        self.maps = touch_maps(cfg, shapes)
+        if cfg.touch_map:  # where does each camera see what each sensor feels? (touch_map_bias)
+            # the same kind of heads as HSA's; with HSA on they ARE its heads (hsa.hsa_loss_for)
             self.touch_query, self.touch_key = ProjectionHead(H, H), ProjectionHead(H, H)
             self.touch_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # 1 / temperature, learned
-            self.touch_emb = nn.Parameter(torch.randn(H) * 0.02)
+            self.touch_emb = nn.Parameter(torch.randn(max(1, len(self.maps)), H) * 0.02)  # a mark per map
 
         self.encoder = encoder(cfg.enc_layers)
         dec_layer = nn.TransformerDecoderLayer(H, cfg.heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
@@ -114,23 +130,30 @@ class ACTPolicy(nn.Module):
         blind = set(self.cfg.blind)
         return {s: self.adapters[s](torch.zeros_like(tokens[s]) if s in blind else tokens[s]) for s in self.shapes.streams}
 
-    def felt(self, adapted: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """(B, H): what the sensors feel, the mean of every tactile token (act.touch_map only)."""
-        if not self.cfg.touch_map or not self.shapes.tactile:
-            return None
-        return torch.stack([adapted[s].mean(1) for s in self.shapes.tactile]).mean(0)
+    def felt(self, adapted: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """What each touch map's sensors feel: (B, H) per map, the mean of its tactile tokens."""
+        return [torch.stack([adapted[s].mean(1) for s in query]).mean(0) for query, _ in self.maps]
 
-    def touch_map_bias(self, felt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Explicit grounding of touch in sight: each camera token gets a learned vector times
-        how well it matches what is felt: the cosine of the two heads' embeddings (HSA's
-        heads when HSA is on) over a learned temperature, softmax over the camera's tokens,
-        times their count (a uniform map adds the vector once everywhere, a peaked one
-        marks a place). felt (B, H), tokens (B, N, H) -> (B, N, H)."""
+    def touch_map_bias(self, felt: torch.Tensor, tokens: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
+        """Explicit grounding of touch in sight: each camera token gets the map's learned
+        vector `mark` (H,) times how well it matches what is felt: the cosine of the two
+        heads' embeddings (HSA's heads when HSA is on) over a learned temperature, softmax
+        over the camera's tokens, times their count (a uniform map adds the vector once
+        everywhere, a peaked one marks a place). felt (B, H), tokens (B, N, H) -> (B, N, H)."""
         q = self.touch_query(felt)  # (B, P) unit length
         k = self.touch_key(tokens)  # (B, N, P) unit length
         score = torch.einsum("bp,bnp->bn", q, k) * self.touch_scale.exp()
         weight = score.softmax(-1) * k.shape[1]  # (B, N), mean 1
-        return weight[..., None] * self.touch_emb
+        return weight[..., None] * mark
+
+    def marked(self, stream: str, grid: torch.Tensor, felt: list[torch.Tensor]) -> torch.Tensor:
+        """A camera's adapter outputs (B, N, H) plus the mark of every touch map that reads it
+        (each computed on the unmarked tokens)."""
+        out = grid
+        for i, (_, cameras) in enumerate(self.maps):
+            if stream in cameras:
+                out = out + self.touch_map_bias(felt[i], grid, self.touch_emb[i])
+        return out
 
     def encode_latent(self, qpos: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor):
         """(B, Dq), (B, k, Da), (B, k) -> mu, logvar (B, latent)."""
@@ -158,11 +181,9 @@ class ACTPolicy(nn.Module):
             latent = None
         adapted = adapted if adapted is not None else self.stream_tokens(tokens)
         seq = [self.latent_in(z)[:, None] + self.special_pos[0], self.qpos_in(qpos)[:, None] + self.special_pos[1]]
-        felt = self.felt(adapted)
+        felt = self.felt(adapted)  # one (B, H) per touch map
         for i, s in enumerate(self.shapes.streams):
-            grid = adapted[s]  # (B, G*G, H)
-            if felt is not None and s not in self.shapes.tactile:  # the map at full resolution, then pooled
-                grid = grid + self.touch_map_bias(felt, grid)
+            grid = self.marked(s, adapted[s], felt)  # (B, G*G, H): the maps at full resolution, then pooled
             pooled = pool_tokens(grid, self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
             seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
         x = torch.cat(seq, 1)  # (B, 2 + all streams' tokens, H)

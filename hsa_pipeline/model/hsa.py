@@ -8,8 +8,9 @@ negatives: the positives p_j of the other valid samples (in-batch); every wrist 
 OUTSIDE the box of the same image, through the same head (in-image hard negatives);
 optional caller-supplied negatives (B, K, D); optional memory-bank entries.
 The third-person term is the same with the third-person tokens, weighted per sample by
-its visibility alpha_i. Samples whose sensor is not visible (or not in contact, or whose
-box selects nothing, or that have no negative at all) are masked out and do not count.
+its visibility alpha_i (with several third-person cameras: their mean). Samples whose
+sensor is not visible (or not in contact, or whose box selects nothing, or that have no
+negative at all) are masked out and do not count.
 
 Logits are computed in float32 with log-sum-exp, so bf16 inputs and kappa = 0.01 are
 safe. The chance level ln(number of candidates) is reported with every loss: a loss that
@@ -39,9 +40,11 @@ class HsaInputs:
     wrist_box: torch.Tensor  # (B, Nw) bool, tokens inside the sensor box
     valid: torch.Tensor  # (B,) bool, sample may be a positive (e.g. sensor in contact)
     wrist_visible: torch.Tensor | None = None  # (B,) bool; None = visible
-    tp: torch.Tensor | None = None  # (B, Np, D) third-person tokens
-    tp_box: torch.Tensor | None = None  # (B, Np) bool
-    tp_alpha: torch.Tensor | None = None  # (B,) float in [0, 1]; 0 = not visible
+    # third-person tokens (B, Np, D), boxes (B, Np) bool and visibility (B,) in [0, 1] (0 = not
+    # visible): one tensor each, or a list with one per third-person camera
+    tp: torch.Tensor | list[torch.Tensor] | None = None
+    tp_box: torch.Tensor | list[torch.Tensor] | None = None
+    tp_alpha: torch.Tensor | list[torch.Tensor] | None = None
     negatives: torch.Tensor | None = None  # (B, K, D) explicit extra negatives (raw tokens)
     negatives_mask: torch.Tensor | None = None  # (B, K) bool, True = use
 
@@ -208,12 +211,16 @@ class HSALoss(nn.Module):
         loss_w, usable_w, stats_w, pos_w = self._view(q, x.wrist, x.wrist_box, valid_w, kappa, extra, True, diagnostics)
         total = self._reduce(loss_w, usable_w)
         stats = {f"{k}_w": v for k, v in stats_w.items()}
-        if x.tp is not None and self.cfg.tp_weight > 0:
-            alpha = x.tp_alpha.float() if x.tp_alpha is not None else torch.ones(len(q), device=q.device)
-            loss_tp, usable_tp, stats_tp, _ = self._view(q, x.tp, x.tp_box, x.valid & (alpha > 0), kappa, None, False,
-                                                         diagnostics)
-            total = total + self.cfg.tp_weight * self._reduce(loss_tp * alpha, usable_tp)
-            stats.update({f"{k}_tp": v for k, v in stats_tp.items()})
+        views = third_person_views(x, len(q), q.device)
+        if views and self.cfg.tp_weight > 0:
+            tp_total, tp_stats = q.new_zeros(()), []
+            for tokens, box, alpha in views:
+                loss_tp, usable_tp, stats_tp, _ = self._view(q, tokens, box, x.valid & (alpha > 0), kappa, None, False,
+                                                             diagnostics)
+                tp_total = tp_total + self._reduce(loss_tp * alpha, usable_tp)
+                tp_stats.append(stats_tp)
+            total = total + self.cfg.tp_weight * tp_total / len(views)
+            stats.update({f"{k}_tp": v for k, v in _mean_stats(tp_stats).items()})
         if self.bank is not None and self.training:
             self.bank.push(pos_w[usable_w].detach())
         return total, stats
@@ -223,6 +230,23 @@ class HSALoss(nn.Module):
         if self.cfg.reduction == "sum":
             return loss.sum()
         return loss.sum() / usable.sum().clamp(min=1)
+
+
+def third_person_views(x: HsaInputs, batch: int, device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(tokens, box, alpha) of every third-person camera in `x` (alpha 1 where not given)."""
+    if x.tp is None:
+        return []
+    as_list = lambda v: v if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    tokens, boxes = as_list(x.tp), as_list(x.tp_box)
+    alphas = as_list(x.tp_alpha) if x.tp_alpha is not None else [None] * len(tokens)
+    return [(t, b, a.float() if a is not None else torch.ones(batch, device=device))
+            for t, b, a in zip(tokens, boxes, alphas, strict=True)]
+
+
+def _mean_stats(per_view: list[dict[str, float]]) -> dict[str, float]:
+    """Diagnostics of several views (third-person cameras) as one: the mean of each value."""
+    keys = [k for k in per_view[0] if all(k in s for s in per_view)]
+    return {k: sum(s[k] for s in per_view) / len(per_view) for k in keys}
 
 
 def _mean_over(loss: torch.Tensor, usable: torch.Tensor) -> float:

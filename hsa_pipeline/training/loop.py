@@ -24,6 +24,7 @@ import csv
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,21 +107,25 @@ class TrainModule(nn.Module):
         x = HsaInputs(tactile=adapted[pair.sensor], wrist=adapted[pair.wrist],
                       wrist_box=batch.box[pair.key(pair.wrist)].flatten(1),
                       valid=valid.to(batch.qpos.device), wrist_visible=batch.visible[pair.key(pair.wrist)])
-        if pair.third_person is not None:
-            k = pair.key(pair.third_person)
-            x.tp, x.tp_box = adapted[pair.third_person], batch.box[k].flatten(1)
-            x.tp_alpha = batch.weight[k] * batch.visible[k]
+        if pair.third_persons:  # every third-person camera (its touch map marks each of them)
+            keys = [pair.key(c) for c in pair.third_persons]
+            x.tp = [adapted[c] for c in pair.third_persons]
+            x.tp_box = [batch.box[k].flatten(1) for k in keys]
+            x.tp_alpha = [batch.weight[k] * batch.visible[k] for k in keys]
         return x
 
 
 def build(act: ActConfig, hsa: HsaConfig, total_steps: int, caches: Caches, device: torch.device) -> TrainModule:
     shapes = ActShapes(qpos_dim=caches.qpos.shape[1], action_dim=caches.action_raw.shape[1],
                        streams=list(caches.streams), grid=caches.grid, token_dim=caches.width,
-                       tactile=[s for s, role in caches.streams.items() if role == "tactile"])
+                       tactile=[s for s, role in caches.streams.items() if role == "tactile"],
+                       touch_cameras={p.sensor: p.cameras for p in caches.pairs})
     if shapes.grid % act.grid_pool:
         raise ConfigError(f"act.grid_pool: {act.grid_pool} does not divide the {shapes.grid}x{shapes.grid} feature grid")
     if hsa.enabled:
         check_hsa_pairs(caches)
+    if act.touch_map:
+        check_touch_maps(act, shapes, caches)
     policy = ACTPolicy(act, shapes)
     loss = hsa_loss_for(policy, hsa, total_steps) if hsa.enabled else None
     return TrainModule(policy, loss, caches.pairs, act, hsa).to(device)
@@ -142,6 +147,27 @@ def check_hsa_pairs(caches: Caches) -> None:
             raise ConfigError(f"hsa.enabled: true, but tactile sensor '{sensor}' has no wrist camera on its arm "
                               f"(sensors.{sensor}.arm = {caches.geometry_info.sensor_arms.get(sensor)!r}; cameras.*.mount "
                               f"names none): HSA's positive is the sensor's box in that camera; set hsa.enabled: false")
+
+
+def check_touch_maps(act: ActConfig, shapes: ActShapes, caches: Caches) -> None:
+    """act.touch_map needs, for every tactile sensor, a camera that can see where it goes
+    (per_sensor maps); a configuration the maps cannot serve stops here with one line."""
+    if not shapes.tactile:
+        raise ConfigError("act.touch_map: true, but the episodes have no tactile stream; set act.touch_map: false")
+    if act.touch_query == "mean":
+        if len(shapes.tactile) > 1:
+            print(f"train: warning: act.touch_query: mean blends {len(shapes.tactile)} tactile streams into one map "
+                  f"that marks every camera (one pad's touch halved, two felt classes mixed); per_sensor gives each "
+                  f"sensor its own map", file=sys.stderr)
+        return
+    for sensor in shapes.tactile:
+        if sensor not in shapes.touch_cameras:
+            raise ConfigError(f"act.touch_map: tactile sensor '{sensor}' is not in the geometry store (sensors.{sensor} "
+                              f"missing from params.yaml?), so its map cannot know which cameras see where it goes")
+        if not shapes.touch_cameras[sensor]:
+            raise ConfigError(f"act.touch_map: no camera can see where tactile sensor '{sensor}' goes (no wrist camera "
+                              f"on arm {caches.geometry_info.sensor_arms.get(sensor)!r} and no third-person camera); "
+                              f"add one or set act.touch_map: false")
 
 
 # --------------------------------------------------------------------------- setup

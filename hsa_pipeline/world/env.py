@@ -8,8 +8,11 @@ sensors, calibrated cameras) over a table with object tiles, and a task (tasks.p
 Observations use the stream names of the recorded episodes, so an exported policy runs
 on it unchanged. An action is what the recordings hold: the qpos to go to. Each arm joint
 moves toward its target by at most `world.max_joint_speed_deg / world.control_hz` a step;
-a target outside the joint limits ends the episode ("joint limit"). Contact and press
-depth come from the sensor's pose (forward kinematics of the new qpos) against the table.
+an arm joint's target outside its limits ends the episode ("joint limit"); a gripper
+command outside [0, 1] is clipped, as a gripper's driver does. Contact and press
+depth come from the sensor's pose (forward kinematics of the new qpos) against the table;
+for a pad in a claw (`finger_offset`), from the claw closing on the probe between its
+fingers (claw.py), which also stops the claw's measured opening at the probe's width.
 `info`: phase, phases reached, success, failure, step.
 """
 
@@ -22,10 +25,19 @@ from PIL import Image
 from ..config import CameraConfig, RobotConfig, SensorConfig, WorldConfig
 from ..errors import ConfigError
 from ..geometry.rig import Rig
+from .claw import (
+    HOLD_SQUEEZE,
+    PROBE_COMMAND,
+    between_fingers,
+    block_faces,
+    squeeze_depth,
+    tcp_poses,
+)
 from .ik import home_qpos
 from .render import (
     ARM_RGB,
     PAD_RGB,
+    PROBE_SIDE_RGB,
     Canvas,
     add_sensor_noise,
     object_texture,
@@ -34,7 +46,7 @@ from .render import (
     table_background,
     tactile_image,
 )
-from .tasks import PRESS_DEPTH, ArmTask, on_press, phase_reached, phases, sample_task
+from .tasks import PRESS_DEPTH, ArmTask, on_press, phase_reached, phases, put_down, sample_task
 
 CONTACT_M = 0.004  # the pad touches the table below this height
 PRESS_M = 0.012  # a full press: the pad this far into the (soft) tile; deep, so a policy a few mm off still presses
@@ -56,6 +68,13 @@ class TouchWorld(gym.Env):
         if not self.workers:
             raise ConfigError("sensors: the touch world needs a tactile sensor on an arm (sensors.<name>.arm); "
                               "none is configured")
+        for arm, sensor in self.workers:
+            if self.rig.sensors[sensor].in_claw and world.task != "match":
+                raise ConfigError(f"world.task: '{world.task}' presses tiles with a pad facing down, but "
+                                  f"sensors.{sensor} sits in a claw (finger_offset); the claw plays world.task: match")
+            if self.rig.sensors[sensor].in_claw and self.rig.arms[arm].cfg.gripper_index is None:
+                raise ConfigError(f"sensors.{sensor}.finger_offset: the pad is in a claw, but robot.arms.{arm}."
+                                  f"gripper_index is null: the touch world needs the claw's command")
         lo, hi = np.full(self.width, -np.inf), np.full(self.width, np.inf)
         for arm in self.rig.arms.values():
             cols = slice(arm.cfg.qpos_start, arm.cfg.qpos_start + arm.n_joints)
@@ -63,6 +82,9 @@ class TouchWorld(gym.Env):
             if arm.cfg.gripper_index is not None:
                 lo[arm.cfg.gripper_index], hi[arm.cfg.gripper_index] = 0.0, 1.0
         self.low, self.high = lo, hi
+        self.joint_columns = np.zeros(self.width, bool)  # arm joints (limits end an episode); the rest are grippers
+        for arm in self.rig.arms.values():
+            self.joint_columns[arm.cfg.qpos_start: arm.cfg.qpos_start + arm.n_joints] = True
         self.max_step_rad = np.deg2rad(world.max_joint_speed_deg) / world.control_hz
         self.action_space = gym.spaces.Box(lo.astype(np.float32), hi.astype(np.float32), dtype=np.float32)
         spaces = {"qpos": gym.spaces.Box(lo.astype(np.float32), hi.astype(np.float32), dtype=np.float32)}
@@ -86,9 +108,11 @@ class TouchWorld(gym.Env):
         super().reset(seed=seed)
         rng = self.np_random
         keys = (options or {}).get("key_classes") or [None] * len(self.workers)
-        self.tasks = [sample_task(self.cfg, arm, sensor, self.rig.arms[arm].base, rng, key)
+        self.tasks = [sample_task(self.cfg, arm, sensor, self.rig.arms[arm].base, rng, key,
+                                  claw=self.rig.sensors[sensor].in_claw)
                       for (arm, sensor), key in zip(self.workers, keys, strict=True)]
         self.qpos = self.home()
+        self.command = self.qpos.copy()  # what the last action asked for (a claw's opening may differ)
         self.t = 0
         self.failure: str | None = None
         self._pressing = {s: False for _, s in self.workers}
@@ -107,9 +131,10 @@ class TouchWorld(gym.Env):
                              f"got shape {action.shape}")
         if not np.isfinite(action).all():
             self.failure = "non-finite action"
-        elif ((action < self.low - 1e-9) | (action > self.high + 1e-9)).any():
+        elif (((action < self.low - 1e-9) | (action > self.high + 1e-9)) & self.joint_columns).any():
             self.failure = "joint limit"
         target = np.clip(np.nan_to_num(action), self.low, self.high)
+        self.command = target
         move = target - self.qpos
         for arm in self.rig.arms.values():  # joints move at most max_step_rad a step; grippers at once
             cols = slice(arm.cfg.qpos_start, arm.cfg.qpos_start + arm.n_joints)
@@ -123,19 +148,22 @@ class TouchWorld(gym.Env):
         truncated = not terminated and self.t >= self.max_steps
         return self._observe(), float(success), terminated, truncated, self._info(timeout=truncated)
 
-    def sensor_xy(self, qpos: np.ndarray) -> dict[str, np.ndarray]:
-        """(T, D) qpos -> {sensor: (T, 2)} the sensor's position on the table plane."""
+    def carry_xy(self, qpos: np.ndarray) -> dict[str, np.ndarray]:
+        """(T, D) qpos -> {sensor: (T, 2)} where its arm carries a probe on the table plane:
+        the sensor itself (a pad pressing down), or the claw's centre (a pad in a claw)."""
         q = np.asarray(qpos, dtype=float)
         out = {}
         for name, s in self.rig.sensors.items():
             arm = self.rig.arms[s.arm]
-            out[name] = s.world_poses(arm.flange_poses(arm.joints(q)), arm.gripper(q))[:, :2, 3]
+            flange = arm.flange_poses(arm.joints(q))
+            poses = tcp_poses(flange, s.T_flange_sensor) if s.in_claw else s.world_poses(flange, arm.gripper(q))
+            out[name] = poses[:, :2, 3]
         return out
 
     def chunk_places(self, chunk: np.ndarray) -> list[int | None]:
         """match: per arm, the candidate tile an action chunk (k, D) heads for: the one
-        nearest to where the sensor is at the chunk's end (None for an arm not carrying)."""
-        xy = self.sensor_xy(chunk[-1:])
+        nearest to where it carries its probe at the chunk's end (None for an arm not carrying)."""
+        xy = self.carry_xy(chunk[-1:])
         out = []
         for task in self.tasks:
             cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
@@ -159,11 +187,19 @@ class TouchWorld(gym.Env):
         return flange, sensor, camera
 
     def _update_contact(self) -> None:
-        """Contact, press depth, new presses and their consequences, from the sensor poses."""
-        _, sensor_pose, _ = self._poses()
+        """Contact, press (or squeeze) depth, new presses, grasps and releases and their
+        consequences, from the sensor poses (and the claws' commands)."""
         self.depth = {}
         for task in self.tasks:
+            if task.claw:
+                self._squeeze(task)  # first: it may stop the claw's measured opening
+        _, sensor_pose, _ = self._poses()
+        for task in self.tasks:
             pose = sensor_pose[task.sensor][0]
+            if task.claw:
+                if self.rig.sensors[task.sensor].surface_world(pose[None])[0][:, 2].min() < -COLLISION_M:
+                    task.failure = task.failure or "collision with the table"
+                continue
             x, y, z = pose[:3, 3]
             depth = float(np.clip((CONTACT_M - z) / (CONTACT_M + PRESS_M), 0.0, 1.0))
             self.depth[task.sensor] = depth
@@ -175,6 +211,35 @@ class TouchWorld(gym.Env):
                 on_press(task, self.cfg, task.touching, (float(x), float(y)), self.t)
                 self._backgrounds.clear()  # the probe may have moved
             self._pressing[task.sensor] = pressing
+
+    def claw_centre(self, task: ArmTask) -> np.ndarray:
+        """(4, 4) the claw centre of the task's arm now."""
+        arm = self.rig.arms[task.arm]
+        return tcp_poses(arm.flange_poses(arm.joints(self.qpos[None])), self.rig.sensors[task.sensor].T_flange_sensor)[0]
+
+    def _squeeze(self, task: ArmTask) -> None:
+        """A claw (claw.py): does it close on the probe, hold it, carry it, let it go?"""
+        tcp = self.claw_centre(task)
+        gi = self.rig.arms[task.arm].cfg.gripper_index
+        probe = task.tiles[task.probe] if task.probe is not None else None
+        around = task.held or (probe is not None and task.placed is None and between_fingers(tcp, (probe.x, probe.y)))
+        depth = squeeze_depth(self.command[gi]) if around else 0.0
+        if depth > 0:  # the probe stops the fingers: the claw measures the probe's width
+            self.qpos[gi] = max(self.qpos[gi], PROBE_COMMAND)
+        self.depth[task.sensor] = depth
+        task.touching = task.probe if depth > 0 else None
+        x, y, z = tcp[:3, 3]
+        if not task.held and depth >= HOLD_SQUEEZE and task.failure is None and task.success_step is None:
+            task.held, task.grasp_dz = True, float(z)  # closed on the probe standing on the table
+            self._backgrounds.clear()  # it leaves the table
+        if task.held:
+            bottom = float(z) - task.grasp_dz
+            task.carried = (float(x), float(y), bottom)
+            if bottom < -COLLISION_M:
+                task.failure = task.failure or "collision with the table"
+            if depth == 0.0:  # the claw opened: the probe drops where it is
+                put_down(task, task.tile_at(x, y), (float(x), float(y)), self.t)
+                self._backgrounds.clear()
 
     # ------------------------------------------------------------------ observation
     def _info(self, timeout: bool = False) -> dict:
@@ -213,12 +278,18 @@ class TouchWorld(gym.Env):
         canvas = Canvas(cam, T_world_cam, table_background(cam, T_world_cam))
         for task in self.tasks:
             for i, tile in enumerate(task.tiles):
-                if i == task.probe and (task.held or task.placed is not None):
+                if i == task.probe and (task.held or task.placed is not None or task.claw):
                     continue
                 tex = self.probe_tex if i == task.probe else self.textures[tile.cls]
                 canvas.quad(square_corners(tile.x, tile.y), tex)
+            if task.claw and not task.held and task.placed is None:  # the probe block, standing
+                probe = task.tiles[task.probe]
+                canvas.solid(block_faces(probe.x, probe.y, 0.0), self.probe_tex, PROBE_SIDE_RGB)
             if task.placed is not None:  # the probe where it was put down
-                canvas.quad(square_corners(*task.placed, side=0.045, z=0.001), self.probe_tex)
+                if task.claw:
+                    canvas.solid(block_faces(*task.placed, 0.0), self.probe_tex, PROBE_SIDE_RGB)
+                else:
+                    canvas.quad(square_corners(*task.placed, side=0.045, z=0.001), self.probe_tex)
         if cam.mount == "world":
             self._backgrounds[name] = canvas.img
         return canvas.img
@@ -232,6 +303,9 @@ class TouchWorld(gym.Env):
                 links = (arm.base @ arm.chain.fkine(arm.joints(self.qpos[None]), all_joints=True)[0])[:, :3, 3]
                 canvas.polyline(np.vstack([links, pose[:3, 3]]), 5, ARM_RGB)
             pad = sensor.surface_world(pose[None])[0]  # (4, 3)
+            if task.claw:
+                self._draw_claw(canvas, task, pad)
+                continue
             if task.held:  # the probe's grey cap around the pad
                 canvas.quad(pose[:3, 3] + 1.5 * (pad - pose[:3, 3]), self.probe_tex)
             if task.touching is not None and self.depth[task.sensor] > 0:
@@ -240,6 +314,19 @@ class TouchWorld(gym.Env):
             else:
                 canvas.quad(pad, None, fill=PAD_RGB, outline=(230, 230, 230))
         return add_sensor_noise(canvas.img, self.np_random)
+
+    def _draw_claw(self, canvas: Canvas, task: ArmTask, pad: np.ndarray) -> None:
+        """The claw's two fingers (the pad on one, seen from outside; textured while it
+        squeezes) and the probe block it carries."""
+        tcp = self.claw_centre(task)
+        across = tcp[:3, 1] * ((pad.mean(0) - tcp[:3, 3]) @ tcp[:3, 1])  # tcp -> pad centre, along the closing axis
+        canvas.quad(pad - 2 * across, None, fill=ARM_RGB, outline=(120, 120, 125))  # the finger without a pad
+        if task.held and task.carried is not None:
+            canvas.solid(block_faces(*task.carried), self.probe_tex, PROBE_SIDE_RGB)
+        if task.touching is not None and self.depth[task.sensor] > 0:
+            canvas.quad(pad, self.probe_tex, outline=(20, 20, 20))
+        else:
+            canvas.quad(pad, None, fill=PAD_RGB, outline=(230, 230, 230))
 
     def render(self) -> np.ndarray | None:
         """One frame for a person: every camera and tactile image side by side (rgb_array)."""

@@ -7,7 +7,8 @@ down". Then it acts: one joint-position target per step, exactly what a recordin
 as the action.
 
 Timing, per touch (`world.frames_per_touch` frames): move above the tile, press down,
-hold, lift.
+hold, lift. A pad in a claw (claw.py): move the claw's centre above the probe, lower it
+around the probe, squeeze, lift; then above the matching tile, lower, open, lift.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from .claw import CLAW_OPEN, CLAW_SQUEEZE, GRASP_Z_M, PROBE_HEIGHT_M
 from .env import PRESS_M, TouchWorld
 from .ik import GRIP_OPEN, GRIP_PRESS, ArmIK
 from .tasks import ArmTask
 
 HOVER_M = 0.06  # above a tile between presses
+CLAW_HOVER_M = PROBE_HEIGHT_M + 0.05  # the claw's centre between touches: fingertips clear the probe
+PLACE_CLEARANCE_M = 0.002  # a claw lowers a carried probe to this above the table, then opens
 
 
 def _min_jerk(n: int) -> np.ndarray:
@@ -32,6 +36,19 @@ def _touch_sequence(task: ArmTask, cfg) -> list[int]:
     if cfg.task == "match":
         return [task.probe, task.order[0]]  # pick the probe up, put it down on its match
     return list(task.order)
+
+
+def _segments(task: ArmTask, tile, touch: int) -> list[tuple[np.ndarray, float, str]]:
+    """One touch as four segments (goal, gripper command, name): move above, go down,
+    hold, go up. Goals are the sensor's position (a pad pressing down) or the claw's centre."""
+    if not task.claw:
+        above, low = np.array([tile.x, tile.y, HOVER_M]), np.array([tile.x, tile.y, -PRESS_M])
+        return [(above, GRIP_OPEN, "move"), (low, GRIP_OPEN, "down"), (low, GRIP_PRESS, "hold"), (above, GRIP_OPEN, "up")]
+    placing = touch > 0  # the first touch grasps the probe, the next one puts it down
+    above = np.array([tile.x, tile.y, CLAW_HOVER_M])
+    low = np.array([tile.x, tile.y, GRASP_Z_M + (PLACE_CLEARANCE_M if placing else 0.0)])
+    before, after = (CLAW_SQUEEZE, CLAW_OPEN) if placing else (CLAW_OPEN, CLAW_SQUEEZE)
+    return [(above, before, "move"), (low, before, "down"), (low, after, "hold"), (above, after, "up")]
 
 
 def plan(env: TouchWorld) -> np.ndarray:
@@ -49,20 +66,21 @@ def plan(env: TouchWorld) -> np.ndarray:
     for task in env.tasks:
         arm = env.rig.arms[task.arm]
         cols = slice(arm.cfg.qpos_start, arm.cfg.qpos_start + arm.n_joints)
-        ik = ArmIK(env.rig, task.arm, task.sensor, GRIP_PRESS)
+        ik = ArmIK(env.rig, task.arm, task.sensor)
         ik.q = start[cols].copy()
-        here, t = sensor_pose[task.sensor][0, :3, 3].copy(), 1
-        grip = np.full(T, GRIP_OPEN)
-        for k in _touch_sequence(task, cfg):
-            tile = task.tiles[k]
-            above, press = np.array([tile.x, tile.y, HOVER_M]), np.array([tile.x, tile.y, -PRESS_M])
-            for goal, n, squeeze in ((above, n_move, False), (press, n_down, False), (press, n_hold, True),
-                                     (above, n_up, False)):
+        here = (env.claw_centre(task) if task.claw else sensor_pose[task.sensor][0])[:3, 3].copy()
+        t = 1
+        grip = np.full(T, CLAW_OPEN if task.claw else GRIP_OPEN)
+        frames = {"move": n_move, "down": n_down, "hold": n_hold, "up": n_up}
+        for touch, k in enumerate(_touch_sequence(task, cfg)):
+            for goal, command, name in _segments(task, task.tiles[k], touch):
+                n = frames[name]
                 for i, s in enumerate(_min_jerk(n)):
                     out[t + i, cols] = ik.solve(*(here + s * (goal - here)))
-                grip[t: t + n] = GRIP_PRESS if squeeze else GRIP_OPEN
+                grip[t: t + n] = command
                 here, t = goal, t + n
         out[t:, cols] = out[t - 1, cols]
+        grip[t:] = grip[t - 1]
         if arm.cfg.gripper_index is not None:
             out[:, arm.cfg.gripper_index] = grip
         fastest = np.abs(np.diff(out[:, cols], axis=0)).max()

@@ -1,5 +1,6 @@
-"""Inverse kinematics of the touch world's arms: joint targets that put a sensor at a
-point, pointing down, and the start pose. Below the world (env) and its expert: both use it."""
+"""Inverse kinematics of the touch world's arms: joint targets that put a sensor (or, for a
+pad in a claw, the claw's centre) at a point, pointing down, and the start pose. Below the
+world (env) and its expert: both use it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import warnings
 import numpy as np
 
 from ..geometry.rig import Rig
+from .claw import CLAW_OPEN, tcp_poses
 
 GRIP_OPEN, GRIP_PRESS = 0.3, 0.6  # normalised gripper commands of the scripted expert
 HOME_M = 0.20  # the start: this high above the table
@@ -15,17 +17,16 @@ HOME_LOCAL = (0.0, -0.40)  # ... over this point in the arm's base frame
 
 
 class ArmIK:
-    """Joint targets for 'sensor at world (x, y, z), pointing down'."""
+    """Joint targets for 'sensor at world (x, y, z), pointing down', or for a pad in a claw
+    'claw centre at (x, y, z), the claw pointing down' (it closes along world y)."""
 
-    def __init__(self, rig: Rig, arm_name: str, sensor_name: str, gripper: float | None):
+    def __init__(self, rig: Rig, arm_name: str, sensor_name: str):
         from spatialmath import SE3
 
         self.SE3 = SE3
         self.arm = rig.arms[arm_name]
         sensor = rig.sensors[sensor_name]
-        # the mount with the X-Trainer finger offset at the pressing grip, when the sensor has one
-        self.mount = (sensor.world_poses(np.eye(4)[None], None if gripper is None else np.array([gripper]))[0]
-                      if sensor.finger_offset != "none" else sensor.T_flange_sensor)
+        self.mount = tcp_poses(np.eye(4)[None], sensor.T_flange_sensor)[0] if sensor.in_claw else sensor.T_flange_sensor
         self.q = np.array([1.3, 0.6, 1.7, -0.8, -1.57, 2.9])[: self.arm.n_joints]
 
     def solve(self, x: float, y: float, z: float) -> np.ndarray:
@@ -50,8 +51,8 @@ def home_qpos(rig: Rig, workers: list[tuple[str, str]], width: int) -> np.ndarra
     for arm_name, sensor_name in workers:
         arm = rig.arms[arm_name]
         home = (arm.base @ np.array([*HOME_LOCAL, 0.0, 1.0]))[:3] * [1, 1, 0] + [0, 0, HOME_M]
-        ik = ArmIK(rig, arm_name, sensor_name, GRIP_PRESS)
+        ik = ArmIK(rig, arm_name, sensor_name)
         q[arm.cfg.qpos_start: arm.cfg.qpos_start + arm.n_joints] = ik.solve(*home)
         if arm.cfg.gripper_index is not None:
-            q[arm.cfg.gripper_index] = GRIP_OPEN
+            q[arm.cfg.gripper_index] = CLAW_OPEN if rig.sensors[sensor_name].in_claw else GRIP_OPEN
     return q

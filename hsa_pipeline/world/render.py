@@ -18,6 +18,7 @@ TABLE_RGB = (150, 120, 90)
 ROOM_RGB = (70, 75, 85)
 PAD_RGB = (55, 58, 66)  # the sensor pad, seen from outside
 PROBE_RGB = (128, 128, 132)  # the match task's probe: the same grey cap whatever its class
+PROBE_SIDE_RGB = (105, 105, 110)  # the sides of a claw task's probe block
 ARM_RGB = (200, 200, 205)
 PALETTE = [(220, 40, 40), (40, 170, 60), (40, 80, 220), (230, 200, 30), (200, 60, 200), (30, 200, 210),
            (240, 130, 20), (245, 245, 245)]
@@ -155,6 +156,16 @@ class Canvas:
         self.img.paste(warped, (int(x0), int(y0)), mask)
         if outline is not None:
             self.draw.polygon(poly, outline=outline)
+
+    def solid(self, faces: dict[str, np.ndarray], texture: np.ndarray, fill) -> None:
+        """A convex solid from its planar faces ({name: (4, 3)}): the one named 'top' gets
+        `texture`, the others the colour `fill`; drawn farthest face first."""
+        eye = np.linalg.inv(self.T_cam_world)[:3, 3]
+        for name, corners in sorted(faces.items(), key=lambda kv: -np.linalg.norm(kv[1].mean(0) - eye)):
+            if name == "top":
+                self.quad(corners, texture)
+            else:
+                self.quad(corners, None, fill=fill, outline=(70, 70, 74))
 
     def polyline(self, pts_world: np.ndarray, width: int, fill) -> None:
         uv = self.to_pixels(pts_world)

@@ -3,11 +3,16 @@ has succeeded or failed. Each arm that carries a tactile sensor gets its own par
 scene, on the table in front of it.
 
 `match` (touch-dependent): a probe stands in the front row; every probe wears the same
-grey cap, so no camera can tell its class. Pressing it picks it up on the gel (it stays
-there, and the tactile image keeps showing its class while it is carried). Behind it lie
-`candidates` tiles of different classes, one of them the probe's class; pressing the
-probe onto a tile puts it down there. Success: put down on the tile of its own class.
-The decision (which tile) needs what the sensor FEELS related to what the camera SEES.
+grey cap, so no camera can tell its class. With a pad that presses down (a sensor without
+`finger_offset`), pressing the probe picks it up on the gel (it stays there, and the
+tactile image keeps showing its class while it is carried), and pressing it onto a tile
+puts it down there. With a pad in a claw (`finger_offset`: the X-Trainer), the probe is a
+block: the claw closes on it, the pad feels its class by squeezing it, the claw carries it
+and opens over a tile to put it down (claw.py). Behind the probe lie `candidates` tiles of
+different classes, one of them the probe's class. Success: put down on the tile of its
+own class. The decision (which tile) needs what the sensor FEELS related to what the
+camera SEES. Several arms: each has its own probe and tiles, and succeeds on its own;
+the scene succeeds when every arm has.
 
 With `candidate_order: by_class` the candidates are sorted by class: with as many classes
 as candidates, each class's tile always lies at the same place, so the felt class alone
@@ -51,8 +56,11 @@ class ArmTask:
     tiles: list[Tile]
     order: list[int]  # press: target tiles in pressing order; match: [the matching candidate]
     probe: int | None = None  # match: index of the probe in tiles
+    claw: bool = False  # the pad is in a claw: touch by squeezing (claw.py), not by pressing down
     # progress
-    held: bool = False  # match: the probe is on the gel
+    held: bool = False  # match: the probe is on the gel (pressing pad) or in the claw
+    carried: tuple[float, float, float] | None = None  # claw: the held probe's (x, y, bottom z)
+    grasp_dz: float = 0.0  # claw: the claw centre's height above the probe's bottom when it closed
     placed: tuple[float, float] | None = None  # match: where the probe was put down
     placed_on: int | None = None  # the tile it was put down on (None: the table)
     presses: list[int] = field(default_factory=list)  # tiles pressed, one entry per new contact
@@ -76,9 +84,10 @@ def _cell_world(base: np.ndarray, x: float, y: float) -> tuple[float, float]:
 
 
 def sample_task(cfg: WorldConfig, arm: str, sensor: str, base: np.ndarray, rng: np.random.Generator,
-                key_class: int | None = None) -> ArmTask:
+                key_class: int | None = None, claw: bool = False) -> ArmTask:
     """A scene for one arm. `key_class` fixes the class that decides the task (the probe's
-    in match, the first target's in press); None draws it at random."""
+    in match, the first target's in press); None draws it at random. `claw`: the arm's pad
+    is in a claw."""
     jitter = lambda: rng.uniform(-JITTER_M, JITTER_M)  # noqa: E731
     n = cfg.object_classes
     key = int(rng.integers(n)) if key_class is None else int(key_class) % n
@@ -95,7 +104,7 @@ def sample_task(cfg: WorldConfig, arm: str, sensor: str, base: np.ndarray, rng: 
         px = rng.choice([GRID_X[1], GRID_X[2]])
         tiles.append(Tile(*_cell_world(base, px + jitter(), GRID_Y[0] + jitter()), key, "probe"))
         match = next(i for i, t in enumerate(tiles) if t.kind == "candidate" and t.cls == key)
-        return ArmTask(arm, sensor, tiles, [match], probe=len(tiles) - 1)
+        return ArmTask(arm, sensor, tiles, [match], probe=len(tiles) - 1, claw=claw)
     # press: targets of distinct classes, distractors of the classes not touched
     cells = [(x, y) for x in GRID_X for y in GRID_Y]
     k = cfg.touches + cfg.distractors
@@ -109,7 +118,7 @@ def sample_task(cfg: WorldConfig, arm: str, sensor: str, base: np.ndarray, rng: 
     tiles = [Tile(*_cell_world(base, *local[i]), classes[r], "target") for r, i in enumerate(targets)]
     tiles += [Tile(*_cell_world(base, *local[cfg.touches + i]), int(rng.choice(rest)), "distractor")
               for i in range(cfg.distractors)]
-    return ArmTask(arm, sensor, tiles, list(range(cfg.touches)))
+    return ArmTask(arm, sensor, tiles, list(range(cfg.touches)), claw=claw)
 
 
 # --------------------------------------------------------------------------- progress
@@ -120,14 +129,8 @@ def on_press(task: ArmTask, cfg: WorldConfig, tile: int | None, xy: tuple[float,
     if cfg.task == "match":
         if not task.held and tile is not None and tile == task.probe:
             task.held = True  # picked up on the gel
-        elif task.held:  # put down here
-            task.held, task.placed, task.placed_on = False, xy, tile
-            if tile is None:
-                task.failure = "put down off the tiles"
-            elif tile == task.order[0]:
-                task.success_step = step
-            else:
-                task.failure = "wrong tile"
+        elif task.held:
+            put_down(task, tile, xy, step)
         return
     if tile is None:
         return  # pressing the bare table is harmless
@@ -137,6 +140,17 @@ def on_press(task: ArmTask, cfg: WorldConfig, tile: int | None, xy: tuple[float,
         task.failure = "wrong tile"
     elif len(task.presses) == len(task.order):
         task.success_step = step
+
+
+def put_down(task: ArmTask, tile: int | None, xy: tuple[float, float], step: int) -> None:
+    """match: the carried probe is put down at `xy`, on `tile` (None: the table)."""
+    task.held, task.carried, task.placed, task.placed_on = False, None, xy, tile
+    if tile is None:
+        task.failure = "put down off the tiles"
+    elif tile == task.order[0]:
+        task.success_step = step
+    else:
+        task.failure = "wrong tile"
 
 
 def phases(cfg: WorldConfig) -> list[str]:
