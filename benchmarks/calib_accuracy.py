@@ -20,7 +20,8 @@ import numpy as np
 
 from hsa_pipeline.config import load_params
 from hsa_pipeline.geometry.board import BoardSpec
-from hsa_pipeline.geometry.calibrate import pose_error, run
+from hsa_pipeline.geometry.calibrate import run
+from hsa_pipeline.geometry.calibration_solvers import pose_error
 from hsa_pipeline.world import TouchWorld
 from hsa_pipeline.world.calibration import record
 

@@ -16,6 +16,7 @@ import typer
 
 from .config import load_params
 from .errors import ConfigError, UserError
+from .pipeline.paths import POLICY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
@@ -75,7 +76,7 @@ def preview(episode: Path = typer.Argument(..., help="an episode .hdf5 file, or 
 
 
 @app.command()
-def serve(policy: Path = typer.Option(Path("outputs/train/policy"), help="an exported policy directory"),
+def serve(policy: Path = typer.Option(POLICY, help="an exported policy directory"),
           host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0: every interface, e.g. in Docker)"),
           port: int = typer.Option(8000, help="TCP port (0: any free one)"),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HSA_API_KEY",
@@ -104,7 +105,7 @@ def serve(policy: Path = typer.Option(Path("outputs/train/policy"), help="an exp
 @app.command()
 def rollout(scene: int = typer.Option(0, help="scene index j: the j-th rollout scene of the evaluate stage (eval.seed)"),
             out: Path = typer.Option(Path("outputs/rollout.gif"), help="the animation to write"),
-            policy: Path = typer.Option(Path("outputs/train/policy"), help="an exported policy directory"),
+            policy: Path = typer.Option(POLICY, help="an exported policy directory"),
             expert: bool = typer.Option(False, "--expert", help="drive with the scripted expert instead"),
             server: Optional[str] = typer.Option(None, help="drive with a served policy (ws://HOST:PORT, `hsa serve`) "
                                                  "through openpi-client instead of --policy"),
@@ -151,7 +152,8 @@ def calibrate(ctx: typer.Context, check: bool = typer.Option(False, "--check", h
 
 
 def _calibrate(method: str, camera: str, episodes, board: str, write: bool, params: Path, set_, **kw) -> None:
-    from .geometry.calibrate import describe, run, write_params
+    from .geometry.calibrate import run
+    from .geometry.calibration_io import describe, write_params
 
     with _user_errors("calibrate"):
         result = run(load_params(params, set_), method, camera, list(episodes or []), board, **kw)

@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from hsa_pipeline.config import apply_overrides, params_from_dict, preset_overrides  # noqa: E402
 from hsa_pipeline.evaluation.rollout import paired_difference, wilson  # noqa: E402
+from hsa_pipeline.pipeline.paths import EVAL, FEATURES, GEOMETRY, PREPARE  # noqa: E402
 
 VARIANTS = {  # overrides of each variant; TACTILE stands for the list of every tactile stream
     "hsa-on": [],
@@ -57,7 +58,7 @@ VARIANTS = {  # overrides of each variant; TACTILE stands for the list of every 
     "touch-blind": ["hsa.enabled=false", "act.blind=TACTILE"],
 }
 BASELINE = "hsa-off"  # the paired differences are "variant minus this"
-SHARED = ["data", "outputs/prepare", "outputs/geometry.zarr", "outputs/features.zarr"]
+SHARED = ["data", str(PREPARE), str(GEOMETRY), str(FEATURES)]
 
 
 def variant_overrides(variant: str, base: list[str]) -> list[str]:
@@ -103,8 +104,8 @@ def train_and_evaluate(d: Path, shared: Path, overrides: list[str]) -> None:
 
 
 def read_run(d: Path, variant: str, seed: int, episodes: int | None) -> dict:
-    m = json.loads((d / "outputs/eval/metrics.json").read_text())
-    with open(d / "outputs/eval/rollouts/outcomes.csv") as f:
+    m = json.loads((d / EVAL / "metrics.json").read_text())
+    with open(d / EVAL / "rollouts" / "outcomes.csv") as f:
         outcomes = [(int(r["scene"]), int(r["success"])) for r in csv.DictReader(f)]
     return {"variant": variant, "seed": seed, "episodes": episodes, "outcomes": outcomes, **m}
 

@@ -7,14 +7,14 @@ Writes   outputs/code/<stage>.sha256 for every other stage: the fingerprint of i
          only this stage (a second), and a code change reruns exactly the stages that run it.
 """
 
-from pathlib import Path
 
 from hsa_pipeline.pipeline.atomic import atomic_dir
 from hsa_pipeline.pipeline.closure import code_fingerprint
+from hsa_pipeline.pipeline.paths import CODE
 from stages import NAMES, main
 
 PARAMS: list[str] = []
-OUT = Path("outputs/code")
+OUT = CODE
 
 
 def run(p) -> dict[str, str]:

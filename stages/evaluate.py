@@ -6,15 +6,13 @@ Reads    params eval, world, robot, sensors, cameras (the world the policy acts 
 Writes   outputs/eval/ metrics.json, plots/, rollouts/ (success.gif, failure.gif), report.html
 """
 
-from pathlib import Path
 
 from hsa_pipeline.evaluation.evaluate import run_evaluate
+from hsa_pipeline.pipeline.paths import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN
 from stages import main
 
 PARAMS = ["eval", "world", "robot", "sensors", "cameras"]
-PREPARE, GEOMETRY, FEATURES = Path("outputs/prepare"), Path("outputs/geometry.zarr"), Path("outputs/features.zarr")
-TRAIN = Path("outputs/train")
-OUT = Path("outputs/eval")
+OUT = EVAL
 
 
 def run(p) -> dict:

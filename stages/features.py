@@ -4,14 +4,13 @@ Reads    params features; outputs/prepare/episodes.json; the episodes' images
 Writes   outputs/features.zarr (resumable: an interrupted run continues where it stopped)
 """
 
-from pathlib import Path
 
 from hsa_pipeline.features.extract import run_features
+from hsa_pipeline.pipeline.paths import FEATURES, PREPARE
 from stages import main
 
 PARAMS = ["features"]
-PREPARE = Path("outputs/prepare")
-OUT = Path("outputs/features.zarr")
+OUT = FEATURES
 
 
 def run(p) -> dict:

@@ -6,14 +6,13 @@ Reads    params robot, sensors, cameras, geometry; outputs/prepare/episodes.json
 Writes   outputs/geometry.zarr
 """
 
-from pathlib import Path
 
 from hsa_pipeline.geometry.compute import run_geometry
+from hsa_pipeline.pipeline.paths import GEOMETRY, PREPARE
 from stages import main
 
 PARAMS = ["robot", "sensors", "cameras", "geometry"]
-PREPARE = Path("outputs/prepare")
-OUT = Path("outputs/geometry.zarr")
+OUT = GEOMETRY
 
 
 def run(p) -> dict:

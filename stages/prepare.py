@@ -5,13 +5,13 @@ Reads    params data, act.chunk_size; the episodes in data.episodes_dir (never m
 Writes   outputs/prepare/ episodes.json, training.json, stats.json, contact.json
 """
 
-from pathlib import Path
 
 from hsa_pipeline.data.prepare import run_prepare
+from hsa_pipeline.pipeline.paths import PREPARE
 from stages import main
 
 PARAMS = ["data", "act.chunk_size"]
-OUT = Path("outputs/prepare")
+OUT = PREPARE
 
 
 def run(p) -> dict:

@@ -5,14 +5,13 @@ Writes   outputs/train/run/ (kept between runs: checkpoints, TensorBoard, curves
          from the same inputs, code and settings), outputs/train/policy/, outputs/train/metrics.json
 """
 
-from pathlib import Path
 
+from hsa_pipeline.pipeline.paths import FEATURES, GEOMETRY, PREPARE, TRAIN
 from hsa_pipeline.training.loop import run_train
 from stages import main
 
 PARAMS = ["act", "hsa", "train"]
-PREPARE, GEOMETRY, FEATURES = Path("outputs/prepare"), Path("outputs/geometry.zarr"), Path("outputs/features.zarr")
-OUT = Path("outputs/train")
+OUT = TRAIN
 
 
 def run(p) -> dict:

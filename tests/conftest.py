@@ -85,8 +85,8 @@ def bimanual_params(extra: list[str] | None = None) -> Params:
     return make_params(BIMANUAL + (extra or []))
 
 
-PREPARE, GEOMETRY, FEATURES = Path("outputs/prepare"), Path("outputs/geometry.zarr"), Path("outputs/features.zarr")
-TRAIN, EVAL = Path("outputs/train"), Path("outputs/eval")
+from hsa_pipeline.pipeline.paths import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN  # noqa: E402, F401  (the stages' outputs)
+
 RUN = TRAIN / "run"
 
 

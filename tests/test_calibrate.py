@@ -11,7 +11,9 @@ from conftest import REPO
 from hsa_pipeline.config import load_params
 from hsa_pipeline.errors import ConfigError, EpisodeError
 from hsa_pipeline.geometry.board import BoardSpec
-from hsa_pipeline.geometry.calibrate import box_check, pose_error, read_marks, rpy_deg, run, write_params
+from hsa_pipeline.geometry.calibrate import box_check, run
+from hsa_pipeline.geometry.calibration_io import read_marks, rpy_deg, write_params
+from hsa_pipeline.geometry.calibration_solvers import pose_error
 from hsa_pipeline.geometry.kinematics import rpy_matrix
 from hsa_pipeline.geometry.rig import Rig
 from hsa_pipeline.world import TouchWorld
@@ -140,7 +142,7 @@ def test_marks_outside_the_image_or_too_few_are_refused(demo_dir, tmp_path):
 
 
 def test_rpy_round_trips_and_a_reflection_is_not_written():
-    from hsa_pipeline.geometry.calibrate import pose_values
+    from hsa_pipeline.geometry.calibration_io import pose_values
 
     for rpy in ([10, -20, 30], [-133.15, 0.0, 0.0], [-19.44, 0, 180]):
         R = rpy_matrix(np.deg2rad(rpy))
@@ -161,7 +163,7 @@ def test_pose_error_against_a_hand_made_offset():
 
 # --------------------------------------------------------------------------- writing params.yaml
 def test_write_keeps_comments_and_never_leaves_a_broken_file(recordings, tmp_path):
-    from hsa_pipeline.geometry.calibrate import Result
+    from hsa_pipeline.geometry.calibration_io import Result
 
     p, d = recordings
     target = tmp_path / "params.yaml"

@@ -40,6 +40,23 @@ def test_the_code_stage_reads_all_the_source_and_writes_every_fingerprint(tmp_pa
     assert len(set(prints.values())) == len(WORK)  # every stage runs different code
 
 
+def test_dvc_yaml_names_the_paths_the_stages_write():
+    """One list of output paths (pipeline/paths.py): dvc.yaml's outs and deps are those."""
+    from hsa_pipeline.pipeline import paths
+
+    outs = {name: [next(iter(o)) if isinstance(o, dict) else o for o in DVC[name].get("outs", [])] for name in NAMES}
+    assert outs["code"] == [str(paths.CODE)] and outs["prepare"] == [str(paths.PREPARE)]
+    assert outs["geometry"] == [str(paths.GEOMETRY)] and outs["features"] == [str(paths.FEATURES)]
+    assert outs["train"] == [str(paths.TRAIN / "run"), str(paths.POLICY)]
+    assert all(o.startswith(str(paths.EVAL) + "/") for o in outs["evaluate"])
+    for name in ("train", "evaluate"):
+        assert {str(paths.PREPARE), str(paths.GEOMETRY), str(paths.FEATURES)} <= set(DVC[name]["deps"])
+    assert str(paths.POLICY) in DVC["evaluate"]["deps"]
+    for name in [n for n in NAMES if n != "synth"]:  # synth writes where synth.out_dir says
+        assert stage_module(name).OUT in (paths.CODE, paths.PREPARE, paths.GEOMETRY, paths.FEATURES, paths.TRAIN,
+                                          paths.EVAL)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_params_are_the_keys_the_module_declares(name):
     assert DVC[name].get("params", []) == stage_module(name).PARAMS

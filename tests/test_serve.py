@@ -18,7 +18,8 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from conftest import REPO, TRAIN, tiny_pipeline_params
 from hsa_pipeline.model.policy import Policy, TemporalEnsembler
-from hsa_pipeline.serving.server import PolicyServer, RemotePolicy, ServerThread, pack, policy_hash, unpack
+from hsa_pipeline.serving.client import RemotePolicy
+from hsa_pipeline.serving.server import PolicyServer, ServerThread, pack, policy_hash, unpack
 from hsa_pipeline.training.loop import run_train
 from hsa_pipeline.world import TouchWorld
 

@@ -78,6 +78,39 @@ def test_every_image_the_docs_show_exists_and_every_image_is_shown():
     assert images <= shown, f"images nothing shows: {sorted(str(p) for p in images - shown)}"
 
 
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchor of each heading: lower case, punctuation dropped, spaces -> '-'."""
+    import re
+
+    heads = re.findall(r"^#+ (.+)$", markdown, flags=re.M)
+    return {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_every_link_between_the_docs_leads_to_a_file_and_heading_that_exist():
+    import re
+
+    docs = [REPO / "README.md", *(REPO / "docs").rglob("*.md")]
+    broken = []
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.exists():
+                broken.append(f"{doc.relative_to(REPO)} -> {target}")
+            elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text()):
+                broken.append(f"{doc.relative_to(REPO)} -> {target} (no such heading)")
+    assert broken == []
+
+
+def test_the_readme_starts_fast():
+    """Issue #32: the README is the front door (under 15 KB); the rest lives in docs/."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.encode()) < 15_000
+    assert "make demo" in readme and "make test" in readme
+
 # The library's sub-packages, lowest first: a package may import only those before it (and
 # itself); `errors` and `config` are below everything. Each package's __init__ docstring
 # says the same ("May import: ...").

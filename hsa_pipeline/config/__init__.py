@@ -6,10 +6,12 @@ May import: errors. Everything else imports it; `from hsa_pipeline.config import
 way in (this file re-exports the public names of its modules)."""
 
 from ..errors import ConfigError
+from .loading import RENAMED, load_params, params_from_dict
+from .overrides import apply_overrides, parse_override, preset_overrides
+from .reference import reference_markdown
 from .schema import (
     DEVICE_DOC,
     DEVICE_RE,
-    RENAMED,
     THREADS_DOC,
     ActConfig,
     ArmConfig,
@@ -28,14 +30,8 @@ from .schema import (
     SynthConfig,
     TrainConfig,
     WorldConfig,
-    apply_overrides,
     is_weights_path,
-    load_params,
     param,
-    params_from_dict,
-    parse_override,
-    preset_overrides,
-    reference_markdown,
     to_dict,
 )
 

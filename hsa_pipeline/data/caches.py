@@ -31,6 +31,11 @@ from .grid import GridMapping, box_token_mask
 from .stores import FeatureStore, GeometryInfo, GeometryStore, Manifest, check_rows, load_stats
 
 
+def normalise_qpos(qpos: np.ndarray, stats: dict) -> np.ndarray:
+    """(..., Dq) raw joint state -> z-scored with prepare's stats, float32 (what the model reads)."""
+    return ((np.asarray(qpos) - np.asarray(stats["qpos"]["mean"])) / np.asarray(stats["qpos"]["std"])).astype(np.float32)
+
+
 @dataclass
 class ActionCodec:
     """How action chunks are normalised for the model, and back: per-dimension z-score of
@@ -137,7 +142,7 @@ class Caches:
                 q.append(ep.qpos)
                 a.append(ep.action)
         self.qpos_raw, self.action_raw = np.concatenate(q), np.concatenate(a)
-        self.qpos = ((self.qpos_raw - self.stats["qpos"]["mean"]) / self.stats["qpos"]["std"]).astype(np.float32)
+        self.qpos = normalise_qpos(self.qpos_raw, self.stats)
         nbytes = N * len(self.streams) * self.grid * self.grid * self.width * 2
         self.in_memory = nbytes <= memory_budget_gb * 2**30
         self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None

@@ -11,7 +11,6 @@ Rows: frame t of episode e is row `offsets[e] + t` of every store.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
-from ..pipeline.hashing import sha256_file
+from ..pipeline.hashing import sha256_file, sha256_named_files
 
 # What `prepare` writes. Features read episodes.json only and geometry episodes.json and
 # contact.json (where each sensor touches), so a new split (training.json, stats.json)
@@ -118,12 +117,8 @@ class Manifest:
         raw = read_json(d / EPISODES_FILE, f"{EPISODES_FILE} (stage prepare)")
         check_schema(raw, "manifest", d / EPISODES_FILE, "rerun `dvc repro prepare`")
         training = json.loads((d / TRAINING_FILE).read_text()) if (d / TRAINING_FILE).is_file() else None
-        h = hashlib.sha256()
-        for name in PREPARE_FILES:
-            if (d / name).is_file():
-                h.update(name.encode() + b"\0" + (d / name).read_bytes())
         return cls(EpisodesInfo.from_json(raw, d / EPISODES_FILE), training, sha256_file(d / EPISODES_FILE),
-                   h.hexdigest())
+                   sha256_named_files(d, PREPARE_FILES))
 
     @property
     def episodes(self) -> list[EpisodeEntry]:

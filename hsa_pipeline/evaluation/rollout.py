@@ -217,7 +217,7 @@ def policy_driver(policy_dir, server: str | None = None, api_key: str | None = N
     from pathlib import Path
 
     if server:
-        from ..serving.server import RemotePolicy
+        from ..serving.client import RemotePolicy
 
         return RemotePolicy(server, api_key)
     from ..model.policy import Policy

@@ -20,7 +20,6 @@ torchrun, shards are divided among ranks.
 
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +36,8 @@ from ..data.stores import SCHEMA_VERSIONS, Manifest
 from ..errors import EpisodeError, StoreError
 from ..pipeline.atomic import commit, partial_path, remove
 from ..pipeline.closure import code_fingerprint
+from ..pipeline.distributed import barrier as dist_barrier
+from ..pipeline.distributed import init_distributed
 from ..pipeline.hashing import sha256_file, sha256_json
 from ..pipeline.runtime import ThreadTuner
 from .encoder import Encoder, preprocess
@@ -84,32 +85,15 @@ def fingerprint(cfg: FeaturesConfig, manifest: Manifest) -> str:
                         "episodes": manifest.fingerprint, "code": code_fingerprint("hsa_pipeline.features.extract")})
 
 
-def _dist() -> tuple[int, int]:
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def run_features(cfg: FeaturesConfig, prepare_dir: str | Path, out: str | Path, max_shards: int | None = None) -> dict:
     """Encode every frame; returns the store's attributes. With `max_shards`, stop after
     that many shards and leave the partial store for a later run to finish (as if killed)."""
     out = Path(out)
     tmp = partial_path(out)
     manifest = Manifest.load(prepare_dir)
-    rank, world = _dist()
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if world > 1 and torch.cuda.is_available() else None
-    enc = Encoder(cfg, device=device, quiet=rank != 0)
+    dist = init_distributed(cfg.device, "features.device")  # torchrun: each rank encodes its share of shards
+    rank, world = dist.rank, dist.world
+    enc = Encoder(cfg, device=str(dist.device), quiet=rank != 0)
     threads = torch.get_num_threads()
     try:
         return _run(cfg, manifest, enc, tmp, out, rank, world, max_shards)
@@ -152,7 +136,7 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
             (tmp / "done").mkdir()
         else:
             print(f"features: resuming {tmp} ({len(_done(tmp))} shards already done)")
-    _barrier()
+    dist_barrier()
     root = zarr.open_group(str(tmp), mode="r+")
     todo = [(n, k) for n in streams for k in range(-(-N // shard_frames))]
     mine = [(n, k) for i, (n, k) in enumerate(todo) if i % world == rank and not (tmp / "done" / f"{n}.{k}").exists()]
@@ -163,7 +147,7 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
     if stop_early:
         print(f"features: stopped after {max_shards} shards; rerun to finish")
         return attrs
-    _barrier()
+    dist_barrier()
     if rank == 0:
         missing = [f"{n}.{k}" for n, k in todo if not (tmp / "done" / f"{n}.{k}").exists()]
         if missing:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import ActConfig, FeaturesConfig, HsaConfig
-from ..data.caches import ActionCodec
+from ..data.caches import ActionCodec, normalise_qpos
 from ..data.stores import read_policy_meta
 from ..errors import StoreError
 from ..features.encoder import Encoder
@@ -30,7 +30,6 @@ class Policy:
         self.streams: list[str] = meta["shapes"]["streams"]
         self.chunk_size = meta["act"]["chunk_size"]
         s = meta["stats"]
-        self.q_mean, self.q_std = np.asarray(s["qpos"]["mean"]), np.asarray(s["qpos"]["std"])
         self.codec = ActionCodec.from_stats(s, meta["act"].get("relative_actions", False))
 
     @classmethod
@@ -58,7 +57,7 @@ class Policy:
         """(Da,) qpos in joint units + images (or precomputed (1, G, G, C) tokens) ->
         (chunk, Da) actions in joint units."""
         tokens = tokens if tokens is not None else self.features(images)
-        q = torch.as_tensor((np.asarray(qpos) - self.q_mean) / self.q_std, dtype=torch.float32, device=self.device)[None]
+        q = torch.as_tensor(normalise_qpos(qpos, self.meta["stats"]), device=self.device)[None]
         pred, _, _ = self.model(q, {s: t.float() for s, t in tokens.items()})
         return self.codec.decode(pred[0].cpu().numpy(), np.asarray(qpos, dtype=float))
 
