@@ -99,7 +99,7 @@ def test_hsa_trains_each_map_with_the_query_the_policy_reads(tmp_path, monkeypat
     monkeypatch.setattr(hsa_module.HSALoss, "forward", spy)
     from hsa_pipeline.training.loop import TrainingData, init_distributed
 
-    data = TrainingData(caches, p.act, p.train, init_distributed(p.train))
+    data = TrainingData(caches, p.act, p.train, init_distributed(p.train.device, "train.device"))
     batch = data.next_batch()
     module.eval()
     with torch.no_grad():

@@ -220,7 +220,7 @@ def test_hsa_disabled_is_plain_act(work_dir):
 
 
 def test_non_finite_loss_stops_with_the_step_and_term(work_dir, monkeypatch):
-    import hsa_pipeline.training.loop as train_mod
+    import hsa_pipeline.training.module as train_mod
 
     real = train_mod.act_losses
     calls = {"n": 0}
