@@ -1,4 +1,4 @@
-# hsa-pipeline for GPU hosts (and CPU machines). README "GPU hosts (Docker)" has the run lines.
+# hsa-pipeline for GPU hosts (and CPU machines). docs/gpu.md has the run lines.
 #
 #   docker build -t hsa-pipeline .                                     # Debian 12 base, pinned by digest
 #   docker build --build-arg BASE=hsa-local-python -t hsa-pipeline .  # a locally made base (scripts/docker_smoke.sh)
@@ -52,7 +52,8 @@ WORKDIR /workspace
 USER 1000:1000
 ENTRYPOINT ["tini", "--"]
 CMD ["dvc", "repro"]
-# hsa serve's default port (`docker run -p 8000:8000 ... hsa serve --host 0.0.0.0`)
+# hsa serve's default port (`docker run -p 8000:8000 -e HSA_API_KEY ... hsa serve --host 0.0.0.0`:
+# beyond the loopback it refuses to start without a key unless given --insecure)
 EXPOSE 8000
 
 # The dependencies, from pyproject.toml's list pinned by constraints.txt.

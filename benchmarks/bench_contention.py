@@ -33,7 +33,7 @@ def worker(threads: str, seconds: float) -> None:
     from hsa_pipeline.config import load_params
     from hsa_pipeline.data.caches import Caches
     from hsa_pipeline.pipeline.runtime import ThreadTuner
-    from hsa_pipeline.training.loop import Dist, TrainingData, build, train_step
+    from hsa_pipeline.training.loop import Dist, DivergenceWatch, TrainingData, build, train_step
 
     tuner = ThreadTuner("auto" if threads == "auto" else int(threads))
     p = load_params("params.yaml")
@@ -45,13 +45,14 @@ def worker(threads: str, seconds: float) -> None:
     opt = torch.optim.AdamW(params, lr=p.train.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     off = torch.autocast("cpu", enabled=False)
+    watch = DivergenceWatch(dist.device)
     step = 0
     for _ in range(3):  # warm-up
-        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, off)
+        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, off, watch)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         tuner.update()
-        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, off)
+        train_step(module, opt, sched, params, data.next_batch(), step, 10.0, off, watch)
         step += 1
     print(f"{step / (time.perf_counter() - t0):.4f}", flush=True)
 

@@ -86,20 +86,27 @@ def serve(policy: Path = typer.Option(POLICY, help="an exported policy directory
           no_ensemble: bool = typer.Option(False, "--no-ensemble", help="answer chunks only, no 'action'"),
           control_hz: Optional[float] = typer.Option(None, help="the control rate, told to clients "
                                                      "[default: world.control_hz of params.yaml]"),
-          max_message_mb: float = typer.Option(64.0, help="largest message accepted (MiB)"),
+          max_message_mb: Optional[float] = typer.Option(
+              None, help="largest message accepted (MiB); larger closes the connection "
+              "[default: twice the policy's observation as raw arrays, + 1 MiB]"),
+          max_connections: int = typer.Option(16, help="connections at once; the next is refused (HTTP 503)"),
+          insecure: bool = typer.Option(False, "--insecure", help="allow binding beyond the loopback without an API key"),
+          tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate (chain): serve wss:// (with --tls-key)"),
+          tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert"),
           weights: Optional[str] = typer.Option(None, help="the encoder's weights file on this machine "
                                                 "[default: the path the policy was trained with]"),
           device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
           threads: int = typer.Option(1, help="CPU threads for torch"),
           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Serve an exported policy to robot code over websockets (openpi's protocol and client)."""
-    from .serving.server import serve_policy
+    from .serving.server import Limits, serve_policy
 
     with _user_errors("serve"):
         p = load_params(params, set_) if params.is_file() else None
         k = None if no_ensemble else ensemble_k if ensemble_k is not None else (p.eval.ensemble_k if p else 0.01)
         hz = control_hz if control_hz is not None else (p.world.control_hz if p else None)
-        serve_policy(policy, host, port, api_key, k, hz, max_message_mb, weights, device, threads)
+        limits = Limits(max_message_mb=max_message_mb, max_connections=max_connections)
+        serve_policy(policy, host, port, api_key, k, hz, limits, weights, device, threads, insecure, tls_cert, tls_key)
 
 
 @app.command()

@@ -5,7 +5,11 @@ those params name."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, make_params
@@ -104,13 +108,53 @@ def test_the_fingerprint_ignores_docstrings_comments_and_layout_but_not_code(tmp
     (pkg / "m.py").write_text(docs)
     assert code_fingerprint("hsa_pipeline.m", tmp_path) == base
     (pkg / "m.py").write_text('def f(x):\n    """Only a docstring."""\n')
-    assert "pass" in behaviour(pkg / "m.py")  # a body of a docstring alone still parses
+    assert "Pass()" in behaviour(pkg / "m.py")  # a body of a docstring alone is an empty body
     for changed in (src.replace("x + 1", "x + 2"), src.replace("k = 2", "k = '2'"), src + "y = f(1)\n"):
         (pkg / "m.py").write_text(changed)
         assert code_fingerprint("hsa_pipeline.m", tmp_path) != base, changed
     (pkg / "m.py").write_text(src.replace("return x + 1", "return 'x + 1'"))  # a string that is not a docstring
     assert code_fingerprint("hsa_pipeline.m", tmp_path) != base
 
+
+
+def test_the_fingerprint_covers_library_versions(tmp_path, monkeypatch):
+    from hsa_pipeline.pipeline import closure
+
+    pkg = tmp_path / "hsa_pipeline"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "m.py").write_text("x = 1\n")
+    base = closure.code_fingerprint("hsa_pipeline.m", tmp_path)
+    versions = closure.library_versions()
+    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
+    monkeypatch.setattr(closure, "library_versions", lambda: {**versions, "zarr": "99.0"})  # an upgrade
+    assert closure.code_fingerprint("hsa_pipeline.m", tmp_path) != base
+
+
+def test_the_fingerprint_text_does_not_depend_on_the_python_version(tmp_path):
+    """`canonical` leaves out fields that are empty (3.12 added `type_params=[]` to every
+    function): the same tree with and without such a field writes the same text. Where other
+    Pythons are installed (pyenv), every module of this repository is written the same by each."""
+    import ast
+    import glob
+    import subprocess
+
+    from hsa_pipeline.pipeline.closure import canonical
+
+    tree = ast.parse("def f(x: int = 1):\n    return [x, None, 'a']\n")
+    plain = canonical(tree)
+    tree.body[0].type_params = []  # as 3.12+ parses it
+    tree.body[0]._fields = (*tree.body[0]._fields, "type_params")
+    assert canonical(tree) == plain and "Return(value=List(" in plain and "Constant(value=None)" in plain
+    script = ("import importlib.util, pathlib, sys; s = importlib.util.spec_from_file_location('c', sys.argv[1]); "
+              "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+              "print(m.hashlib.sha256(''.join(m.behaviour(p) for p in sorted(pathlib.Path(sys.argv[2]).rglob('*.py')))"
+              ".encode()).hexdigest())")
+    closure_py = str(REPO / "hsa_pipeline" / "pipeline" / "closure.py")
+    pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-9]*/bin/python3")))
+    prints = {py: subprocess.run([py, "-c", script, closure_py, str(REPO / "hsa_pipeline")], capture_output=True,
+                                 text=True, check=True).stdout for py in [sys.executable, *pythons]}
+    assert len(set(prints.values())) == 1, prints
 
 def test_files_named_in_params_are_listed_and_a_missing_one_stops_the_stage(tmp_path):
     from hsa_pipeline.errors import ConfigError

@@ -213,3 +213,28 @@ def test_paired_difference_is_the_mean_difference_with_its_interval():
     assert paired_difference([1, 1], [1, 1]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="pair the same scenes"):
         paired_difference([1], [1, 0])
+
+
+def test_evaluation_holds_only_the_rows_it_reads_and_reads_what_the_whole_arrays_hold(cached_dir, monkeypatch):
+    """Caches.hold_rows: the same grids as the whole in-memory arrays (the independent
+    truth: FeatureStore.load), by int, slice and array; a row not held is an error."""
+    monkeypatch.chdir(cached_dir)  # the manifest names episodes relative to the pipeline's folder
+    from hsa_pipeline.data.caches import Caches
+    from hsa_pipeline.errors import StoreError
+    from hsa_pipeline.evaluation.reliance import donor_rows
+
+    paths = (cached_dir / "outputs/prepare", cached_dir / "outputs/geometry.zarr", cached_dir / "outputs/features.zarr")
+    whole = Caches(*paths, memory_budget_gb=100)
+    held = Caches(*paths, memory_budget_gb=0)
+    rows = held.rows("val")
+    wanted = np.union1d(rows, donor_rows(held, rows))
+    nbytes = held.hold_rows(wanted)
+    assert nbytes == len(wanted) * len(held.streams) * held.grid * held.grid * held.width * 2
+    assert len(wanted) < held.manifest.n_frames  # fewer rows than the dataset
+    for s in held.streams:
+        np.testing.assert_array_equal(held.tokens[s][rows], whole.tokens[s][rows])
+        np.testing.assert_array_equal(held.tokens[s][int(rows[3])], whole.tokens[s][int(rows[3])])
+        np.testing.assert_array_equal(held.tokens[s][int(rows[0]):int(rows[0]) + 2], whole.tokens[s][rows[0]:rows[0] + 2])
+    outside = int(np.setdiff1d(np.arange(held.manifest.n_frames), wanted)[0])
+    with pytest.raises(StoreError, match=f"frame {outside} is not among the rows held"):
+        held.tokens[next(iter(held.streams))][[int(rows[0]), outside]]

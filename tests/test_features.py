@@ -120,6 +120,25 @@ def test_a_partial_store_from_other_inputs_is_discarded_aloud(prepared, tmp_path
     assert "discarding the partial store" in err and "(1 shard(s) done)" in err and "built from other inputs" in err
 
 
+def test_a_changed_shipped_model_config_is_other_inputs(prepared, tmp_path, monkeypatch):
+    """The resume key covers the shipped model config's JSON: a partial store made with one
+    width of hsa-tiny-vit is not finished with another (the defect: only the name was keyed)."""
+    import json
+    import shutil
+
+    manifest = Manifest.load(prepared)
+    before = features_mod.fingerprint(CFG, manifest)
+    configs = tmp_path / "model_configs"
+    shutil.copytree(features_mod.SHIPPED_CONFIGS, configs)
+    monkeypatch.setattr(features_mod, "SHIPPED_CONFIGS", configs)
+    assert features_mod.fingerprint(CFG, manifest) == before  # same bytes, same key
+    path = configs / f"{CFG.model}.json"
+    cfg = json.loads(path.read_text())
+    cfg["embed_dim"] = cfg["embed_dim"] * 2
+    path.write_text(json.dumps(cfg))
+    assert features_mod.fingerprint(CFG, manifest) != before
+
+
 def test_shards_smaller_than_a_batch_give_the_same_store(store, prepared, tmp_path, monkeypatch):
     """Batches that span shard and stream boundaries (7-frame shards, 16-frame batches, two
     workers) land every frame in its own row: the store equals the one-shard-per-stream one."""
@@ -165,6 +184,61 @@ def test_shard_files_read_what_zarr_reads(store, prepared, tmp_path, monkeypatch
     plain.create_array("x", shape=(4, 2), dtype="float16", chunks=(1, 2))
     assert ShardFiles.open(tmp_path / "plain.zarr" / "x") is None  # one file per frame: zarr reads it
 
+
+
+def test_shard_files_check_rows_and_damaged_files_where_zarr_reads_fill_values(store, prepared, tmp_path,
+                                                                               monkeypatch, capsys):
+    """Against zarr's own reader on the same shards: random rows agree; a row past the end,
+    a truncated shard and a missing shard file are one-line StoreErrors naming the file
+    (zarr raises on the row, but reads a missing shard as the fill value: for a cache that
+    is data lost, so this refuses it); a layout zarr must read is said in one line."""
+    import shutil
+
+    import zarr
+
+    from hsa_pipeline.data.stores import ShardFiles
+    from hsa_pipeline.errors import StoreError
+
+    monkeypatch.setattr(features_mod, "SHARD_BYTES", 7 * 8 * 8 * 128 * 2)
+    out = tmp_path / "features.zarr"
+    torch.manual_seed(0)
+    run_features(CFG, prepared, out)
+    truth = zarr.open_group(str(out), mode="r")["top"]
+    files = ShardFiles.open(out / "top")
+    for row in np.random.default_rng(0).integers(0, truth.shape[0], 40):
+        np.testing.assert_array_equal(files.frame(int(row)), truth[int(row)])
+    with pytest.raises(IndexError):
+        truth[truth.shape[0]]
+    for row in (truth.shape[0], -1):
+        with pytest.raises(StoreError, match=rf"top: frame {row} asked for, the store holds frames 0-99"):
+            files.frame(row)
+    shard = out / "top" / "c" / "2" / "0" / "0" / "0"
+    missing = out / "top" / "c" / "5" / "0" / "0" / "0"
+    shutil.copy(shard, tmp_path / "shard")
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated, even its index
+    missing.unlink()
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["top"][36], np.zeros_like(truth[0]))
+    damaged = FeatureStore(out)
+    with pytest.raises(StoreError, match=r"c/2/0/0/0: truncated \(100 bytes"):
+        damaged.grid("top", 15)
+    with pytest.raises(StoreError, match=r"c/5/0/0/0: shard file missing \(frames 35-41\)"):
+        damaged.grid("top", 36)
+    with pytest.raises(StoreError, match="missing|truncated"):
+        damaged.load("top")
+    data = (tmp_path / "shard").read_bytes()
+    shard.write_bytes(data[:5000])  # cut inside its frames: the "index" read is frame bytes
+    with pytest.raises(StoreError, match="c/2/0/0/0: the shard index fails its checksum"):
+        FeatureStore(out).grid("top", 14)
+    # the frames cut short, the index intact (a copy cut and patched)
+    shard.write_bytes(data[: 3 * files.frame_bytes] + data[-(16 * 7 + 4):])
+    with pytest.raises(StoreError, match="points past its frames"):
+        FeatureStore(out).grid("top", 14)
+    meta = out / "wrist" / "zarr.json"
+    import json
+    m = json.loads(meta.read_text())
+    m["codecs"][0]["configuration"]["index_location"] = "start"
+    assert ShardFiles.layout_problem(m) == "the shard index is not at the end"
+    assert ShardFiles.layout_problem({"codecs": []}).startswith("metadata without")
 
 def test_changed_settings_restart_instead_of_mixing(prepared, tmp_path, monkeypatch):
     monkeypatch.setattr(features_mod, "SHARD_BYTES", 100 * 8 * 8 * 128 * 2)

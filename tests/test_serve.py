@@ -5,6 +5,7 @@ malformed and unauthenticated clients, per-connection state, bounded messages.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from conftest import REPO, TRAIN, tiny_pipeline_params
 from hsa_pipeline.model.policy import Policy, TemporalEnsembler
 from hsa_pipeline.serving.client import RemotePolicy
-from hsa_pipeline.serving.server import PolicyServer, ServerThread, pack, policy_hash, unpack
+from hsa_pipeline.serving.server import Limits, PolicyServer, ServerThread, pack, policy_hash, unpack
 from hsa_pipeline.training.loop import run_train
 from hsa_pipeline.world import TouchWorld
 
@@ -201,7 +202,7 @@ def test_messages_over_the_bound_are_refused_and_the_server_goes_on(trained, pol
 
     obs = request(policy, observations(1)[0])
     size = len(pack(obs))
-    with ServerThread(PolicyServer(policy, str(trained)), max_message_mb=size / 2 / 2**20) as port:
+    with ServerThread(PolicyServer(policy, str(trained)), limits=Limits(max_message_mb=size / 2 / 2**20)) as port:
         client = WebsocketClientPolicy("127.0.0.1", port)
         with pytest.raises(ConnectionClosed) as e:
             client.infer(obs)
@@ -209,6 +210,28 @@ def test_messages_over_the_bound_are_refused_and_the_server_goes_on(trained, pol
         small = {**obs, **{s: obs[s][:2, :2] for s in policy.streams}}  # small enough; wrong shape: an answer
         with pytest.raises(RuntimeError, match="expected a uint8 image"):
             WebsocketClientPolicy("127.0.0.1", port).infer(small)
+
+
+def test_the_default_bound_is_the_policys_largest_observation_and_refuses_from_the_header(trained, policy):
+    """Without --max-message-mb the bound comes from the policy: every stream as a raw uint8
+    array, twice, plus 1 MiB (hand-computed from policy.json's frame sizes). A valid raw
+    observation is answered; a message over the bound closes its connection (1009)."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    server = PolicyServer(policy, str(trained))
+    mapping = json.loads((trained / "policy.json").read_text())["features"]["mapping"]
+    raw = sum(m["orig_h"] * m["orig_w"] * 3 for m in mapping.values()) + 8 * server.qpos_dim
+    assert server.max_message_mb == round(2 * raw / 2**20 + 1, 1)
+    obs = request(policy, observations(1)[0])
+    with ServerThread(server) as port:
+        assert "actions" in WebsocketClientPolicy("127.0.0.1", port).infer(obs)
+        with connect(f"ws://127.0.0.1:{port}", max_size=None) as ws:
+            ws.recv()
+            ws.send(b"\0" * int((server.max_message_mb + 0.5) * 2**20))
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=30)
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1009
 
 
 def test_the_hsa_serve_command_binds_the_loopback_and_serves(trained, policy):
@@ -231,3 +254,192 @@ def test_the_hsa_serve_command_binds_the_loopback_and_serves(trained, policy):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# --------------------------------------------------------------------------- an open network
+def png_bytes(width: int, height: int) -> bytes:
+    """A PNG of one flat colour: a few KB on the wire whatever size its header claims."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_image_of_another_size_is_refused_from_its_header_before_any_decode(trained, policy):
+    from PIL import Image
+
+    obs = request(policy, observations(1)[0])
+    h, w = obs["top"].shape[:2]
+    bomb = png_bytes(4000, 4000)  # 48 MB of pixels in a few KB
+    assert len(bomb) < 200_000
+    wider, right = png_bytes(w + 8, h), {**obs, "top": png_bytes(w, h)}
+    decoded = []
+    original = Image.Image.load
+    Image.Image.load = lambda self, *a: decoded.append(self.size) or original(self, *a)  # who decodes pixels
+    try:
+        with ServerThread(PolicyServer(policy, str(trained))) as port:
+            client = WebsocketClientPolicy("127.0.0.1", port)
+            with pytest.raises(RuntimeError, match=f"expected an image of {w}x{h} pixels .* claim far more "
+                                                   ".*16000000 pixels.*nothing was decoded"):
+                client.infer({**obs, "top": bomb})  # PIL's limit, set from the recorded sizes, refuses the header
+            with pytest.raises(RuntimeError, match=f"expected an image of {w}x{h} pixels .* the bytes hold "
+                                                   f"{w + 8}x{h}; nothing was decoded"):
+                client.infer({**obs, "top": wider})  # under PIL's limit: our header check
+            assert decoded == []
+            assert Image.MAX_IMAGE_PIXELS == max(a.shape[0] * a.shape[1] for a in obs.values() if a.ndim == 3)
+            # the recorded size as PNG: decoded and answered
+            assert client.infer(right)["actions"].shape == (policy.chunk_size, len(obs["qpos"]))
+            assert (w, h) in decoded
+    finally:
+        Image.Image.load = original
+
+
+def test_an_internal_error_answers_one_line_with_an_id_and_logs_the_traceback(trained, policy):
+    class Broken(PolicyServer):
+        def infer(self, session, obs):
+            raise KeyError("a bug")
+
+    logged: list[str] = []
+    obs = request(policy, observations(1)[0])
+    with ServerThread(Broken(policy, str(trained)), log=logged.append) as port:
+        client = WebsocketClientPolicy("127.0.0.1", port)
+        with pytest.raises(RuntimeError) as e:
+            client.infer(obs)
+        answer = str(e.value).replace("Error in inference server:\n", "")
+        assert "\n" not in answer.strip() and "Traceback" not in answer and "KeyError" not in answer, answer
+        error_id = answer.split("internal error ")[1].split()[0]
+        assert len(logged) == 1 and error_id in logged[0] and "Traceback" in logged[0] and "KeyError" in logged[0]
+        with pytest.raises(RuntimeError, match="internal error"):  # the connection goes on
+            client.infer(obs)
+
+
+def test_a_client_that_leaves_before_its_answer_is_one_log_line(trained, policy):
+    import time
+
+    from websockets.sync.client import connect
+
+    logged: list[str] = []
+    obs = request(policy, observations(1)[0])
+    with ServerThread(PolicyServer(policy, str(trained)), log=logged.append) as port:
+        ws = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None)
+        ws.recv()  # metadata
+        ws.send(pack(obs))
+        ws.socket.close()  # gone without a closing handshake, its answer on the way
+        time.sleep(1.0)
+        assert "actions" in WebsocketClientPolicy("127.0.0.1", port).infer(obs)  # the server serves on
+    assert all("Traceback" not in line and "\n" not in line for line in logged), logged
+
+
+def test_connections_over_the_cap_are_refused_at_the_handshake(trained, policy):
+    from websockets.exceptions import InvalidStatus
+
+    obs = request(policy, observations(1)[0])
+    with ServerThread(PolicyServer(policy, str(trained)), limits=Limits(max_connections=2)) as port:
+        a, b = WebsocketClientPolicy("127.0.0.1", port), WebsocketClientPolicy("127.0.0.1", port)
+        with pytest.raises(InvalidStatus, match="503"):
+            WebsocketClientPolicy("127.0.0.1", port)
+        a._ws.close()
+        for _ in range(50):  # the server sees the close shortly after
+            try:
+                c = WebsocketClientPolicy("127.0.0.1", port)
+                break
+            except InvalidStatus:
+                import time
+                time.sleep(0.05)
+        assert "actions" in c.infer(obs) and "actions" in b.infer(obs)
+
+
+def test_binding_beyond_the_loopback_needs_a_key_or_insecure():
+    from hsa_pipeline.errors import UserError
+    from hsa_pipeline.serving.server import check_bind, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.3.2.1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("robot-pc")
+    with pytest.raises(UserError, match="0.0.0.0 without an API key .* --insecure"):
+        check_bind("0.0.0.0", None, insecure=False)
+    check_bind("0.0.0.0", "key", insecure=False)
+    check_bind("0.0.0.0", None, insecure=True)
+    check_bind("127.0.0.1", None, insecure=False)
+    # the command itself: one line, before the policy is even loaded
+    run = subprocess.run([sys.executable, "-m", "hsa_pipeline.cli", "serve", "--policy", "/nonexistent", "--host",
+                          "0.0.0.0"], cwd=REPO, capture_output=True, text=True, env={**os.environ, "HSA_API_KEY": ""})
+    assert run.returncode != 0 and "without an API key" in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr
+
+
+def self_signed(directory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, made here (no network, no openssl binary)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = f"{directory}/cert.pem", f"{directory}/key.pem"
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_serves_wss_and_a_plain_client_gets_nothing(trained, policy, tmp_path):
+    import ssl
+
+    from websockets.exceptions import InvalidHandshake
+    from websockets.sync.client import connect
+
+    from hsa_pipeline.errors import UserError
+    from hsa_pipeline.serving.server import tls_context
+
+    cert, key = self_signed(tmp_path)
+    obs = request(policy, observations(1)[0])
+    with ServerThread(PolicyServer(policy, str(trained)), api_key="k", tls=tls_context(cert, key)) as port:
+        trust = ssl.create_default_context(cafile=cert)
+        with connect(f"wss://127.0.0.1:{port}", ssl=trust, additional_headers={"Authorization": "Api-Key k"},
+                     compression=None, max_size=None) as ws:
+            unpack(ws.recv())  # metadata
+            ws.send(pack(obs))
+            assert np.array_equal(unpack(ws.recv())["actions"],
+                                  policy.predict_chunk(obs, obs["qpos"]))
+        with pytest.raises((InvalidHandshake, OSError, EOFError)):  # plain ws:// to a TLS port: no handshake
+            connect(f"ws://127.0.0.1:{port}", open_timeout=5)
+        with pytest.raises(ssl.SSLCertVerificationError):  # a client that does not trust this certificate
+            connect(f"wss://127.0.0.1:{port}", ssl=ssl.create_default_context(), open_timeout=5)
+    with pytest.raises(UserError, match="needs both"):
+        tls_context(cert, None)
+    with pytest.raises(UserError, match="not a PEM certificate"):
+        tls_context(key, key)
+
+
+def test_a_crowd_and_an_abusive_client_do_not_knock_the_server_over(trained, policy):
+    """benchmarks/bench_serve_load.py at a size CI affords, against the real `hsa serve`
+    process: 8 clients at 10 Hz, then the same beside a client sending 60 MB messages,
+    messages over the limit and garbage. Every steady request is answered right; the abuse
+    is answered or its connection closed; the server lives, its memory stays bounded and the
+    steady clients' p99 at most doubles (plus a scheduling allowance for a loaded CI core)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_serve_load import run_load
+
+    obs = request(policy, observations(1)[0])
+    r = run_load(trained, obs, clients=8, hz=10, seconds=3, message_mb=60, stream=policy.streams[0])
+    assert r["server_alive"] and r["errors"] == [], r["errors"][:3]
+    assert r["crowd"]["n"] >= 8 * 10 and r["crowd_and_abuse"]["n"] >= 8 * 10  # nobody starved
+    assert r["abuse"]["answered"] >= 3 and r["abuse"]["unexpected"] == 0, r["abuse"]
+    assert any(k.startswith("closed") for k in r["abuse"]), r["abuse"]  # over the limit: closed
+    assert r["rss_peak_mb"] - r["rss_before_mb"] < 512, r
+    assert r["crowd_and_abuse"]["p99_ms"] < 2 * r["crowd"]["p99_ms"] + 100, r

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from .grid import GridMapping, box_token_mask
 from .stores import FeatureStore, GeometryInfo, GeometryStore, Manifest, check_rows, load_stats
 
@@ -105,6 +105,25 @@ def hsa_pairs(manifest: Manifest, geometry: GeometryInfo) -> list[HsaPair]:
     return pairs
 
 
+class RowTokens:
+    """One stream's token grids for some rows only, indexed by global row like the whole
+    (N, G, G, C) array: an int, a slice or an array of rows; a row not held is an error."""
+
+    def __init__(self, store: FeatureStore, stream: str, rows: np.ndarray, n_frames: int):
+        self.stream, self.rows = stream, np.unique(np.asarray(rows, dtype=np.int64))
+        self.local = np.full(n_frames, -1, np.int64)
+        self.local[self.rows] = np.arange(len(self.rows))
+        self.data = np.stack([store.grid(stream, int(r)) for r in self.rows]) if len(self.rows) else None
+
+    def __getitem__(self, index):
+        rows = np.arange(len(self.local))[index] if isinstance(index, slice) else np.asarray(index)
+        local = self.local[rows]
+        if (local < 0).any():
+            raise StoreError(f"{self.stream}: frame {int(np.asarray(rows).flat[np.argmax(np.ravel(local) < 0)])} "
+                             "is not among the rows held (Caches.hold_rows)")
+        return self.data[local]
+
+
 class Caches:
     """Everything training and evaluation read, opened once: the prepare outputs, the
     geometry store (as box -> token masks) and the feature store."""
@@ -147,6 +166,14 @@ class Caches:
         self.in_memory = nbytes <= memory_budget_gb * 2**30
         self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None
         self.cache_bytes = nbytes
+
+    def hold_rows(self, rows: np.ndarray) -> int:
+        """Hold the token grids of `rows` only (evaluation: the validation frames and their
+        swap donors), indexed by global row as the whole arrays are; memory grows with the
+        rows asked for, not the dataset. Returns the bytes held."""
+        store = FeatureStore(self.features_path)
+        self.tokens = {s: RowTokens(store, s, rows, self.manifest.n_frames) for s in self.streams}
+        return sum(t.data.nbytes for t in self.tokens.values())
 
     def token_boxes(self, positives: str) -> tuple[dict, dict, dict]:
         """Box -> token masks (N, G, G) for every frame and (camera, sensor) pair, with the

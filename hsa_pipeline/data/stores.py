@@ -12,6 +12,7 @@ Rows: frame t of episode e is row `offsets[e] + t` of every store.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -286,25 +287,37 @@ class ShardFiles:
 
     @classmethod
     def open(cls, array_dir: Path) -> "ShardFiles | None":
+        """The reader for the features stage's layout, or None (zarr reads any other)."""
         meta = json.loads((array_dir / "zarr.json").read_text())
-        try:
-            (codec,) = meta["codecs"]
-            conf = codec["configuration"]
-            frame = meta["shape"][1:]
-            plain = (codec["name"] == "sharding_indexed" and conf["chunk_shape"] == [1, *frame]
-                     and conf["codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}}]
-                     and conf["index_codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}},
-                                                  {"name": "crc32c"}]
-                     and conf.get("index_location", "end") == "end"
-                     and meta["chunk_grid"]["configuration"]["chunk_shape"][1:] == frame
-                     and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}})
-        except (KeyError, TypeError, ValueError):
-            return None
-        if not plain:
+        if cls.layout_problem(meta) is not None:
             return None
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         return cls(array_dir, tuple(meta["shape"]), dtype, meta["chunk_grid"]["configuration"]["chunk_shape"][0],
                    meta["fill_value"])
+
+    @staticmethod
+    def layout_problem(meta: dict) -> str | None:
+        """Why an array's metadata (zarr.json) is not the layout this reads, or None."""
+        try:
+            (codec,) = meta["codecs"]
+            conf = codec["configuration"]
+            frame = meta["shape"][1:]
+            checks = {
+                "not sharded": codec["name"] == "sharding_indexed",
+                "chunks are not one frame": conf["chunk_shape"] == [1, *frame],
+                "chunks are compressed or not little-endian":
+                    conf["codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}}],
+                "the shard index is not little-endian with crc32c":
+                    conf["index_codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}},
+                                             {"name": "crc32c"}],
+                "the shard index is not at the end": conf.get("index_location", "end") == "end",
+                "shards split a frame": meta["chunk_grid"]["configuration"]["chunk_shape"][1:] == frame,
+                "chunk keys are not 'default' with '/'":
+                    meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}},
+            }
+        except (KeyError, TypeError, ValueError) as e:
+            return f"metadata without {e}"
+        return next((why for why, ok in checks.items() if not ok), None)
 
     def _path(self, shard: int) -> Path:
         return self.dir.joinpath("c", str(shard), *["0"] * (len(self.shape) - 1))
@@ -314,16 +327,32 @@ class ShardFiles:
         if shard not in self._index:
             import google_crc32c
 
-            size = 16 * self.shard + 4
-            with open(self._path(shard), "rb") as f:
+            path, size = self._path(shard), 16 * self.shard + 4
+            if not path.is_file():  # zarr would return the fill value: for a cache, data lost
+                raise StoreError(f"{path}: shard file missing (frames {shard * self.shard}-"
+                                 f"{min(self.shape[0], (shard + 1) * self.shard) - 1}); rerun `dvc repro features`")
+            file_size = path.stat().st_size
+            if file_size < size:
+                raise StoreError(f"{path}: truncated ({file_size} bytes, shorter than its {size}-byte index); "
+                                 "rerun `dvc repro features`")
+            with open(path, "rb") as f:
                 f.seek(-size, 2)
                 raw = f.read(size)
             if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-                raise StoreError(f"{self._path(shard)}: the shard index fails its checksum; rerun `dvc repro features`")
-            self._index[shard] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard, 2)
+                raise StoreError(f"{path}: the shard index fails its checksum; rerun `dvc repro features`")
+            index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard, 2)
+            written = index[:, 0] != 2**64 - 1
+            ends = index[written, 0] + index[written, 1]
+            if (index[written, 1] != self.frame_bytes).any() or (ends > file_size - size).any():
+                raise StoreError(f"{path}: the shard index points past its frames or at frames of another size "
+                                 f"(expected {self.frame_bytes} bytes each in {file_size - size}); "
+                                 "rerun `dvc repro features`")
+            self._index[shard] = index
         return self._index[shard]
 
     def frame(self, row: int) -> np.ndarray:
+        if not 0 <= row < self.shape[0]:
+            raise StoreError(f"{self.dir}: frame {row} asked for, the store holds frames 0-{self.shape[0] - 1}")
         shard, i = divmod(row, self.shard)
         offset, length = self.index(shard)[i]
         if offset == 2**64 - 1:  # never written: the fill value
@@ -368,6 +397,10 @@ class FeatureStore:
     def _files(self, stream: str) -> ShardFiles | None:
         if stream not in self._shards:
             self._shards[stream] = ShardFiles.open(self.path / stream)
+            if self._shards[stream] is None:
+                why = ShardFiles.layout_problem(json.loads((self.path / stream / "zarr.json").read_text()))
+                print(f"features: {self.path / stream}: not the features stage's shard layout ({why}); "
+                      "zarr reads it (slower)", file=sys.stderr)
         return self._shards[stream]
 
     def _array(self, stream: str):

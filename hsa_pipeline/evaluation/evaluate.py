@@ -33,7 +33,7 @@ from ..model.policy import TemporalEnsembler, load_model
 from ..pipeline.atomic import atomic_dir, write_json
 from ..pipeline.runtime import ThreadTuner
 from .alignment import alignment, alignment_rows
-from .reliance import predict_chunks, touch_reliance
+from .reliance import donor_rows, predict_chunks, touch_reliance
 from .rollout import RolloutResult, check_compatible, run_rollout, summarise, write_gif
 
 BATCH = 64
@@ -189,8 +189,11 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensor
     the touch world -> metrics.json, plots/, report.html in `out`."""
     ThreadTuner(cfg.threads)
     device = torch.device("cpu")
-    caches = Caches(prepare_dir, geometry_path, features_path, memory_budget_gb=1e9)  # reads every val frame anyway
+    caches = Caches(prepare_dir, geometry_path, features_path, memory_budget_gb=0)
     rows = caches.rows("val")
+    # only the validation frames and the frames the touch-reliance swaps read: bounded by
+    # the validation set, not the dataset
+    caches.hold_rows(np.union1d(rows, donor_rows(caches, rows)))
     if not len(rows):
         n, skipped = len(caches.manifest.episodes), len(caches.manifest.info.skipped)
         raise StoreError(f"evaluate: no validation episodes in {prepare_dir}: prepare found {n} usable episode(s) "

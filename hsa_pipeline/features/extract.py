@@ -40,7 +40,7 @@ from ..pipeline.distributed import barrier as dist_barrier
 from ..pipeline.distributed import init_distributed
 from ..pipeline.hashing import sha256_file, sha256_json
 from ..pipeline.runtime import ThreadTuner
-from .encoder import Encoder, preprocess
+from .encoder import SHIPPED_CONFIGS, Encoder, preprocess
 
 SHARD_BYTES = 64 * 2**20  # target shard size: tens of files per store, not one per frame
 # Shards are written by this many threads at once (each shard is its own file, so they never
@@ -77,12 +77,16 @@ class FrameImages(Dataset):
 
 def fingerprint(cfg: FeaturesConfig, manifest: Manifest) -> str:
     """What the cached numbers depend on, by content: encoder settings and weights, the
-    episodes (sha256 of each file, via episodes.json) and the code that computes them."""
+    shipped model config (its JSON, when the model is one of ours), the episodes (sha256 of
+    each file, via episodes.json) and the code that computes them (library versions included)."""
     weights = cfg.pretrained
     if weights is not None and Path(weights).is_file():
         weights = sha256_file(weights)
-    return sha256_json({"model": cfg.model, "pretrained": weights, "block": cfg.block, "resize": cfg.resize,
-                        "episodes": manifest.fingerprint, "code": code_fingerprint("hsa_pipeline.features.extract")})
+    shipped = SHIPPED_CONFIGS / f"{cfg.model}.json"
+    model_config = sha256_file(shipped) if shipped.is_file() else None  # open_clip's own: its version covers it
+    return sha256_json({"model": cfg.model, "model_config": model_config, "pretrained": weights, "block": cfg.block,
+                        "resize": cfg.resize, "episodes": manifest.fingerprint,
+                        "code": code_fingerprint("hsa_pipeline.features.extract")})
 
 
 def run_features(cfg: FeaturesConfig, prepare_dir: str | Path, out: str | Path, max_shards: int | None = None) -> dict:
@@ -119,6 +123,9 @@ def _run(cfg: FeaturesConfig, manifest: Manifest, enc: Encoder, tmp: Path, out: 
     if rank == 0:
         existing = _read_attrs(tmp)
         if existing is None or existing.get("fingerprint") != fp:
+            if existing is None and tmp.exists():
+                print(f"features: discarding the partial store {tmp}: its attributes cannot be read (a store "
+                      "killed while being created); starting over", file=sys.stderr)
             if existing is not None:  # said, not silent: the shards done so far are lost
                 print(f"features: discarding the partial store {tmp} ({len(_done(tmp))} shard(s) done): it was "
                       f"built from other inputs (episodes, model, weights, settings or code) than now",

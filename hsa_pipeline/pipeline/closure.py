@@ -6,16 +6,37 @@ DVC reruns a stage when, and only when, code it runs changes: a docstring or com
 reruns nothing), and `code_fingerprint` keys resumable work (feature shards, training
 checkpoints) on the code that produced it. Imports are read from the source with `ast`,
 including imports inside functions, so lazy imports count too.
+
+A fingerprint also covers the versions of the libraries whose arithmetic or file formats
+the results depend on (`LIBRARIES`): an upgrade of torch or zarr reruns the stages and
+never resumes a run or a partial store made by the old ones. It does not depend on the
+Python version that computes it (`behaviour` writes the syntax tree in its own stable form).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # holds hsa_pipeline/ and stages/
 PACKAGES = ("hsa_pipeline", "stages")
+# Distributions whose versions change results or formats: numerics (torch, numpy, opencv,
+# the kinematics), the encoder (open_clip, torchvision, Pillow's decoding) and the stores.
+LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "zarr", "h5py", "pillow", "opencv-python-headless",
+             "roboticstoolbox-python", "spatialmath-python", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    """Distribution -> installed version ('absent' when not installed)."""
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def _module_file(name: str, root: Path) -> Path | None:
@@ -95,8 +116,9 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 
 def behaviour(path: Path) -> str:
-    """The source of `path` as far as it changes what runs: parsed and printed back, so
-    comments and formatting are gone, with every docstring (module, class, function) dropped."""
+    """The source of `path` as far as it changes what runs: its syntax tree, so comments and
+    formatting are gone, with every docstring (module, class, function) dropped, written by
+    `canonical` (not `ast.unparse`, whose output changes between Python versions)."""
     tree = ast.parse(path.read_text(), str(path))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -104,7 +126,21 @@ def behaviour(path: Path) -> str:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
+    return canonical(tree)
+
+
+def canonical(node) -> str:
+    """A syntax tree as text: node names and their fields, positions left out, and fields
+    that are empty or None left out too, so a field a newer Python adds to every node (e.g.
+    3.12's `type_params=[]`) does not change the text of code that does not use it."""
+    if isinstance(node, ast.AST):
+        fields = [f"{name}={canonical(value)}" for name, value in ast.iter_fields(node)
+                  if name == "value" and isinstance(node, ast.Constant)  # None is a value here
+                  or value is not None and value != [] and name != "kind"]  # kind: a 'u' prefix, meaningless
+        return f"{type(node).__name__}({','.join(fields)})"
+    if isinstance(node, list):
+        return "[" + ",".join(canonical(v) for v in node) + "]"
+    return repr(node)
 
 
 def code_fingerprint(module: str, root: Path = ROOT) -> str:
@@ -114,6 +150,7 @@ def code_fingerprint(module: str, root: Path = ROOT) -> str:
     if entry is None:
         raise ValueError(f"{module}: not a module of this repository")
     h = hashlib.sha256()
+    h.update(repr(sorted(library_versions().items())).encode() + b"\0")
     for path in import_closure(entry, root):
         h.update(str(path.relative_to(root)).encode() + b"\0" + behaviour(path).encode() + b"\0")
     return h.hexdigest()

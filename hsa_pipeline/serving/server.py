@@ -20,8 +20,17 @@ encoder code as the feature cache); tests compare served and in-process actions 
 Each connection has its own ensembler, so clients never share state and one that leaves
 mid-episode leaves nothing behind. A malformed observation (a missing stream, a wrong shape
 or dtype, NaN in qpos) gets a one-line error and the server keeps serving. It binds
-127.0.0.1 unless told otherwise; with an API key (openpi's newer client sends
-"Authorization: Api-Key <key>") connections without it are refused; messages are bounded.
+127.0.0.1 unless told otherwise and refuses to bind beyond the loopback without an API
+key (openpi's newer client sends "Authorization: Api-Key <key>") unless told it is on
+purpose; TLS (wss://) from a certificate and key file.
+
+Built for an open network (`Limits`): messages are bounded in size; unpacking, image
+decoding and inference run in worker threads, never on the event loop, so one large message
+stalls only its own connection; an image's size is read from its header and checked before
+any pixel is decoded (PIL's pixel limit is set from the largest recorded frame too); the
+number of connections is capped (the next one is refused at the handshake, HTTP 503) and
+each connection queues a bounded number of unread messages (then the socket's back-pressure
+holds the sender); a bug answers with one line and an id, the traceback goes to the log.
 """
 
 from __future__ import annotations
@@ -29,9 +38,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import ipaddress
+import ssl
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -50,6 +62,16 @@ CONTROL_KEYS = ("reset", "ensemble")  # observation keys that are requests, not 
 
 class ObservationError(UserError):
     """An observation the policy cannot take; the message goes back to that client."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts, so that no client can take it over."""
+
+    max_message_mb: float | None = None  # a larger message closes its connection (websocket close 1009), from
+    # its header, before its payload is read; None: PolicyServer.max_message_mb, from the policy's own frame sizes
+    max_connections: int = 16  # the next handshake gets HTTP 503
+    max_queue: int = 2  # unread messages buffered per connection; then the TCP window holds the sender
 
 
 # --------------------------------------------------------------------------- wire format
@@ -127,6 +149,11 @@ class PolicyServer:
     def __post_init__(self):
         self.sizes = recorded_sizes(self.policy)
         self.qpos_dim = int(self.policy.meta["shapes"]["qpos_dim"])
+        # The largest valid observation is every stream as a raw uint8 array: twice that plus
+        # 1 MiB of slack is the default bound. A message larger than any observation can be is
+        # refused from its header; reading 60 MB of garbage would cost every client (measured).
+        raw = sum(h * w * 3 for h, w in self.sizes.values()) + 8 * self.qpos_dim
+        self.max_message_mb = round(2 * raw / 2**20 + 1.0, 1)
         meta = self.policy.meta
         self.metadata = {
             "server": "hsa-pipeline", "protocol": "openpi-websocket-v1",
@@ -154,7 +181,7 @@ class PolicyServer:
                 raise ObservationError(f"stream '{s}' missing; the policy reads {', '.join(self.sizes)} and qpos")
             img = obs[s]
             if isinstance(img, bytes):
-                img = _decode_image(img, s)
+                img = _decode_image(img, s, (h, w))
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != (h, w, 3):
                 got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
                 raise ObservationError(f"stream '{s}': expected a uint8 image of shape ({h}, {w}, 3) (the recorded "
@@ -193,60 +220,141 @@ class PolicyServer:
         return out
 
 
-def _decode_image(data: bytes, stream: str) -> np.ndarray:
+def _decode_image(data: bytes, stream: str, size: tuple[int, int]) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8, refusing any other size from the header alone:
+    a small file can claim a huge frame (a 419 KB PNG of 12000x12000 pixels), and decoding it
+    first would cost hundreds of MB and seconds."""
     from PIL import Image
 
+    h, w = size
     try:
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as e:  # PIL's own guard, from the header too (set_pixel_limit)
+        raise ObservationError(f"stream '{stream}': expected an image of {w}x{h} pixels (the recorded size), "
+                               f"the bytes claim far more ({e}); nothing was decoded") from None
     except Exception as e:  # PIL raises many kinds
+        raise ObservationError(f"stream '{stream}': bytes that do not decode as an image ({e})") from None
+    if image.size != (w, h):
+        raise ObservationError(f"stream '{stream}': expected an image of {w}x{h} pixels (the recorded size), "
+                               f"the bytes hold {image.size[0]}x{image.size[1]}; nothing was decoded")
+    try:
+        return np.asarray(image.convert("RGB"))
+    except Exception as e:
         raise ObservationError(f"stream '{stream}': bytes that do not decode as an image ({e})") from None
 
 
+def set_pixel_limit(sizes: dict[str, tuple[int, int]]) -> None:
+    """PIL's decompression-bomb limit from the largest frame the policy takes (a second
+    guard behind the header check; PIL warns at the limit and refuses at twice it)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max(h * w for h, w in sizes.values())
+
+
 # --------------------------------------------------------------------------- the websocket side
+def answer(server: PolicyServer, session: Session, message: bytes) -> bytes:
+    """One binary message -> the packed answer: unpack, check, decode, infer, pack. Runs in a
+    worker thread, so a large message never blocks the event loop's other connections."""
+    return pack(server.infer(session, unpack(message)))
+
+
 async def _handle(server: PolicyServer, ws, log) -> None:
+    from websockets.exceptions import ConnectionClosed
+
     session = server.session()  # this connection's alone: gone when it closes
-    await ws.send(pack(server.metadata))
-    async for message in ws:
-        if isinstance(message, str):
-            await ws.send("hsa serve: send observations as binary msgpack messages (openpi-client does)")
-            continue
-        try:
-            result = await asyncio.to_thread(server.infer, session, unpack(message))
-        except ObservationError as e:
-            await ws.send(f"hsa serve: bad observation: {e}")
-            continue
-        except Exception:  # a bug here: the client hears it, the server logs it and serves the others
-            text = traceback.format_exc()
-            log(f"serve: error while answering {ws.remote_address}:\n{text}")
-            await ws.send(f"hsa serve: internal error (a bug in hsa-pipeline):\n{text}")
-            continue
-        await ws.send(pack(result))
+    try:
+        await ws.send(pack(server.metadata))
+        async for message in ws:
+            if isinstance(message, str):
+                await ws.send("hsa serve: send observations as binary msgpack messages (openpi-client does)")
+                continue
+            try:
+                reply = await asyncio.to_thread(answer, server, session, message)
+            except ObservationError as e:
+                reply = f"hsa serve: bad observation: {e}"
+            except Exception:  # a bug: the log gets the traceback, the client one line to quote
+                error_id = uuid.uuid4().hex[:12]
+                log(f"serve: internal error {error_id} while answering {ws.remote_address}:\n{traceback.format_exc()}")
+                reply = f"hsa serve: internal error {error_id} (a bug in hsa-pipeline; the server's log has it)"
+            await ws.send(reply)
+    except ConnectionClosed as e:  # the client left or sent too much: one line, not a traceback
+        if e.rcvd is None or e.rcvd.code not in (1000, 1001):
+            log(f"serve: connection {ws.remote_address} closed ({e})")
 
 
-def _check_key(api_key: str | None):
-    """websockets' process_request hook: refuse the handshake without the API key."""
-    if not api_key:
-        return None
-    expected = f"Api-Key {api_key}"
+def _admit(api_key: str | None, open_connections: set, max_connections: int):
+    """websockets' process_request hook: refuse the handshake without the API key, or when
+    the server already holds `max_connections`."""
+    expected = f"Api-Key {api_key}" if api_key else None
 
     def process_request(connection, request):
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return connection.respond(HTTPStatus.UNAUTHORIZED, "hsa serve: missing or wrong API key\n")
+        if expected is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "hsa serve: missing or wrong API key\n")
+        if len(open_connections) >= max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"hsa serve: {max_connections} connections open, the most it takes\n")
         return None
     return process_request
 
 
-async def run_server(server: PolicyServer, host: str, port: int, api_key: str | None, max_message_mb: float,
-                     ready=None, stop: asyncio.Future | None = None, log=print) -> None:
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
+    """Beyond the loopback without a key anyone on the network drives the robot's policy:
+    refused unless the caller says it is on purpose (`--insecure`)."""
+    if not is_loopback(host) and not api_key and not insecure:
+        raise UserError(f"binding {host} without an API key lets anyone on that network query the policy: set "
+                        "--api-key (or HSA_API_KEY), or pass --insecure if the network is yours alone")
+
+
+def tls_context(cert: str | Path | None, key: str | Path | None) -> ssl.SSLContext | None:
+    """A server TLS context from a PEM certificate (chain) and its private key, or None."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UserError("TLS needs both --tls-cert and --tls-key (PEM files)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as e:
+        raise UserError(f"{cert} / {key}: not a PEM certificate and its key ({e})") from None
+    return context
+
+
+def message_mb(server: PolicyServer, limits: Limits) -> float:
+    """The largest message accepted, MiB: the configured one, else the policy's own bound."""
+    return limits.max_message_mb if limits.max_message_mb is not None else server.max_message_mb
+
+
+async def run_server(server: PolicyServer, host: str, port: int, api_key: str | None, limits: Limits = Limits(),
+                     ready=None, stop: asyncio.Future | None = None, log=print,
+                     tls: ssl.SSLContext | None = None) -> None:
     """Serve until `stop` resolves (forever without one). `ready(port)` is called once listening."""
     from websockets.asyncio.server import serve
 
-    async def handler(ws):
-        await _handle(server, ws, log)
+    open_connections: set = set()
+    set_pixel_limit(server.sizes)
 
-    async with serve(handler, host, port, process_request=_check_key(api_key), compression=None,
-                     max_size=int(max_message_mb * 2**20)) as ws_server:
+    async def handler(ws):
+        open_connections.add(ws)
+        try:
+            await _handle(server, ws, log)
+        finally:
+            open_connections.discard(ws)
+
+    async with serve(handler, host, port, process_request=_admit(api_key, open_connections, limits.max_connections),
+                     compression=None, max_size=int(message_mb(server, limits) * 2**20),
+                     max_queue=limits.max_queue, ssl=tls) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]
         if ready is not None:
             ready(bound)
@@ -257,8 +365,9 @@ class ServerThread:
     """A server on a background thread (tests, benchmarks): `with ServerThread(...) as port:`."""
 
     def __init__(self, server: PolicyServer, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                 max_message_mb: float = 64.0):
-        self.args = (server, host, port, api_key, max_message_mb)
+                 limits: Limits = Limits(), tls: ssl.SSLContext | None = None, log=lambda m: None):
+        self.args = (server, host, port, api_key, limits)
+        self.tls, self.log = tls, log
         self.port: int | None = None
         self._ready = threading.Event()
         self._errors: list[BaseException] = []
@@ -267,7 +376,7 @@ class ServerThread:
         async def main():
             self._loop = asyncio.get_running_loop()
             self._stop = self._loop.create_future()
-            await run_server(*self.args, ready=self._started, stop=self._stop, log=lambda m: None)
+            await run_server(*self.args, ready=self._started, stop=self._stop, log=self.log, tls=self.tls)
         try:
             asyncio.run(main())
         except BaseException as e:  # noqa: BLE001 - reported to the caller of __enter__
@@ -292,19 +401,29 @@ class ServerThread:
 
 
 def serve_policy(policy_dir: Path, host: str, port: int, api_key: str | None, ensemble_k: float | None,
-                 control_hz: float | None, max_message_mb: float, weights: str | None = None,
-                 device: str = "auto", threads: int = 1) -> None:
+                 control_hz: float | None, limits: Limits = Limits(), weights: str | None = None,
+                 device: str = "auto", threads: int = 1, insecure: bool = False,
+                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
     """`hsa serve`: load the exported policy and serve it until interrupted."""
+    check_bind(host, api_key, insecure)
+    tls = tls_context(tls_cert, tls_key)
     policy = Policy.load(policy_dir, weights=weights, device=device)
     server = PolicyServer(policy, str(policy_dir), ensemble_k, control_hz, threads)
 
     def ready(bound: int) -> None:
         m = server.metadata
         print(f"serve: {policy_dir} (sha256 {m['policy_sha256'][:12]}, streams {', '.join(m['streams'])}, "
-              f"chunk {m['chunk_size']}, device {policy.device}) on ws://{host}:{bound}"
+              f"chunk {m['chunk_size']}, device {policy.device}) on {'wss' if tls else 'ws'}://{host}:{bound}"
               + (" (API key required)" if api_key else "") + "; Ctrl-C stops", flush=True)
+        print(f"serve: messages up to {message_mb(server, limits)} MiB, {limits.max_connections} connections at once",
+              flush=True)
+        if not is_loopback(host) and not api_key:
+            print(f"serve: WARNING: no API key on {host}: anyone on this network can query the policy", flush=True)
+        if api_key and not tls and not is_loopback(host):
+            print("serve: note: the API key travels in clear over ws://; use --tls-cert/--tls-key or a TLS proxy",
+                  flush=True)
 
     try:
-        asyncio.run(run_server(server, host, port, api_key, max_message_mb, ready=ready))
+        asyncio.run(run_server(server, host, port, api_key, limits, ready=ready, tls=tls))
     except KeyboardInterrupt:
         print("serve: stopped")

@@ -48,7 +48,8 @@ def save_checkpoint(path: Path, module: TrainModule, opt, sched, step: int, best
 def resume(run_dir: Path, key: str, module: TrainModule, opt, sched, gen: torch.Generator, enabled: bool,
            main: bool) -> tuple[int, float]:
     """Load last.pt when it belongs to this key -> (step, best); else start fresh (0, inf)
-    and, on rank 0, clear run_dir so no stale curve, event or checkpoint survives."""
+    and, on rank 0, empty run_dir so no stale curve, event or checkpoint mixes into the new
+    run: a run with checkpoints is moved aside (`set_aside`), anything else removed."""
     last = run_dir / "checkpoints" / "last.pt"
     if enabled and last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -66,5 +67,23 @@ def resume(run_dir: Path, key: str, module: TrainModule, opt, sched, gen: torch.
         if main:
             print(f"train: {last} was made from other inputs, code or settings; starting a new run")
     if main:
+        if last.exists():
+            aside = set_aside(run_dir, torch.load(last, map_location="cpu", weights_only=True)["resume_key"])
+            print(f"train: the previous run and its checkpoints are kept in {aside} (delete it when done with it)")
         remove(run_dir)
     return 0, math.inf
+
+
+def set_aside(run_dir: Path, old_key: str) -> Path:
+    """Move a run that will not be resumed out of the pipeline's outputs, checkpoints and
+    all: `<run_dir's stage dir>-aside/run-<its key>[-N]`, beside outputs/train so DVC neither
+    caches nor deletes it."""
+    stage_dir = run_dir.parent
+    base = stage_dir.with_name(stage_dir.name + "-aside") / f"run-{old_key}"
+    aside, n = base, 1
+    while aside.exists():
+        n += 1
+        aside = base.with_name(f"{base.name}-{n}")
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run_dir, aside)
+    return aside

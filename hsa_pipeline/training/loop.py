@@ -62,16 +62,44 @@ def diagnostics(module: TrainModule, batch: Batch, step: int, autocast) -> dict[
     return stats
 
 
+class DivergenceWatch:
+    """Notices a non-finite loss without a host sync on every step: the first bad step and
+    its loss terms are kept on the device, and `check` (one sync) runs only where the loop
+    reads figures anyway (logging, validation, checkpoints, the end), so no checkpoint is
+    written after a bad step. On a GPU a per-step `isfinite` read would stall the queue."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.names: list[str] = []
+        self.values: torch.Tensor | None = None
+
+    def record(self, total: torch.Tensor, terms: dict, step: int) -> None:
+        if not self.names:
+            self.names = ["total", *terms]
+            self.values = torch.zeros(len(self.names), device=total.device)
+        now = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())])
+        new = (~torch.isfinite(total)) & (self.first_bad < 0)
+        self.first_bad = torch.where(new, torch.full_like(self.first_bad, step + 1), self.first_bad)
+        self.values = torch.where(new, now, self.values)
+
+    def check(self) -> None:
+        step = int(self.first_bad)  # the one host sync
+        if step < 0:
+            return
+        values = self.values.tolist()
+        name, value = next(((n, v) for n, v in zip(self.names[1:], values[1:], strict=True) if not math.isfinite(v)),
+                           ("total", values[0]))
+        raise TrainingDiverged(f"train: loss term '{name}' is {value} at step {step}; see docs/guide.md#nan-loss "
+                               "(the last good checkpoint is run/checkpoints/last.pt)")
+
+
 def train_step(fwd, opt, sched, params: list, batch: Batch, step: int, grad_clip: float,
-               autocast) -> tuple[dict, torch.Tensor]:
-    """Forward, backward, clip, update. -> loss terms, gradient norm. Raises
-    TrainingDiverged on a non-finite loss (the one host sync of an ordinary step)."""
+               autocast, watch: DivergenceWatch) -> tuple[dict, torch.Tensor]:
+    """Forward, backward, clip, update. -> loss terms, gradient norm. No host sync: a
+    non-finite loss is recorded in `watch` and raised at its next check."""
     with autocast:
         total, terms, _, _ = fwd(batch, step, diagnostics=False)
-    if not torch.isfinite(total):
-        name, value = next(((n, v) for n, v in terms.items() if not torch.isfinite(v)), ("total", total))
-        raise TrainingDiverged(f"train: loss term '{name}' is {float(value.detach())} at step {step + 1}; see "
-                               f"docs/guide.md#nan-loss (the last good checkpoint is run/checkpoints/last.pt)")
+    watch.record(total, terms, step)
     opt.zero_grad(set_to_none=True)
     total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
@@ -130,6 +158,7 @@ class Run:
     best: float  # best validation l1 (z = 0) so far
     start_step: int
     t0: float = field(default_factory=time.perf_counter)
+    watch: DivergenceWatch | None = None
 
     def every(self, n: int) -> bool:
         """This step is one of every n (and the last step always is)."""
@@ -175,8 +204,10 @@ def run_train(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
         log_now = main and ((run.step + 1) % cfg.log_every == 0 or run.step + 1 == cfg.steps)
         stats = diagnostics(run.module, batch, run.step, run.autocast) if log_now and hsa.enabled else {}
         terms, grad_norm = train_step(run.fwd, run.opt, run.sched, run.params, batch, run.step, cfg.grad_clip,
-                                      run.autocast)
+                                      run.autocast, run.watch)
         run.step += 1
+        if run.step == end or any(run.every(n) for n in (cfg.log_every, cfg.val_every, cfg.ckpt_every)):
+            run.watch.check()  # every rank, before anything is logged or saved
         if log_now:
             run.log_train(terms, stats, grad_norm, bar)
         if main and has_val and run.every(cfg.val_every):
@@ -201,7 +232,9 @@ def start_run(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
     data = TrainingData(caches, act, cfg, dist)
     module = build(act, hsa, cfg.steps, caches, dist.device)
     params = [q for q in module.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for the whole update on a GPU instead of a few per parameter tensor
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=True if dist.device.type == "cuda" else None)
     warm = max(1, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # warm-up, then constant
     run_dir = out_dir / "run"
@@ -226,7 +259,7 @@ def start_run(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))  # bf16 autocast is slower than fp32 on CPUs
     return Run(act, hsa, cfg, dist, caches, data, module, fwd, params, opt, sched, key, run_dir, threads, autocast,
-               log, step, best, step)
+               log, step, best, step, watch=DivergenceWatch(dist.device))
 
 
 def finish_run(run: Run, metrics: dict, out_dir: Path) -> dict:
