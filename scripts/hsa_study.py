@@ -170,6 +170,9 @@ def summarise(runs: list[dict]) -> list[dict]:
                    "reliance_in_contact": _mean([(r.get("touch_reliance") or {}).get("in contact", {}).get("reliance")
                                                  for r in rs]),
                    "chunk_l1_vs_hold": _mean([r.get("chunk_l1_vs_hold") for r in rs]),
+                   "per_arm": {arm: {k: _mean([(r["closed_loop"].get("per_arm") or {}).get(arm, {}).get(k) for r in rs])
+                                     for k in ("decision_right", "picked_up", "on_a_tile", "right_tile")}
+                               for arm in (rs[0]["closed_loop"].get("per_arm") or {})},
                    "wrist_top1": _mean([v.get("top1") for r in rs
                                         for k, v in (r["alignment"].get("next_contact") or {}).items()
                                         if k.endswith("_to_wrist")])}
@@ -209,6 +212,16 @@ def render(table: list[dict], runs: list[dict], args, minutes: float) -> str:
                      f"{_f(r['reliance_in_contact'])} | {_f(r['chunk_l1_vs_hold'])} |")
     if world.get("guess_rate"):
         lines += ["", f"Guessing the tile: {world['guess_rate']:.0%}."]
+    if any(len(r["per_arm"]) > 1 for r in table):  # several arms: each one's own rates (mean over seeds)
+        lines += ["", "Each arm on its own (a rollout ends at any arm's first failure: put-down figures are censored "
+                  "by the other arm, the decision is not):", "",
+                  "| episodes | variant | arm | decision right | picked up | put down on a tile | on the right tile |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in table:
+            for arm, v in r["per_arm"].items():
+                lines.append(f"| {r['episodes'] or 'params'} | {r['variant']} | {arm} | "
+                             + " | ".join(_f(v[k], True) for k in ("decision_right", "picked_up", "on_a_tile",
+                                                                    "right_tile")) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -130,6 +130,47 @@ def test_decision_check_scores_the_expert_right_and_blind_to_touch(order):
         assert checked["follows_touch"] == 0.0
 
 
+class _ExpertSendingOneArmAstray:
+    """The expert's plan, except that arm `astray` carries its probe to a candidate that
+    is NOT its match (planned after each reset, the world's truth restored at once)."""
+
+    chunk_size, streams = 20, []
+
+    def __init__(self, env, astray: int):
+        self.env, self.astray, self.plan = env, astray, None
+
+    def features(self, images):
+        return None
+
+    def predict_chunk(self, images, qpos, tokens=None):
+        from hsa_pipeline.world.expert import plan
+
+        if self.env.t == 0:
+            task = self.env.tasks[self.astray]
+            true = task.order[0]
+            task.order = [next(i for i, t in enumerate(task.tiles) if t.kind == "candidate" and i != true)]
+            self.plan, task.order = plan(self.env), [true]
+        t = min(self.env.t + 1, len(self.plan) - 1)
+        return self.plan[np.minimum(np.arange(t, t + self.chunk_size), len(self.plan) - 1)]
+
+
+def test_each_arms_own_outcome_and_decision_are_reported():
+    """Bimanual: the left arm does everything right, the right arm puts its probe on a
+    wrong candidate. The rollout fails, and per arm: left decision right, on the right
+    tile; right picked up, on a tile, decision wrong, not on the right tile."""
+    from conftest import bimanual_params
+    from hsa_pipeline.evaluation.rollout import run_rollout, summarise
+    from hsa_pipeline.world import TouchWorld
+
+    p = bimanual_params()
+    env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=200)
+    results = [run_rollout(env, _ExpertSendingOneArmAstray(env, astray=1), seed, 0.01) for seed in range(2)]
+    assert not any(r.success for r in results) and {r.failure for r in results} == {"wrong tile"}
+    arms = summarise(results, ["picked up", "put down", "success"], 200)["per_arm"]
+    assert arms == {"left": {"picked_up": 1.0, "on_a_tile": 1.0, "right_tile": 1.0, "decision_right": 1.0},
+                    "right": {"picked_up": 1.0, "on_a_tile": 1.0, "right_tile": 0.0, "decision_right": 0.0}}
+
+
 def test_by_class_puts_each_class_at_one_place():
     from hsa_pipeline.world import TouchWorld
 

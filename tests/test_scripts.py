@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 
@@ -47,7 +49,89 @@ def test_the_container_clone_leaves_the_source_repository_as_it_was(tmp_path):
     assert _modes(src) != before
 
 
-def test_docker_smoke_clones_through_that_script():
-    text = (REPO / "scripts" / "docker_smoke.sh").read_text()
-    assert 'scripts/clone_for_container.sh "$repo" "$1"' in text and "git clone" not in text.replace(
-        "`git clone`", "")
+# A stand-in for the docker CLI (and df) on PATH: it answers what docker_smoke.sh asks, and
+# `docker run ... dvc exp run` does what the container would to the mounted clone: prints
+# what the edited prepare.py prints, writes fresh metrics (FAKE_MODE=idle: nothing). Each
+# mounted clone's pack files' link counts are logged: a hard-linked clone shows 2.
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+echo "docker $*" >> "$FAKE_LOG"
+case "$1" in
+  info) case "$3" in *Driver*) echo overlay2 ;; *) echo / ;; esac ;;
+  image) [ "$2" = inspect ] && [ "${3:-}" = --format ] && echo 1000000000; exit 0 ;;
+  run)
+    mount=$(printf '%s\n' "$@" | sed -n 's#^\(.*\):/workspace$#\1#p')
+    case " $* " in *" dvc exp run "*) ;; *) exit 0 ;; esac
+    find "$mount/.git/objects" -name '*.pack' -exec stat -c 'pack links %h' {} + >> "$FAKE_LOG"
+    [ "${FAKE_MODE:-}" = idle ] && exit 0
+    sed -n "s/^ *print('\(SMOKE-EDIT-[0-9]*\)')$/\1/p" "$mount/hsa_pipeline/data/prepare.py"
+    echo "Running stage 'train':"
+    mkdir -p "$mount/outputs/train" "$mount/outputs/eval"
+    echo '{"start_step": 0, "steps_trained": 4, "step": 4}' > "$mount/outputs/train/metrics.json"
+    echo "{\"val_frames\": 8, \"closed_loop\": {\"rollouts\": 2}, \"chunk_l1\": \"$*\"}" \
+        > "$mount/outputs/eval/metrics.json"
+    user=$(printf '%s\n' "$@" | sed -n '/^--user$/{n;p}')
+    chown -R "$user" "$mount/outputs" ;;  # as the container's uid would own them
+esac
+"""
+FAKE_DF = """#!/usr/bin/env bash
+printf 'Filesystem 1024-blocks Used Available Capacity Mounted on\nfake 999999999 1 999999999 1%% /\n'
+"""
+
+
+def _smoke_repo(tmp: Path) -> Path:
+    """A repository with what docker_smoke.sh reads: the two scripts, prepare.py's anchor, dvc.yaml."""
+    src = tmp / "src"
+    for rel in ("scripts/docker_smoke.sh", "scripts/clone_for_container.sh", "hsa_pipeline/data/prepare.py"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes((REPO / rel).read_bytes())
+        (src / rel).chmod((REPO / rel).stat().st_mode)
+    for rel in ("dvc.yaml", "data/.gitkeep", ".dvc/config", "outputs/.gitkeep"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("")
+    _git("init", "-q", cwd=src)
+    _git("add", "-A", cwd=src)
+    _git("commit", "-qm", "init", cwd=src)
+    _git("gc", "-q", cwd=src)
+    return src
+
+
+def _run_smoke(tmp: Path, src: Path, mode: str = "") -> tuple[subprocess.CompletedProcess, str]:
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("docker", FAKE_DOCKER), ("df", FAKE_DF)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp / f"docker{mode}.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_MODE": mode,
+           "OTHER_UID": "4321", "BASE": "base:fake"}
+    run = subprocess.run(["bash", str(src / "scripts/docker_smoke.sh")], capture_output=True, text=True, env=env,
+                         timeout=120)
+    return run, log.read_text() if log.exists() else ""
+
+
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="the stand-in container writes files as another uid")
+
+
+@needs_root
+def test_docker_smoke_runs_each_experiment_on_a_clone_of_its_own_and_leaves_the_source_alone(tmp_path):
+    """docker_smoke.sh with a stand-in docker: it passes when the container does its work;
+    every `dvc exp run` gets a mounted clone whose pack files are its own (one link each,
+    not hard links into the source), and the source's .git/objects keep their modes."""
+    src = _smoke_repo(tmp_path)
+    before = _modes(src)
+    run, log = _run_smoke(tmp_path, src)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "docker smoke: ok" in run.stdout and "a second experiment retrained" in run.stdout
+    assert log.count("dvc exp run") == 3  # two uids, then a second experiment
+    links = [line for line in log.splitlines() if line.startswith("pack links")]
+    assert links and set(links) == {"pack links 1"}
+    assert _modes(src) == before
+
+
+@needs_root
+def test_docker_smoke_fails_when_the_container_writes_no_fresh_metrics(tmp_path):
+    """The committed metrics are deleted in each clone first: a container that runs but
+    trains nothing must fail the smoke test, naming what is missing."""
+    run, _ = _run_smoke(tmp_path, _smoke_repo(tmp_path), mode="idle")
+    assert run.returncode != 0
+    assert "FAILED" in run.stderr and "did not run the checkout's edited prepare.py" in run.stderr

@@ -43,3 +43,22 @@ def test_the_table_pools_seeds_and_pairs_each_variant_with_hsa_off_scene_by_scen
     args = type("A", (), {"seeds": [0, 1], "rollouts": 4, "set": [], "preset": []})
     text = study.render(study.summarise(on + off), on + off, args, 1.0)
     assert "| params | hsa-on | 6/8 = 75% |" in text and "+38%" in text
+
+
+def test_a_bimanual_study_reports_each_arm_as_the_mean_over_seeds():
+    study = _study()
+    arms = [{"left": {"decision_right": 1.0, "picked_up": 1.0, "on_a_tile": 0.5, "right_tile": 0.5},
+             "right": {"decision_right": 0.5, "picked_up": 1.0, "on_a_tile": 1.0, "right_tile": 0.25}},
+            {"left": {"decision_right": 0.5, "picked_up": 0.5, "on_a_tile": 0.5, "right_tile": 0.0},
+             "right": {"decision_right": None, "picked_up": 0.0, "on_a_tile": 0.0, "right_tile": 0.0}}]
+    runs = [_run("hsa-on", s, [1, 0, 0, 1]) for s in (0, 1)]
+    for r, a in zip(runs, arms, strict=True):
+        r["closed_loop"]["per_arm"] = a
+    table = study.summarise(runs)
+    assert table[0]["per_arm"]["left"] == {"decision_right": 0.75, "picked_up": 0.75, "on_a_tile": 0.5,
+                                           "right_tile": 0.25}
+    assert table[0]["per_arm"]["right"]["decision_right"] == 0.5  # a seed without a check does not count
+    args = type("A", (), {"seeds": [0, 1], "rollouts": 4, "set": [], "preset": []})
+    text = study.render(table, runs, args, 1.0)
+    assert "| params | hsa-on | left | 75% | 75% | 50% | 25% |" in text
+    assert "| params | hsa-on | right | 50% | 50% | 50% | 12% |" in text

@@ -17,9 +17,10 @@ STREAMS = ["top", "left_wrist", "right_wrist", "tactile_left", "tactile_right"]
 CAMERAS = {"tactile_left": ["left_wrist", "top"], "tactile_right": ["right_wrist", "top"]}
 
 
-def bimanual_model(query: str = "per_sensor") -> ACTPolicy:
+def bimanual_model(query: str = "per_sensor", map_tokens: bool = False) -> ACTPolicy:
     cfg = ActConfig(hidden_dim=16, dim_feedforward=32, heads=2, enc_layers=1, dec_layers=1, vae_enc_layers=1,
-                    latent_dim=4, chunk_size=5, touch_map=True, touch_query=query, dropout=0.0)
+                    latent_dim=4, chunk_size=5, touch_map=True, touch_query=query, dropout=0.0,
+                    touch_map_tokens=map_tokens)
     torch.manual_seed(0)
     shapes = ActShapes(14, 14, STREAMS, grid=4, token_dim=8, tactile=["tactile_left", "tactile_right"],
                        touch_cameras=CAMERAS)
@@ -72,6 +73,57 @@ def test_a_cameras_marks_are_the_sum_of_its_sensors_maps_computed_by_hand():
         w = w / w.sum(1, keepdims=True) * k.shape[1]
         expected += w[..., None] * model.touch_emb[i].numpy()
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_map_tokens_read_each_map_at_every_patch_token_computed_by_hand():
+    """act.touch_map_tokens: one token per (map, camera it marks): a linear read of the
+    map's softmax weights (times the token count) over every patch token (numpy)."""
+    model = bimanual_model(map_tokens=True)
+    assert model.map_token_pairs == [(0, "left_wrist"), (0, "top"), (1, "right_wrist"), (1, "top")]
+    tokens = {s: torch.randn(2, 4, 4, 8) for s in STREAMS}
+    adapted = model.stream_tokens(tokens)
+    felt = model.felt(adapted)
+    got = model.map_tokens(adapted, felt)  # (B, 4, H)
+    assert got.shape == (2, 4, 16)
+    for j, (i, cam) in enumerate(model.map_token_pairs):
+        q = model.touch_query(felt[i]).numpy()
+        k = model.touch_key(adapted[cam]).numpy()
+        score = np.einsum("bp,bnp->bn", q, k) * np.exp(model.touch_scale.item())
+        w = np.exp(score - score.max(1, keepdims=True))
+        w = w / w.sum(1, keepdims=True) * 16
+        expected = w @ model.map_token_in.weight.numpy().T + model.map_token_in.bias.numpy() + model.map_token_emb[j].numpy()
+        np.testing.assert_allclose(got[:, j].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_map_tokens_tell_apart_neighbours_that_pooling_merges():
+    """Two maps peaked on neighbouring tokens of one 2 x 2 pooling window: the pooled
+    marks are identical, the map tokens are not; and the transformer's input grows by
+    exactly one token per (map, camera)."""
+    model = bimanual_model(map_tokens=True)
+    a, b = torch.zeros(1, 16), torch.zeros(1, 16)
+    a[0, 0], b[0, 1] = 16.0, 16.0  # tokens (0, 0) and (0, 1): one pooling window
+    pool = torch.nn.functional.avg_pool2d
+    assert torch.equal(pool(a.view(1, 1, 4, 4), 2), pool(b.view(1, 1, 4, 4), 2))
+    assert not torch.allclose(model.map_token_in(a), model.map_token_in(b))
+    plain = bimanual_model()
+    tokens = {s: torch.randn(1, 4, 4, 8) for s in STREAMS}
+    seen = {}
+    for name, m in (("plain", plain), ("map_tokens", model)):
+        m.encoder.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, args[0].shape[1]))
+        m(torch.zeros(1, 14), tokens)
+    assert seen["map_tokens"] == seen["plain"] + 4
+
+
+def test_map_tokens_without_a_touch_map_are_refused():
+    from pathlib import Path
+
+    from hsa_pipeline.config import load_params
+    from hsa_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="act.touch_map_tokens: .*act.touch_map: true"):
+        load_params(Path(__file__).parents[1] / "params.yaml", ["act.touch_map_tokens=true", "act.touch_map=false"])
 
 
 def test_hsa_trains_each_map_with_the_query_the_policy_reads(tmp_path, monkeypatch):

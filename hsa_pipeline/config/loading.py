@@ -186,6 +186,8 @@ def _cross_check(p: Params) -> None:
         if s in p.data.tactile and p.hsa.enabled:
             raise ConfigError(f"act.blind: the policy is blind to the tactile stream '{s}', so HSA has nothing to "
                               f"align; set hsa.enabled: false")
+    if p.act.touch_map_tokens and not p.act.touch_map:
+        raise ConfigError("act.touch_map_tokens: reads the touch maps; set act.touch_map: true")
     if p.data.contact.exit > p.data.contact.enter:
         raise ConfigError(f"data.contact.exit: {p.data.contact.exit} is above data.contact.enter "
                           f"{p.data.contact.enter}; contact must end below the score where it begins")

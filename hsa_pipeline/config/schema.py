@@ -255,6 +255,12 @@ class ActConfig:
                       "every tactile stream's tokens marking every camera (the map before per-arm maps, kept to "
                       "compare: with two pads it halves one pad's signal, blends two felt classes and lets a pad mark "
                       "the other arm's wrist camera)")
+    touch_map_tokens: bool = param(
+        False, "touch_map only: each map also enters the transformer whole, as one token per camera it marks (a "
+               "learned linear read of its weight at every patch token), so a place finer than the pooled grid, "
+               "and which part of a shared camera is its own arm's, reach the decision. For a third-person camera "
+               "over several workspaces whose pooled tokens each cover more than one of the things to tell apart "
+               "(presets/touch-world/bimanual.yaml)")
     relative_actions: bool = param(
         False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
     blind: list[str] = param(doc="streams the policy does not see (their tokens are zeroed), for ablations such as "

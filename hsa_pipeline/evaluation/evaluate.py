@@ -231,6 +231,11 @@ def touch_summary(metrics: dict) -> str:
         lines.append(f"decision after pick-up: the right tile in {decision['accuracy']:.0%} of {decision['checked']}"
                      f" rollouts; turns to the tile a swapped touch names: "
                      f"{'n/a' if follows is None else f'{follows:.0%}'}")
+    arms = (metrics.get("closed_loop") or {}).get("per_arm") or {}
+    for arm, v in arms.items() if len(arms) > 1 else ():
+        right = "n/a" if v["decision_right"] is None else f"{v['decision_right']:.0%}"
+        lines.append(f"arm {arm}: decision right {right}; picked up {v['picked_up']:.0%}, put down on a tile "
+                     f"{v['on_a_tile']:.0%}, on the right one {v['right_tile']:.0%} (ends with the other arm's failure)")
     return "\n".join(lines)
 
 
@@ -244,6 +249,9 @@ def tensorboard_scalars(metrics: dict) -> dict[str, float]:
             out["eval/decision_accuracy"] = closed["decision"]["accuracy"]
             if closed["decision"]["follows_touch"] is not None:
                 out["eval/decision_follows_touch"] = closed["decision"]["follows_touch"]
+        for arm, v in (closed.get("per_arm") or {}).items():
+            if v["decision_right"] is not None:
+                out[f"eval/decision_right/{arm}"] = v["decision_right"]
     for phase, v in (metrics.get("touch_reliance") or {}).items():
         if isinstance(v, dict) and v.get("frames"):
             tag = phase.replace(" ", "_")

@@ -55,6 +55,7 @@ class RolloutResult:
     steps: int
     ms: dict[str, list[float]] = field(default_factory=dict)  # per step: world, encode, act
     decision: dict | None = None  # match: the decision check at the first step after pick-up (decision_check)
+    arms: list[dict] = field(default_factory=list)  # match: each arm's own outcome (arm_outcomes)
     frames: list[np.ndarray] = field(default_factory=list)  # contact sheets, when recorded
 
 
@@ -119,7 +120,18 @@ def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int) -> dict
             other = {**obs, task.sensor: env.felt_image(task, tile.cls, rng)}
             follows.append(env.chunk_places(policy.predict_chunk(other, obs["qpos"]))[a] == j)
     return {"chosen": chosen, "true": [t.order[0] for t in env.tasks], "correct": all(correct),
-            "follows_touch": float(np.mean(follows)) if follows else None}
+            "correct_per_arm": correct, "follows_touch": float(np.mean(follows)) if follows else None}
+
+
+def arm_outcomes(env) -> list[dict]:
+    """match: how far each arm got when the rollout ended: picked its probe up, put it down
+    on a tile, on the right one. A rollout ends at the first failure of ANY arm, so an
+    arm's later figures are censored by the other's failure (its decision is not: the
+    check happens while both carry)."""
+    if env.cfg.task != "match":
+        return []
+    return [{"arm": t.arm, "picked_up": t.held or t.placed is not None, "on_a_tile": t.placed_on is not None,
+             "right_tile": t.placed_on is not None and t.placed_on == t.order[0]} for t in env.tasks]
 
 
 def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
@@ -149,7 +161,20 @@ def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False,
 
     result = drive(env, seed, start, record, threads)
     result.decision = checked.get("decision")
+    result.arms = arm_outcomes(env)
     return result
+
+
+def per_arm(results: list[RolloutResult]) -> dict[str, dict]:
+    """match: each arm's own rates (arm_outcomes), and how often its decision after
+    pick-up was right (of the rollouts where the check ran)."""
+    out: dict[str, dict] = {}
+    for a, arm in enumerate(r["arm"] for r in (results[0].arms if results else [])):
+        rows = [r.arms[a] for r in results]
+        checks = [r.decision["correct_per_arm"][a] for r in results if r.decision is not None]
+        out[arm] = {k: sum(row[k] for row in rows) / len(rows) for k in ("picked_up", "on_a_tile", "right_tile")}
+        out[arm]["decision_right"] = sum(checks) / len(checks) if checks else None
+    return out
 
 
 def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: int) -> dict:
@@ -187,6 +212,7 @@ def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: i
         "decision": {"checked": decisions, "accuracy": correct / decisions if decisions else None,
                      "accuracy_ci95": list(wilson(correct, decisions)) if decisions else None,
                      "follows_touch": float(np.mean(follows)) if follows else None},
+        "per_arm": per_arm(results),
     }
 
 

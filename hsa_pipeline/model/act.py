@@ -7,7 +7,9 @@ Camera and tactile grids enter through trainable per-stream adapters (LayerNorm 
 on the frozen CLIP tokens), plus a learned 2-D position and a stream embedding. The HSA
 loss is computed on the same adapter outputs, so alignment shapes what the policy sees.
 With `act.touch_map`, each tactile sensor marks the camera tokens that match what IT
-feels, in the cameras that can see where it is going (touch_map_bias).
+feels, in the cameras that can see where it is going (touch_map_bias); with
+`act.touch_map_tokens` each map also enters whole, at every patch token, as one token
+per camera it marks (map_tokens).
 Every decoder layer is used (the original ACT built 7 and used the first).
 At inference the CVAE encoder is skipped and z = 0. With `act.vae: false` there is no
 CVAE at all: z = 0 in training too, so a choice can only come from the observation.
@@ -117,6 +119,12 @@ class ACTPolicy(nn.Module):
             self.touch_query, self.touch_key = ProjectionHead(H, H), ProjectionHead(H, H)
             self.touch_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # 1 / temperature, learned
             self.touch_emb = nn.Parameter(torch.randn(max(1, len(self.maps)), H) * 0.02)  # a mark per map
+        # act.touch_map_tokens: per (map, camera it marks) one token, the map read at full resolution
+        self.map_token_pairs = [(i, cam) for i, (_, cams) in enumerate(self.maps) for cam in cams]
+        self.use_map_tokens = bool(cfg.touch_map and cfg.touch_map_tokens and self.map_token_pairs)
+        if self.use_map_tokens:
+            self.map_token_in = nn.Linear(shapes.grid * shapes.grid, H)
+            self.map_token_emb = nn.Parameter(torch.randn(len(self.map_token_pairs), H) * 0.02)  # which map, camera
 
         self.encoder = encoder(cfg.enc_layers)
         dec_layer = nn.TransformerDecoderLayer(H, cfg.heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
@@ -134,16 +142,19 @@ class ACTPolicy(nn.Module):
         """What each touch map's sensors feel: (B, H) per map, the mean of its tactile tokens."""
         return [torch.stack([adapted[s].mean(1) for s in query]).mean(0) for query, _ in self.maps]
 
-    def touch_map_bias(self, felt: torch.Tensor, tokens: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
-        """Explicit grounding of touch in sight: each camera token gets the map's learned
-        vector `mark` (H,) times how well it matches what is felt: the cosine of the two
-        heads' embeddings (HSA's heads when HSA is on) over a learned temperature, softmax
-        over the camera's tokens, times their count (a uniform map adds the vector once
-        everywhere, a peaked one marks a place). felt (B, H), tokens (B, N, H) -> (B, N, H)."""
+    def touch_weights(self, felt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """How well each camera token matches what is felt: the cosine of the two heads'
+        embeddings (HSA's heads when HSA is on) over a learned temperature, softmax over the
+        camera's tokens. felt (B, H), tokens (B, N, H) -> (B, N), each row sums to 1."""
         q = self.touch_query(felt)  # (B, P) unit length
         k = self.touch_key(tokens)  # (B, N, P) unit length
-        score = torch.einsum("bp,bnp->bn", q, k) * self.touch_scale.exp()
-        weight = score.softmax(-1) * k.shape[1]  # (B, N), mean 1
+        return (torch.einsum("bp,bnp->bn", q, k) * self.touch_scale.exp()).softmax(-1)
+
+    def touch_map_bias(self, felt: torch.Tensor, tokens: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
+        """Explicit grounding of touch in sight: each camera token gets the map's learned
+        vector `mark` (H,) times its touch weight times the token count (a uniform map adds
+        the vector once everywhere, a peaked one marks a place). -> (B, N, H)."""
+        weight = self.touch_weights(felt, tokens) * tokens.shape[1]  # (B, N), mean 1
         return weight[..., None] * mark
 
     def marked(self, stream: str, grid: torch.Tensor, felt: list[torch.Tensor]) -> torch.Tensor:
@@ -154,6 +165,16 @@ class ACTPolicy(nn.Module):
             if stream in cameras:
                 out = out + self.touch_map_bias(felt[i], grid, self.touch_emb[i])
         return out
+
+    def map_tokens(self, adapted: dict[str, torch.Tensor], felt: list[torch.Tensor]) -> torch.Tensor:
+        """act.touch_map_tokens: each (map, camera it marks) as one token, a learned linear
+        read of the map's weight at EVERY patch token (mean 1, as in touch_map_bias). The
+        pooled grid blurs neighbouring places together; this read does not, and it can
+        learn which part of a shared camera is its own arm's (a map that also peaks on the
+        other arm's tile of the same look). -> (B, maps x cameras, H)."""
+        maps = [self.touch_weights(felt[i], adapted[cam]) * adapted[cam].shape[1]
+                for i, cam in self.map_token_pairs]  # (B, G*G) each
+        return self.map_token_in(torch.stack(maps, 1)) + self.map_token_emb
 
     def encode_latent(self, qpos: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor):
         """(B, Dq), (B, k, Da), (B, k) -> mu, logvar (B, latent)."""
@@ -186,6 +207,8 @@ class ACTPolicy(nn.Module):
             grid = self.marked(s, adapted[s], felt)  # (B, G*G, H): the maps at full resolution, then pooled
             pooled = pool_tokens(grid, self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
             seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
+        if self.use_map_tokens:
+            seq.append(self.map_tokens(adapted, felt))  # (B, maps x cameras, H)
         x = torch.cat(seq, 1)  # (B, 2 + all streams' tokens, H)
         queries = self.queries.expand(B, -1, -1)
         if self.cfg.checkpoint_layers and torch.is_grad_enabled():
