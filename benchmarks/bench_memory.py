@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -38,16 +39,20 @@ def pss_mb(proc: psutil.Process) -> tuple[float, float]:
 
 def measure(cmd: list[str], every_s: float = 0.05) -> dict:
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    proc = psutil.Process(child.pid)
-    peak_total = peak_own = 0.0
-    while child.poll() is None:
-        total, own = pss_mb(proc)
-        peak_total, peak_own = max(peak_total, total), max(peak_own, own)
-        time.sleep(every_s)
-    err = child.stderr.read()
+    # the stage's output goes to a file: a pipe read only at the end fills up with progress
+    # bars and blocks the stage
+    with tempfile.TemporaryFile("w+") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = psutil.Process(child.pid)
+        peak_total = peak_own = 0.0
+        while child.poll() is None:
+            total, own = pss_mb(proc)
+            peak_total, peak_own = max(peak_total, total), max(peak_own, own)
+            time.sleep(every_s)
+        log.seek(0)
+        last = log.read().replace("\r", "\n").strip().splitlines()[-1:]
     if child.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({child.returncode}): {err.strip().splitlines()[-1:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed ({child.returncode}): {last}")
     return {"peak_pss_mb": peak_total, "peak_main_pss_mb": peak_own, "wall_s": time.perf_counter() - t0}
 
 

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hsa_pipeline.config import apply_overrides, params_from_dict, preset_overrides  # noqa: E402
-from hsa_pipeline.evaluation.rollout import paired_difference, wilson  # noqa: E402
+from hsa_pipeline.evaluation.rollout import ARM_FIGURES, paired_difference, wilson  # noqa: E402
 from hsa_pipeline.pipeline.paths import EVAL, FEATURES, GEOMETRY, PREPARE  # noqa: E402
 
 VARIANTS = {  # overrides of each variant; TACTILE stands for the list of every tactile stream
@@ -171,7 +171,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                                                  for r in rs]),
                    "chunk_l1_vs_hold": _mean([r.get("chunk_l1_vs_hold") for r in rs]),
                    "per_arm": {arm: {k: _mean([(r["closed_loop"].get("per_arm") or {}).get(arm, {}).get(k) for r in rs])
-                                     for k in ("decision_right", "picked_up", "on_a_tile", "right_tile")}
+                                     for k in ARM_FIGURES}
                                for arm in (rs[0]["closed_loop"].get("per_arm") or {})},
                    "wrist_top1": _mean([v.get("top1") for r in rs
                                         for k, v in (r["alignment"].get("next_contact") or {}).items()
@@ -215,13 +215,12 @@ def render(table: list[dict], runs: list[dict], args, minutes: float) -> str:
     if any(len(r["per_arm"]) > 1 for r in table):  # several arms: each one's own rates (mean over seeds)
         lines += ["", "Each arm on its own (a rollout ends at any arm's first failure: put-down figures are censored "
                   "by the other arm, the decision is not):", "",
-                  "| episodes | variant | arm | decision right | picked up | put down on a tile | on the right tile |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| episodes | variant | arm | " + " | ".join(ARM_FIGURES.values()) + " |",
+                  "|---|---|---|" + "---|" * len(ARM_FIGURES)]
         for r in table:
             for arm, v in r["per_arm"].items():
                 lines.append(f"| {r['episodes'] or 'params'} | {r['variant']} | {arm} | "
-                             + " | ".join(_f(v[k], True) for k in ("decision_right", "picked_up", "on_a_tile",
-                                                                    "right_tile")) + " |")
+                             + " | ".join(_f(v[k], True) for k in ARM_FIGURES) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@ on the tiny demo (metrics.json, plot files, a report with no external references
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -143,6 +144,11 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     assert scalars["eval/success_rate"] == pytest.approx(saved["success_rate"])
     assert scalars["touch/reliance/all"] == pytest.approx(rel["all"]["reliance"], rel=1e-5)
     assert scalars["touch/tactile_swap/in_contact"] == pytest.approx(rel["in contact"]["tactile_swap"], rel=1e-5)
+    # over eval.memory_budget_gb the validation grids are read per batch: the same figures
+    streamed = run_evaluate(dataclasses.replace(p.eval, rollouts=0, memory_budget_gb=1e-6), p.world, p.robot,
+                            p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL.parent / "eval-streamed")
+    for key in ("chunk_l1", "replay_l1_ensembled", "alignment", "touch_reliance"):
+        assert streamed[key] == m[key], key
 
 
 def test_wilson_interval_matches_known_values():
@@ -238,3 +244,10 @@ def test_evaluation_holds_only_the_rows_it_reads_and_reads_what_the_whole_arrays
     outside = int(np.setdiff1d(np.arange(held.manifest.n_frames), wanted)[0])
     with pytest.raises(StoreError, match=f"frame {outside} is not among the rows held"):
         held.tokens[next(iter(held.streams))][[int(rows[0]), outside]]
+    # over the budget nothing is held: each index reads its rows from the store
+    assert held.hold_rows(wanted, memory_budget_gb=(nbytes - 1) / 2**30) == 0
+    picks = np.array([[int(rows[5]), outside], [0, held.manifest.n_frames - 1]])
+    for s in held.streams:
+        np.testing.assert_array_equal(held.tokens[s][picks], whole.tokens[s][picks])
+        np.testing.assert_array_equal(held.tokens[s][int(rows[3])], whole.tokens[s][int(rows[3])])
+        np.testing.assert_array_equal(held.tokens[s][2:5], whole.tokens[s][2:5])

@@ -297,10 +297,22 @@ def test_bad_model_settings_are_named():
         Encoder(FeaturesConfig(model="ViT-B-32", pretrained="imagenet-1k"), quiet=True)
 
 
-def test_intermediate_block_gives_a_grid_too():
+def test_intermediate_block_gives_its_grid_without_running_the_later_blocks():
+    """features.block: 1 of 4: the grid is block 1's output as open_clip's full pass computes
+    it (the reference: forward_intermediates running every block), and blocks 2-3 never run."""
     enc = Encoder(FeaturesConfig(block=1), quiet=True)
-    out = enc.encode_frames([np.zeros((100, 150, 3), np.uint8)])
-    assert out.shape == (1, 8, 8, 128)
+    frame = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k))
+             for k, b in enumerate(enc.visual.transformer.resblocks)]
+    out = enc.encode_frames([frame])
+    for h in hooks:
+        h.remove()
+    assert out.shape == (1, 8, 8, 128) and ran == [0, 1]
+    x = torch.from_numpy(preprocess(frame, enc.mapping(150, 100))[None]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        full = enc.visual.forward_intermediates((x - enc.mean) / enc.std, indices=[1], intermediates_only=True)
+    torch.testing.assert_close(out, full["image_intermediates"][0].permute(0, 2, 3, 1), rtol=0, atol=0)
 
 
 def test_undecodable_frame_is_named_and_the_old_store_survives(store, demo_dir, tmp_path):

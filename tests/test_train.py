@@ -582,7 +582,8 @@ def test_touch_map_weights_camera_tokens_by_their_match_with_the_touch():
     torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
     scale = 1 / 0.07  # the learned inverse temperature starts at 1 / 0.07
     expected = torch.softmax((q[:, None] * k).sum(-1) * scale, -1)[..., None] * 4 * model.touch_emb[0]
-    torch.testing.assert_close(model.touch_map_bias(felt, tokens, model.touch_emb[0]), expected)
+    weights = model.touch_weights_per_camera({"cam": tokens}, [felt])
+    torch.testing.assert_close(model.marked("cam", torch.zeros_like(tokens), weights), expected)
     B = 2
     cam = torch.randn(B, 4, 4, 8)
     qpos = torch.randn(B, 7)

@@ -337,6 +337,9 @@ class EvalConfig:
     max_steps: int = param(80, "a rollout that has not succeeded after this many steps is a failure (timeout)", ge=1)
     seed: int = param(0, "seed of the rollout scenes")
     threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
+    memory_budget_gb: float = param(4.0, "hold the validation frames' token grids (and their swap donors') in RAM "
+                                         "below this size, else read them from Zarr as each batch needs them",
+                                    gt=0.0)
     server: Optional[str] = param(None, "null: the rollouts run the exported policy in this process; ws://HOST:PORT: "
                                         "through that `hsa serve` server with openpi's client (API key from the "
                                         "HSA_API_KEY environment variable), to check a deployment closed loop")

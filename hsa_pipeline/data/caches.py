@@ -124,6 +124,22 @@ class RowTokens:
         return self.data[local]
 
 
+class StreamedTokens:
+    """One stream's token grids read from the feature store as they are indexed (an int, a
+    slice or an array of rows, like the whole (N, G, G, C) array): memory grows with what one
+    index asks for, not with the rows that can be asked for."""
+
+    def __init__(self, store: FeatureStore, stream: str, n_frames: int):
+        self.store, self.stream, self.n_frames = store, stream, n_frames
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self.store.grid(self.stream, int(index))
+        rows = np.arange(self.n_frames)[index] if isinstance(index, slice) else np.asarray(index)
+        grids = np.stack([self.store.grid(self.stream, int(r)) for r in rows.ravel()])  # (R, G, G, C)
+        return grids.reshape(rows.shape + grids.shape[1:])
+
+
 class Caches:
     """Everything training and evaluation read, opened once: the prepare outputs, the
     geometry store (as box -> token masks) and the feature store."""
@@ -167,12 +183,17 @@ class Caches:
         self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None
         self.cache_bytes = nbytes
 
-    def hold_rows(self, rows: np.ndarray) -> int:
+    def hold_rows(self, rows: np.ndarray, memory_budget_gb: float = float("inf")) -> int:
         """Hold the token grids of `rows` only (evaluation: the validation frames and their
         swap donors), indexed by global row as the whole arrays are; memory grows with the
-        rows asked for, not the dataset. Returns the bytes held."""
+        rows asked for, not the dataset. Over `memory_budget_gb`, hold none: each index reads
+        its rows from the store. Returns the bytes held."""
         store = FeatureStore(self.features_path)
-        self.tokens = {s: RowTokens(store, s, rows, self.manifest.n_frames) for s in self.streams}
+        n = self.manifest.n_frames
+        if len(np.unique(rows)) * len(self.streams) * self.grid * self.grid * self.width * 2 > memory_budget_gb * 2**30:
+            self.tokens = {s: StreamedTokens(store, s, n) for s in self.streams}
+            return 0
+        self.tokens = {s: RowTokens(store, s, rows, n) for s in self.streams}
         return sum(t.data.nbytes for t in self.tokens.values())
 
     def token_boxes(self, positives: str) -> tuple[dict, dict, dict]:

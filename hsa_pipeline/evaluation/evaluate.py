@@ -191,9 +191,12 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensor
     device = torch.device("cpu")
     caches = Caches(prepare_dir, geometry_path, features_path, memory_budget_gb=0)
     rows = caches.rows("val")
-    # only the validation frames and the frames the touch-reliance swaps read: bounded by
-    # the validation set, not the dataset
-    caches.hold_rows(np.union1d(rows, donor_rows(caches, rows)))
+    # only the validation frames and the frames the touch-reliance swaps read, held when
+    # they fit eval.memory_budget_gb, else read per batch: memory is bounded either way
+    held = caches.hold_rows(np.union1d(rows, donor_rows(caches, rows)), cfg.memory_budget_gb)
+    print(f"evaluate: {held / 2**20:.0f} MiB of validation token grids held in RAM" if held else
+          f"evaluate: the validation token grids exceed eval.memory_budget_gb ({cfg.memory_budget_gb} GB): "
+          "read from the feature store per batch")
     if not len(rows):
         n, skipped = len(caches.manifest.episodes), len(caches.manifest.info.skipped)
         raise StoreError(f"evaluate: no validation episodes in {prepare_dir}: prepare found {n} usable episode(s) "

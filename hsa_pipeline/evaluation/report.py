@@ -14,6 +14,7 @@ import torch
 
 from ..geometry.draw import draw_boxes
 from .alignment import alignment_rows
+from .rollout import ARM_FIGURES
 
 
 def _fig_png(fig) -> str:
@@ -192,12 +193,11 @@ def _touch_html(metrics: dict) -> str:
     if len(arms) > 1:
         cells = "".join(f"<tr><td>{html.escape(arm)}</td>"
                         + "".join(f"<td>{'n/a' if v[k] is None else f'{v[k]:.0%}'}</td>"
-                                  for k in ("decision_right", "picked_up", "on_a_tile", "right_tile")) + "</tr>"
+                                  for k in ARM_FIGURES) + "</tr>"
                         for arm, v in arms.items())
         text += ("<p>Each arm on its own (a rollout ends at the first failure of any arm, so an arm's put-down "
                  "figures stop with the other's failure; its decision does not):</p><table><tr><th>arm</th>"
-                 "<th>decision right</th><th>picked up</th><th>put down on a tile</th><th>on the right tile</th>"
-                 f"</tr>{cells}</table>")
+                 + "".join(f"<th>{label}</th>" for label in ARM_FIGURES.values()) + f"</tr>{cells}</table>")
     return f"<h2>Does the policy act on touch?</h2>{text}<table><tr>{head}</tr>{rows}</table>" if rows else ""
 
 

@@ -158,7 +158,8 @@ class Encoder:
                 _, tokens = self.visual(x)  # (B, G*G, C) after ln_post, class token excluded
                 grid = tokens.reshape(len(x), self.grid, self.grid, -1)
             else:
-                out = self.visual.forward_intermediates(x, indices=[self.cfg.block], intermediates_only=True)
+                out = self.visual.forward_intermediates(x, indices=[self.cfg.block], intermediates_only=True,
+                                                     stop_early=True)  # the later blocks are not run
                 grid = out["image_intermediates"][0].permute(0, 2, 3, 1)  # NCHW -> (B, G, G, C)
         return grid.float()
 

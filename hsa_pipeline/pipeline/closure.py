@@ -16,6 +16,7 @@ Python version that computes it (`behaviour` writes the syntax tree in its own s
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,7 @@ LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "zarr", "h5py",
              "roboticstoolbox-python", "spatialmath-python", "safetensors")
 
 
+@functools.cache  # installed versions do not change while a process runs
 def library_versions() -> dict[str, str]:
     """Distribution -> installed version ('absent' when not installed)."""
     out = {}

@@ -51,9 +51,11 @@ def resume(run_dir: Path, key: str, module: TrainModule, opt, sched, gen: torch.
     and, on rank 0, empty run_dir so no stale curve, event or checkpoint mixes into the new
     run: a run with checkpoints is moved aside (`set_aside`), anything else removed."""
     last = run_dir / "checkpoints" / "last.pt"
+    old_key = None
     if enabled and last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
-        if ck["resume_key"] == key:
+        old_key = ck["resume_key"]
+        if old_key == key:
             module.load_state_dict(ck["module"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
@@ -68,7 +70,9 @@ def resume(run_dir: Path, key: str, module: TrainModule, opt, sched, gen: torch.
             print(f"train: {last} was made from other inputs, code or settings; starting a new run")
     if main:
         if last.exists():
-            aside = set_aside(run_dir, torch.load(last, map_location="cpu", weights_only=True)["resume_key"])
+            if old_key is None:  # resuming is off: the run is still set aside under its own key
+                old_key = torch.load(last, map_location="cpu", weights_only=True)["resume_key"]
+            aside = set_aside(run_dir, old_key)
             print(f"train: the previous run and its checkpoints are kept in {aside} (delete it when done with it)")
         remove(run_dir)
     return 0, math.inf
