@@ -30,8 +30,8 @@ def bimanual_model(query: str = "per_sensor", map_tokens: bool = False) -> ACTPo
 def marks(model: ACTPolicy, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each camera's adapter outputs with the touch maps' marks added (what the transformer sees)."""
     adapted = model.stream_tokens(tokens)
-    weights = model.touch_weights_per_camera(adapted, model.felt(adapted))
-    return {s: model.marked(s, adapted[s], weights) for s in ("top", "left_wrist", "right_wrist")}
+    felt = model.felt(adapted)
+    return {s: model.marked(s, adapted[s], felt) for s in ("top", "left_wrist", "right_wrist")}
 
 
 @torch.no_grad()
@@ -84,7 +84,7 @@ def test_map_tokens_read_each_map_at_every_patch_token_computed_by_hand():
     tokens = {s: torch.randn(2, 4, 4, 8) for s in STREAMS}
     adapted = model.stream_tokens(tokens)
     felt = model.felt(adapted)
-    got = model.map_tokens(model.touch_weights_per_camera(adapted, felt))  # (B, 4, H)
+    got = model.map_tokens(adapted, felt)  # (B, 4, H)
     assert got.shape == (2, 4, 16)
     for j, (i, cam) in enumerate(model.map_token_pairs):
         q = model.touch_query(felt[i]).numpy()

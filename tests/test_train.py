@@ -223,7 +223,8 @@ def test_tiny_run_learns_logs_and_checkpoints(work_dir):
     assert [e.step for e in acc.Scalars("loss/l1")][-1] == 120
     assert any(t.startswith("boxes/") for t in acc.Tags()["images"])
     metrics = json.loads((TRAIN / "metrics.json").read_text())
-    assert metrics["step"] == 120 and metrics["best_val_l1_prior"] == pytest.approx(final["best_val_l1_prior"])
+    # metrics.json rounds to 6 decimals: equal within half the last digit
+    assert metrics["step"] == 120 and metrics["best_val_l1_prior"] == pytest.approx(final["best_val_l1_prior"], abs=5e-7)
     assert (TRAIN / "policy" / "weights.pt").exists()
 
 
@@ -582,8 +583,7 @@ def test_touch_map_weights_camera_tokens_by_their_match_with_the_touch():
     torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
     scale = 1 / 0.07  # the learned inverse temperature starts at 1 / 0.07
     expected = torch.softmax((q[:, None] * k).sum(-1) * scale, -1)[..., None] * 4 * model.touch_emb[0]
-    weights = model.touch_weights_per_camera({"cam": tokens}, [felt])
-    torch.testing.assert_close(model.marked("cam", torch.zeros_like(tokens), weights), expected)
+    torch.testing.assert_close(model.touch_map_bias(felt, tokens, model.touch_emb[0]), expected)
     B = 2
     cam = torch.randn(B, 4, 4, 8)
     qpos = torch.randn(B, 7)

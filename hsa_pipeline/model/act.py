@@ -7,7 +7,7 @@ Camera and tactile grids enter through trainable per-stream adapters (LayerNorm 
 on the frozen CLIP tokens), plus a learned 2-D position and a stream embedding. The HSA
 loss is computed on the same adapter outputs, so alignment shapes what the policy sees.
 With `act.touch_map`, each tactile sensor marks the camera tokens that match what IT
-feels, in the cameras that can see where it is going (marked); with
+feels, in the cameras that can see where it is going (touch_map_bias); with
 `act.touch_map_tokens` each map also enters whole, at every patch token, as one token
 per camera it marks (map_tokens).
 Every decoder layer is used (the original ACT built 7 and used the first).
@@ -114,7 +114,7 @@ class ACTPolicy(nn.Module):
             self.vae_out = nn.Linear(H, 2 * cfg.latent_dim)
 
         self.maps = touch_maps(cfg, shapes)
-        if cfg.touch_map:  # where does each camera see what each sensor feels? (marked)
+        if cfg.touch_map:  # where does each camera see what each sensor feels? (touch_map_bias)
             # the same kind of heads as HSA's; with HSA on they ARE its heads (hsa.hsa_loss_for)
             self.touch_query, self.touch_key = ProjectionHead(H, H), ProjectionHead(H, H)
             self.touch_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # 1 / temperature, learned
@@ -150,32 +150,31 @@ class ACTPolicy(nn.Module):
         k = self.touch_key(tokens)  # (B, N, P) unit length
         return (torch.einsum("bp,bnp->bn", q, k) * self.touch_scale.exp()).softmax(-1)
 
-    def touch_weights_per_camera(self, adapted: dict[str, torch.Tensor], felt: list[torch.Tensor]) -> dict:
-        """Every touch map's weights on every camera it marks, computed once per forward on the
-        unmarked tokens, times the token count (mean 1: a uniform map is 1 everywhere).
-        -> {(map index, camera): (B, G*G)}, in map_token_pairs order."""
-        return {(i, cam): self.touch_weights(felt[i], adapted[cam]) * adapted[cam].shape[1]
-                for i, cam in self.map_token_pairs}
+    def touch_map_bias(self, felt: torch.Tensor, tokens: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
+        """Explicit grounding of touch in sight: each camera token gets the map's learned
+        vector `mark` (H,) times its touch weight times the token count (a uniform map adds
+        the vector once everywhere, a peaked one marks a place). -> (B, N, H)."""
+        weight = self.touch_weights(felt, tokens) * tokens.shape[1]  # (B, N), mean 1
+        return weight[..., None] * mark
 
-    def marked(self, stream: str, grid: torch.Tensor, weights: dict) -> torch.Tensor:
-        """Explicit grounding of touch in sight: a camera's adapter outputs (B, N, H) plus, for
-        each touch map that reads it, the map's learned vector `touch_emb[i]` (H,) times its
-        weight at each token (a uniform map adds the vector once everywhere, a peaked one
-        marks a place)."""
+    def marked(self, stream: str, grid: torch.Tensor, felt: list[torch.Tensor]) -> torch.Tensor:
+        """A camera's adapter outputs (B, N, H) plus the mark of every touch map that reads it
+        (each computed on the unmarked tokens)."""
         out = grid
-        for (i, cam), w in weights.items():
-            if cam == stream:
-                out = out + w[..., None] * self.touch_emb[i]
+        for i, (_, cameras) in enumerate(self.maps):
+            if stream in cameras:
+                out = out + self.touch_map_bias(felt[i], grid, self.touch_emb[i])
         return out
 
-    def map_tokens(self, weights: dict) -> torch.Tensor:
+    def map_tokens(self, adapted: dict[str, torch.Tensor], felt: list[torch.Tensor]) -> torch.Tensor:
         """act.touch_map_tokens: each (map, camera it marks) as one token, a learned linear
-        read of the map's weight at EVERY patch token. The pooled grid blurs neighbouring
-        places together; this read does not, and it can learn which part of a shared camera
-        is its own arm's (a map that also peaks on the other arm's tile of the same look).
-        -> (B, maps x cameras, H)."""
-        maps = torch.stack([weights[pair] for pair in self.map_token_pairs], 1)  # (B, maps x cameras, G*G)
-        return self.map_token_in(maps) + self.map_token_emb
+        read of the map's weight at EVERY patch token (mean 1, as in touch_map_bias). The
+        pooled grid blurs neighbouring places together; this read does not, and it can
+        learn which part of a shared camera is its own arm's (a map that also peaks on the
+        other arm's tile of the same look). -> (B, maps x cameras, H)."""
+        maps = [self.touch_weights(felt[i], adapted[cam]) * adapted[cam].shape[1]
+                for i, cam in self.map_token_pairs]  # (B, G*G) each
+        return self.map_token_in(torch.stack(maps, 1)) + self.map_token_emb
 
     def encode_latent(self, qpos: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor):
         """(B, Dq), (B, k, Da), (B, k) -> mu, logvar (B, latent)."""
@@ -203,13 +202,13 @@ class ACTPolicy(nn.Module):
             latent = None
         adapted = adapted if adapted is not None else self.stream_tokens(tokens)
         seq = [self.latent_in(z)[:, None] + self.special_pos[0], self.qpos_in(qpos)[:, None] + self.special_pos[1]]
-        weights = self.touch_weights_per_camera(adapted, self.felt(adapted)) if self.maps else {}
+        felt = self.felt(adapted)  # one (B, H) per touch map
         for i, s in enumerate(self.shapes.streams):
-            grid = self.marked(s, adapted[s], weights)  # (B, G*G, H): the maps at full resolution, then pooled
+            grid = self.marked(s, adapted[s], felt)  # (B, G*G, H): the maps at full resolution, then pooled
             pooled = pool_tokens(grid, self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
             seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
         if self.use_map_tokens:
-            seq.append(self.map_tokens(weights))  # (B, maps x cameras, H)
+            seq.append(self.map_tokens(adapted, felt))  # (B, maps x cameras, H)
         x = torch.cat(seq, 1)  # (B, 2 + all streams' tokens, H)
         queries = self.queries.expand(B, -1, -1)
         if self.cfg.checkpoint_layers and torch.is_grad_enabled():
