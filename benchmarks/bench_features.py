@@ -12,6 +12,7 @@ Run `dvc repro prepare` first (it reads outputs/prepare).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ PREPARE = Path("outputs/prepare")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--json", help="also write the figures to this JSON file (scripts/gpu_check.sh's summary)")
     args = ap.parse_args()
     cfg = load_params("params.yaml", args.set).features
     manifest = Manifest.load(PREPARE)
@@ -55,6 +57,9 @@ def main() -> None:
     print(f"device: {dev}; model {cfg.model}, batch {cfg.batch_size}, workers {cfg.workers}; {n_images} images")
     print(f"bare encoder : {bare:8.0f} images/s")
     print(f"whole stage  : {stage:8.0f} images/s  ({100 * stage / bare:.0f}% of the bare encoder)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": dev, "model": cfg.model, "images": n_images,
+                                               "bare_images_per_s": bare, "stage_images_per_s": stage}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ Random weights: the same arithmetic as a trained policy.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", help="also write the figures to this JSON file (scripts/gpu_check.sh's summary)")
     args = ap.parse_args()
     enc = Encoder(FeaturesConfig(model="ViT-B-16", pretrained=None, device=args.device), quiet=True)
     act = ActConfig(chunk_size=45, hidden_dim=512, dim_feedforward=3200, enc_layers=4, dec_layers=7, heads=8,
@@ -58,8 +61,12 @@ def main() -> None:
     dev = (torch.cuda.get_device_name() if enc.device.type == "cuda"
            else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"device: {dev}; ViT-B-16 on 3 cameras 640x480 + 1 tactile, X-Trainer ACT, {args.steps} steps")
+    figures = {"device": dev, "steps": args.steps}
     for name, xs in (("encode", encode_ms), ("ACT + ensembling", act_ms), ("control step", total)):
         print(f"{name:18s} p50 {np.percentile(xs, 50):8.1f} ms   p99 {np.percentile(xs, 99):8.1f} ms")
+        figures[name] = {"p50_ms": float(np.percentile(xs, 50)), "p99_ms": float(np.percentile(xs, 99))}
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

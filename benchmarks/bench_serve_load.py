@@ -3,7 +3,7 @@ and then beside one client that sends 60 MB messages, messages over the limit an
 their latency (p50, p99), every answer checked, the server's peak RSS (it runs as its own
 process: the real `hsa serve` command on the loopback).
 
-    python benchmarks/bench_serve_load.py [--clients 8] [--hz 50] [--seconds 10] [--policy DIR]
+    python benchmarks/bench_serve_load.py [--clients 8] [--hz 50] [--seconds 10] [--policy DIR] [--workers 1]
 
 Without --policy it exports the demo configuration with random weights (bench_serve.py's).
 tests/test_serve.py runs `run_load` at a size CI affords.
@@ -144,10 +144,10 @@ def crowd(port: int, server: psutil.Process, obs: dict, clients: int, hz: float,
 
 
 def run_load(policy_dir: Path, obs: dict, clients: int, hz: float, seconds: float, message_mb: float,
-             stream: str) -> dict:
+             stream: str, serve_args: tuple[str, ...] = ()) -> dict:
     """Against one server: one client alone, then `clients` of them, then `clients` beside an
     abusive one. The crowd alone separates the server's capacity from the abuse's cost."""
-    with Served(policy_dir) as (port, proc, limit_mb):
+    with Served(policy_dir, *serve_args) as (port, proc, limit_mb):
         server = psutil.Process(proc.pid)
         errors: list[str] = []
         alone, _, _ = crowd(port, server, obs, 1, hz, seconds, errors, None)
@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--message-mb", type=float, default=60.0)
     ap.add_argument("--policy", type=Path, help="an exported policy (default: the demo configuration, random weights)")
+    ap.add_argument("--workers", type=int, default=1, help="hsa serve --workers: inferences at once")
+    ap.add_argument("--threads", type=int, default=1, help="hsa serve --threads: torch threads per inference")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_serve import CONFIGS, export
@@ -180,7 +182,8 @@ def main() -> None:
         rng = np.random.default_rng(0)
         obs = {s: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for s, (h, w) in sizes.items()}
         obs["qpos"] = np.zeros(CONFIGS["demo"]["dim"])
-        r = run_load(policy_dir, obs, args.clients, args.hz, args.seconds, args.message_mb, next(iter(sizes)))
+        r = run_load(policy_dir, obs, args.clients, args.hz, args.seconds, args.message_mb, next(iter(sizes)),
+                     ("--workers", str(args.workers), "--threads", str(args.threads)))
     a = r["alone"]
     for name, label in (("alone", "one client alone"), ("crowd", f"{args.clients} clients"),
                         ("crowd_and_abuse", f"{args.clients} clients + one abusive")):

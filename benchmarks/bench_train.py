@@ -7,10 +7,14 @@ stream), in one run on one machine:
    ResNet18 backbone (torchvision, random weights), its 15x20 feature maps as tokens.
 
     python benchmarks/bench_train.py [--steps 3] [--grid-pool 2] [--device auto] [--checkpoint-layers]
+                                     [--compile reduce-overhead]
 
 Each side runs in its own process, so each one's peak memory (RSS, and CUDA's peak
 allocation on a GPU) is its own. On CUDA both run under bf16 autocast with TF32, as the
-train stage does.
+train stage does, with the train stage's optimizer (fused AdamW on CUDA). `--compile MODE`
+compiles the cached side's forward and loss (and with them the backward) as the train stage
+does with train.compile (reduce-overhead: CUDA graphs, the train stage's default on a GPU);
+the first two steps, which compile, are not timed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -64,8 +69,8 @@ class RawImageACT(nn.Module):
 
 def time_steps(step_fn, steps: int, device: torch.device) -> float:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    step_fn()  # warm-up (cuDNN autotuning, allocator)
-    step_fn()
+    for _ in range(3):  # warm-up: cuDNN autotuning, the allocator, a compile and CUDA graphs' record
+        step_fn()
     sync()
     t = time.perf_counter()
     for _ in range(steps):
@@ -74,7 +79,8 @@ def time_steps(step_fn, steps: int, device: torch.device) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int, checkpoint_layers: bool = False) -> dict:
+def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int, checkpoint_layers: bool = False,
+             compile_mode: str | None = None) -> dict:
     """One side in this process: steps/s and peak memory."""
     global B
     B = batch
@@ -91,20 +97,26 @@ def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int, che
         cfg = xtrainer_act(grid_pool, checkpoint_layers)
         policy = ACTPolicy(cfg, ActShapes(D, D, CAMS + ["tactile"], grid=14, token_dim=768)).to(dev)
         hsa = HSALoss(512, HsaConfig(proj_dim=128), 1000).to(dev)
-        opt = torch.optim.AdamW(list(policy.parameters()) + list(hsa.parameters()), lr=1e-5)
+        opt = torch.optim.AdamW(list(policy.parameters()) + list(hsa.parameters()), lr=1e-5,
+                                fused=True if dev.type == "cuda" else None)  # as the train stage makes it
         grids = {s: torch.randn(B, 14, 14, 768, device=dev).half() for s in CAMS + ["tactile"]}  # as the cache stores them
         box = torch.zeros(B, 196, dtype=torch.bool, device=dev)
         box[:, 90:94] = True
 
-        def step():
+        def forward_loss(grids, qpos, actions, is_pad, box):
             with autocast():
                 pred, latent, adapted = policy(qpos, {s: g.float() for s, g in grids.items()}, actions, is_pad)
                 losses = act_losses(pred, actions, is_pad, latent)
                 x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
                               valid=torch.ones(B, dtype=torch.bool, device=dev), tp=adapted["top"], tp_box=box,
                               tp_alpha=torch.ones(B, device=dev))
-                loss = losses["l1"] + 10 * losses["kl"] + hsa(x, 0, False)[0]  # no diagnostics, as on most steps
-            opt.zero_grad()
+                return losses["l1"] + 10 * losses["kl"] + hsa(x, 0, False)[0]  # no diagnostics, as on most steps
+
+        fwd = torch.compile(forward_loss, mode=compile_mode) if compile_mode else forward_loss
+
+        def step():
+            loss = fwd(grids, qpos, actions, is_pad, box)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     else:
@@ -122,7 +134,8 @@ def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int, che
             opt.step()
 
     rate = time_steps(step, steps, dev)
-    out = {"steps_per_s": rate, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    out = {"steps_per_s": rate, "compile": compile_mode,
+           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "machine": (f"{torch.cuda.get_device_name(dev)}, bf16 autocast" if dev.type == "cuda"
                        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")}
     if dev.type == "cuda":
@@ -139,16 +152,21 @@ def main() -> None:
     ap.add_argument("--sides", nargs="+", default=["cached", "raw"], choices=["cached", "raw"])
     ap.add_argument("--checkpoint-layers", action="store_true",
                     help="act.checkpoint_layers for the cached trainer (less memory, slower)")
+    ap.add_argument("--compile", dest="compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile the cached side's forward and loss (as train.compile)")
+    ap.add_argument("--json", help="also write the figures to this JSON file (scripts/gpu_check.sh's summary)")
     ap.add_argument("--side", choices=["cached", "raw"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        print(json.dumps(run_side(args.side, args.steps, args.grid_pool, args.device, args.batch, args.checkpoint_layers)))
+        print(json.dumps(run_side(args.side, args.steps, args.grid_pool, args.device, args.batch, args.checkpoint_layers,
+                                  args.compile_mode if args.side == "cached" else None)))
         return
     res = {}
     for side in args.sides:
         r = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--grid-pool",
                             str(args.grid_pool), "--device", args.device, "--batch", str(args.batch)]
-                           + ["--checkpoint-layers"] * args.checkpoint_layers,
+                           + ["--checkpoint-layers"] * args.checkpoint_layers
+                           + (["--compile", args.compile_mode] if args.compile_mode else []),
                            capture_output=True, text=True, check=True)
         res[side] = json.loads(r.stdout.strip().splitlines()[-1])
     mem = lambda r: f"peak RSS {r['peak_rss_gb']:.2f} GB" + (f", CUDA {r['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in r else "")  # noqa: E731
@@ -156,7 +174,8 @@ def main() -> None:
     print(f"machine: {first['machine']}, torch {torch.__version__}")
     print(f"X-Trainer config: batch {args.batch}, chunk {K}, hidden 512, 3 cameras + 1 tactile")
     if "cached" in res:
-        ckpt = ", checkpointed layers" if args.checkpoint_layers else ""
+        ckpt = (", checkpointed layers" if args.checkpoint_layers else "") + (
+            f", torch.compile {args.compile_mode}" if args.compile_mode else ", eager")
         print(f"cached ViT-B-16 grids + HSA (grid_pool {args.grid_pool}{ckpt}): {res['cached']['steps_per_s']:.3f} steps/s, "
               f"{mem(res['cached'])}")
     if "raw" in res:
@@ -164,6 +183,8 @@ def main() -> None:
               f"{mem(res['raw'])}")
     if len(res) == 2:
         print(f"speed-up: {res['cached']['steps_per_s'] / res['raw']['steps_per_s']:.1f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"batch": args.batch, "torch": torch.__version__, **res}, indent=1))
 
 
 if __name__ == "__main__":

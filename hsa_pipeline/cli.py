@@ -96,7 +96,9 @@ def serve(policy: Path = typer.Option(POLICY, help="an exported policy directory
           weights: Optional[str] = typer.Option(None, help="the encoder's weights file on this machine "
                                                 "[default: the path the policy was trained with]"),
           device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
-          threads: int = typer.Option(1, help="CPU threads for torch"),
+          threads: int = typer.Option(1, help="CPU threads for torch, per inference"),
+          workers: int = typer.Option(1, help="inferences at once (robots asking together); each answer is "
+                                      "computed alone, the same whatever else runs; workers x threads <= cores"),
           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Serve an exported policy to robot code over websockets (openpi's protocol and client)."""
     from .serving.server import Limits, serve_policy
@@ -106,7 +108,8 @@ def serve(policy: Path = typer.Option(POLICY, help="an exported policy directory
         k = None if no_ensemble else ensemble_k if ensemble_k is not None else (p.eval.ensemble_k if p else 0.01)
         hz = control_hz if control_hz is not None else (p.world.control_hz if p else None)
         limits = Limits(max_message_mb=max_message_mb, max_connections=max_connections)
-        serve_policy(policy, host, port, api_key, k, hz, limits, weights, device, threads, insecure, tls_cert, tls_key)
+        serve_policy(policy, host, port, api_key, k, hz, limits, weights, device, threads, insecure, tls_cert, tls_key,
+                     workers)
 
 
 @app.command()

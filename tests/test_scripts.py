@@ -135,3 +135,31 @@ def test_docker_smoke_fails_when_the_container_writes_no_fresh_metrics(tmp_path)
     run, _ = _run_smoke(tmp_path, _smoke_repo(tmp_path), mode="idle")
     assert run.returncode != 0
     assert "FAILED" in run.stderr and "did not run the checkout's edited prepare.py" in run.stderr
+
+
+def test_gpu_check_writes_one_summary_and_one_log_archive(tmp_path):
+    """A device run returns at most 8 files, so scripts/gpu_check.sh writes two: summary.json
+    (each check's status and seconds, every figure) and logs.tar.gz. Run here with its
+    `tests` check, whose CUDA tests skip on a CPU (pytest still exits 0)."""
+    import json
+    import sys
+    import tarfile
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "scripts/gpu_check.sh", str(out), "tests"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    [check] = summary["checks"]
+    assert check["check"] == "tests" and check["passed"] and check["seconds"] >= 0
+    assert summary["commit"] and any("CPU cores" in line for line in summary["environment"])
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        log = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("tests.log"))).read().decode()
+    assert {"tests.log", "checks.tsv", "environment.txt"} <= names
+    assert "3 skipped" in log  # no CUDA here: the three CUDA tests (resume, validation, compiled curve) skip
+    bad = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "bad"), "tset"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown check 'tset'" in bad.stderr

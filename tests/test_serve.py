@@ -443,3 +443,42 @@ def test_a_crowd_and_an_abusive_client_do_not_knock_the_server_over(trained, pol
     assert any(k.startswith("closed") for k in r["abuse"]), r["abuse"]  # over the limit: closed
     assert r["rss_peak_mb"] - r["rss_before_mb"] < 512, r
     assert r["crowd_and_abuse"]["p99_ms"] < 2 * r["crowd"]["p99_ms"] + 100, r
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_answer_that_many_clients_at_once_each_exactly_as_alone(trained, policy, workers):
+    """`--workers N`: N inferences at once (more cores for several robots), never more; each
+    answer is computed on its own observation, so it is the in-process answer bit for bit."""
+    import copy
+    import threading
+    import time
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    slow = copy.copy(policy)
+
+    def features(images):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)  # long enough that three clients asking together overlap
+        with lock:
+            running[0] -= 1
+        return policy.features(images)
+
+    slow.features = features
+    obs = [request(policy, o) for o in observations(3)]
+    answers: list = [None] * 3
+    with ServerThread(PolicyServer(slow, str(trained), ensemble_k=None, workers=workers)) as port:
+        clients = [WebsocketClientPolicy("127.0.0.1", port) for _ in obs]
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, clients[i].infer(obs[i])))
+                   for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert most[0] == workers
+    for o, a in zip(obs, answers, strict=True):
+        assert np.array_equal(a["actions"], policy.predict_chunk(o, o["qpos"]))
+    with pytest.raises(Exception, match="at least 1"):
+        PolicyServer(policy, str(trained), workers=0)

@@ -750,3 +750,123 @@ def _ancestors(event) -> list[str]:
         names.append(parent.name)
         parent = parent.cpu_parent
     return names
+
+
+def test_compile_auto_is_cuda_graphs_on_a_gpu_and_eager_on_a_cpu():
+    from hsa_pipeline.training.loop import compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [compile_mode("auto", cuda), compile_mode("auto", cpu)] == ["reduce-overhead", None]
+    assert [compile_mode(True, cpu), compile_mode(False, cuda), compile_mode("max-autotune", cpu)] == \
+        ["default", None, "max-autotune"]
+    assert tiny_pipeline_params().train.compile == "auto"  # the default in params.yaml
+
+
+def test_a_compile_that_fails_says_why_and_trains_what_eager_training_does(work_dir, monkeypatch, capsys):
+    """torch.compile fails at its first call (no compiler, an unsupported op): the run says
+    why in one line and trains eager from the same random state, so its weights are the
+    eager run's, bit for bit."""
+    import shutil
+
+    import hsa_pipeline.training.loop as loop
+
+    p = tiny_pipeline_params(["train.steps=8", "train.ckpt_every=8"])
+    train(p)
+    eager = torch.load(RUN / "checkpoints" / "last.pt", weights_only=True)["module"]
+    shutil.rmtree(TRAIN)
+
+    def failing_compile(model, mode=None):
+        def first_call(*args, **kwargs):
+            torch.randn(1000)  # the failed attempt drew random numbers before it failed
+            raise RuntimeError("Cannot find a working triton installation.\nmore lines")
+        return first_call
+
+    monkeypatch.setattr(loop.torch, "compile", failing_compile)
+    capsys.readouterr()
+    train(tiny_pipeline_params(["train.steps=8", "train.ckpt_every=8", "train.compile=reduce-overhead"]))
+    out = capsys.readouterr().out
+    assert ("train: torch.compile (mode reduce-overhead) failed at its first step, training eager instead "
+            "(RuntimeError: Cannot find a working triton installation.)") in out
+    assert "more lines" not in out
+    fallback = torch.load(RUN / "checkpoints" / "last.pt", weights_only=True)["module"]
+    for k in eager:
+        assert torch.equal(eager[k], fallback[k]), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)"))])
+def test_the_compiled_step_follows_the_eager_loss_curve(work_dir, device, monkeypatch, capsys):
+    """Issue #30: the fast path learns what the eager one does. 200 steps of the real train
+    stage, compiled (CUDA graphs on a GPU, inductor's C++ on a CPU: ~1 min to compile) and
+    eager; inductor told to draw its random numbers as eager torch does, and no dropout
+    (compiled dropout draws its mask another way), so the two curves differ only by the
+    compiled kernels' float sums (and bf16 on a GPU)."""
+    import shutil
+
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    mode = "reduce-overhead" if device == "cuda" else "default"
+    curves = {}
+    for setting in ("false", mode):
+        train(tiny_pipeline_params(["train.steps=200", "train.log_every=10", "train.val_every=200",
+                                    "train.ckpt_every=200", "act.dropout=0.0", f"train.device={device}",
+                                    f"train.compile={setting}"]))
+        curves[setting] = read_tsv(RUN / "curves" / "train.tsv")
+        shutil.rmtree(TRAIN)
+    out = capsys.readouterr().out
+    assert f"compiling the step (torch.compile mode {mode}" in out and "training eager instead" not in out
+    eager, fast = curves["false"], curves[mode]
+    assert [r["step"] for r in fast] == [r["step"] for r in eager] and len(eager) == 20
+    # float differences grow as training goes (measured on a CPU: equal to 6 digits for 150
+    # steps, 1e-3 apart at step 200): the first half close, the whole curve near
+    tight, loose = (1e-4, 1e-2) if device == "cpu" else (2e-2, 5e-2)
+    for a, b in zip(eager, fast, strict=True):
+        tol = tight if int(a["step"]) <= 100 else loose
+        for k in ("l1", "kl", "hsa"):
+            assert float(b[k]) == pytest.approx(float(a[k]), rel=tol), (a["step"], k, a[k], b[k])
+    assert float(fast[-1]["l1"]) < 0.9 * float(fast[0]["l1"])  # and it learned
+
+
+def test_a_training_steps_op_count_does_not_grow_with_the_batch(work_dir):
+    """Issue #30's CPU proxy for kernel launches: on a GPU each dispatched op costs the host
+    the same whatever the batch, so a step whose op count grew with the batch (a Python
+    loop over samples, in the data path or the model) would be host-bound at any batch.
+    The real data path (batches assembled on the device) and train_step, counted at
+    batch 8 and 32: the same ops."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hsa_pipeline.pipeline.distributed import Dist
+    from hsa_pipeline.training.loop import DivergenceWatch, TrainingData, train_step
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for batch in (8, 32):
+        p = tiny_pipeline_params([f"train.batch_size={batch}"])
+        caches = Caches(PREPARE, GEOMETRY, FEATURES, p.train.memory_budget_gb, p.hsa.positives)
+        data = TrainingData(caches, p.act, p.train, Dist(0, 1, torch.device("cpu")))
+        assert data.frames is not None  # the in-memory path: batches gathered by index on the device
+        module = build(p.act, p.hsa, p.train.steps, caches, torch.device("cpu"))
+        params = [q for q in module.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(params, lr=p.train.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        off, watch = torch.autocast("cpu", enabled=False), DivergenceWatch(torch.device("cpu"))
+        train_step(module, opt, sched, params, data.next_batch(), 0, 10.0, off, watch)  # optimizer state made
+        with Ops() as ops:
+            batch = data.next_batch()
+            train_step(module, opt, sched, params, batch, 1, 10.0, off, watch)
+        counts.append(ops.names)
+    assert sum(counts[0].values()) > 1000  # the counter sees the forward, backward and update
+    assert counts[0] == counts[1], {k: (counts[0][k], counts[1][k]) for k in counts[0] | counts[1]
+                                    if counts[0][k] != counts[1][k]}

@@ -313,9 +313,11 @@ class TrainConfig:
     seed: int = param(0, "seed for torch, numpy and sampling")
     device: str = param("auto", DEVICE_DOC)
     threads: Union[Literal["auto"], int] = param(1, THREADS_DOC, ge=1)
-    compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune"]] = param(
-        False, "torch.compile the training forward: true (= default) or a mode; reduce-overhead captures CUDA graphs "
-        "(GPU). HSA diagnostics run outside the compiled graph, so logging steps do not break it")
+    compile: Union[bool, Literal["auto", "default", "reduce-overhead", "max-autotune"]] = param(
+        "auto", "torch.compile the training forward and backward: auto = reduce-overhead (CUDA graphs: the step "
+        "launches one graph instead of thousands of kernels) on a GPU and off on a CPU (eager: compiling costs "
+        "a minute there and changes the float sums); true (= default), a mode, or false. A compile that fails "
+        "says why in one line and the run trains eager. HSA diagnostics run outside the compiled graph")
     memory_budget_gb: float = param(4.0, "hold the caches in RAM below this size, else stream from Zarr", gt=0.0)
     workers: int = param(0, "DataLoader workers when streaming", ge=0)
     log_every: int = param(25, "steps between TensorBoard/TSV scalars", ge=1)

@@ -31,6 +31,8 @@ any pixel is decoded (PIL's pixel limit is set from the largest recorded frame t
 number of connections is capped (the next one is refused at the handshake, HTTP 503) and
 each connection queues a bounded number of unread messages (then the socket's back-pressure
 holds the sender); a bug answers with one line and an id, the traceback goes to the log.
+`workers` inferences run at once (`--workers`, default 1), each on its own observation:
+no batching across clients, so an answer never depends on who else asked.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
@@ -143,10 +145,14 @@ class PolicyServer:
     policy_dir: str
     ensemble_k: float | None = 0.01  # None: no server-side ensembling
     control_hz: float | None = None
-    threads: int = 1  # torch CPU threads; set in the worker thread that infers (OpenMP's count is per thread)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one inference at a time
+    threads: int = 1  # torch CPU threads per inference; set in the worker thread that infers (OpenMP's count is per thread)
+    workers: int = 1  # inferences at once: each client's answer is computed alone (no batching), so it is the
+    # same bit for bit whatever else runs; more workers use more cores when several robots ask at once
 
     def __post_init__(self):
+        if self.workers < 1:
+            raise UserError(f"serve: --workers must be at least 1, got {self.workers}")
+        self.slots = threading.BoundedSemaphore(self.workers)
         self.sizes = recorded_sizes(self.policy)
         self.qpos_dim = int(self.policy.meta["shapes"]["qpos_dim"])
         # The largest valid observation is every stream as a raw uint8 array: twice that plus
@@ -206,7 +212,7 @@ class PolicyServer:
                 return {"reset": True}
         images, qpos = self.check(obs)
         t0 = time.perf_counter()
-        with self.lock:
+        with self.slots:
             # every call: a worker thread starts with OpenMP's default team (all cores) while
             # torch.get_num_threads() still reports the main thread's count (measured)
             torch.set_num_threads(self.threads)
@@ -403,20 +409,20 @@ class ServerThread:
 def serve_policy(policy_dir: Path, host: str, port: int, api_key: str | None, ensemble_k: float | None,
                  control_hz: float | None, limits: Limits = Limits(), weights: str | None = None,
                  device: str = "auto", threads: int = 1, insecure: bool = False,
-                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+                 tls_cert: Path | None = None, tls_key: Path | None = None, workers: int = 1) -> None:
     """`hsa serve`: load the exported policy and serve it until interrupted."""
     check_bind(host, api_key, insecure)
     tls = tls_context(tls_cert, tls_key)
     policy = Policy.load(policy_dir, weights=weights, device=device)
-    server = PolicyServer(policy, str(policy_dir), ensemble_k, control_hz, threads)
+    server = PolicyServer(policy, str(policy_dir), ensemble_k, control_hz, threads, workers)
 
     def ready(bound: int) -> None:
         m = server.metadata
         print(f"serve: {policy_dir} (sha256 {m['policy_sha256'][:12]}, streams {', '.join(m['streams'])}, "
               f"chunk {m['chunk_size']}, device {policy.device}) on {'wss' if tls else 'ws'}://{host}:{bound}"
               + (" (API key required)" if api_key else "") + "; Ctrl-C stops", flush=True)
-        print(f"serve: messages up to {message_mb(server, limits)} MiB, {limits.max_connections} connections at once",
-              flush=True)
+        print(f"serve: messages up to {message_mb(server, limits)} MiB, {limits.max_connections} connections at once, "
+              f"{server.workers} inference(s) at once x {server.threads} thread(s)", flush=True)
         if not is_loopback(host) and not api_key:
             print(f"serve: WARNING: no API key on {host}: anyone on this network can query the policy", flush=True)
         if api_key and not tls and not is_loopback(host):

@@ -145,7 +145,9 @@ class Run:
     caches: Caches
     data: TrainingData
     module: TrainModule
-    fwd: nn.Module  # what the step calls: the module, compiled and/or wrapped in DDP
+    fwd: nn.Module  # what the step calls: the module, wrapped in DDP and/or compiled
+    eager: nn.Module  # the same without torch.compile: what a failed compile falls back to
+    compile_mode: str | None  # the torch.compile mode until its first step has run, then None
     params: list
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
@@ -177,6 +179,25 @@ class Run:
         bar.set_postfix_str(f"loss {row['total']:.3f}, l1 {row['l1']:.3f}, {rate:.0f} samples/s"
                             + (f", {self.threads.threads} thread(s)" if self.dist.device.type == "cpu" else ""))
 
+    def take_step(self, batch: Batch) -> tuple[dict, torch.Tensor]:
+        """One training step. torch.compile compiles at its first call: if that fails, say
+        why in one line, put the random state back and take the step eager (for the run)."""
+        args = (self.opt, self.sched, self.params, batch, self.step, self.cfg.grad_clip, self.autocast, self.watch)
+        if self.compile_mode is None:
+            return train_step(self.fwd, *args)
+        mode, self.compile_mode = self.compile_mode, None
+        cuda = [self.dist.device] if self.dist.device.type == "cuda" else []
+        state = _rng_state(cuda)
+        try:
+            return train_step(self.fwd, *args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; an eager bug raises again below
+            reason = (str(e).strip().splitlines() or [""])[0][:300]
+            print(f"train: torch.compile (mode {mode}) failed at its first step, training eager instead "
+                  f"({type(e).__name__}: {reason}); set train.compile: false to skip the attempt", flush=True)
+        _set_rng_state(state, cuda)
+        self.fwd = self.eager
+        return train_step(self.fwd, *args)
+
     def validate(self) -> dict[str, float]:
         """Validation figures of this step, logged; a new best is checkpointed as best.pt."""
         metrics = validate(self.module, self.data, self.step)
@@ -203,8 +224,7 @@ def run_train(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
         batch = run.data.next_batch()
         log_now = main and ((run.step + 1) % cfg.log_every == 0 or run.step + 1 == cfg.steps)
         stats = diagnostics(run.module, batch, run.step, run.autocast) if log_now and hsa.enabled else {}
-        terms, grad_norm = train_step(run.fwd, run.opt, run.sched, run.params, batch, run.step, cfg.grad_clip,
-                                      run.autocast, run.watch)
+        terms, grad_norm = run.take_step(batch)
         run.step += 1
         if run.step == end or any(run.every(n) for n in (cfg.log_every, cfg.val_every, cfg.ckpt_every)):
             run.watch.check()  # every rank, before anything is logged or saved
@@ -241,11 +261,12 @@ def start_run(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
     key = resume_key(act, hsa, cfg, caches)
     step, best = resume(run_dir, key, module, opt, sched, data.gen, cfg.resume, dist.main)
     dist.barrier()
-    fwd = module
-    if cfg.compile:
-        fwd = torch.compile(module, mode=None if cfg.compile is True else cfg.compile)
+    eager = module
     if dist.world > 1:
-        fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        eager = nn.parallel.DistributedDataParallel(module, device_ids=[dist.device.index]
+                                                    if dist.device.type == "cuda" else None)
+    mode = compile_mode(cfg.compile, dist.device)
+    fwd = torch.compile(eager, mode=mode) if mode else eager  # compiling DDP's wrapper: PyTorch's advice
     threads = ThreadTuner(cfg.threads, dist.device)  # auto: the cores other processes leave
     log = RunLog(run_dir, module, step, hsa.enabled) if dist.main else None
     if log is not None:
@@ -255,11 +276,33 @@ def start_run(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
         print(f"train: {len(data.train_rows)} train / {len(data.val_rows)} val frames, caches "
               f"{'in memory' if caches.in_memory else 'streamed from Zarr'} ({caches.cache_bytes / 2**20:.0f} MiB), "
               f"device {dist.device}, {torch.get_num_threads()} CPU thread(s), "
-              f"{sum(q.numel() for q in params) / 1e6:.2f}M trainable parameters")
+              f"{sum(q.numel() for q in params) / 1e6:.2f}M trainable parameters"
+              + (f"; compiling the step (torch.compile mode {mode}: the first step takes a while)" if mode else ""))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))  # bf16 autocast is slower than fp32 on CPUs
-    return Run(act, hsa, cfg, dist, caches, data, module, fwd, params, opt, sched, key, run_dir, threads, autocast,
-               log, step, best, step, watch=DivergenceWatch(dist.device))
+    return Run(act, hsa, cfg, dist, caches, data, module, fwd, eager, mode, params, opt, sched, key, run_dir, threads,
+               autocast, log, step, best, step, watch=DivergenceWatch(dist.device))
+
+
+def compile_mode(setting: bool | str, device: torch.device) -> str | None:
+    """train.compile -> the torch.compile mode, or None to train eager. auto: CUDA graphs on
+    a GPU, where launching each small kernel from Python is what bounds the step; eager on
+    a CPU, where compiling takes a minute and the kernels, not their launches, cost."""
+    if setting == "auto":
+        return "reduce-overhead" if device.type == "cuda" else None
+    if setting is False:
+        return None
+    return "default" if setting is True else str(setting)
+
+
+def _rng_state(cuda: list) -> tuple:
+    return torch.random.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
+
+
+def _set_rng_state(state: tuple, cuda: list) -> None:
+    torch.random.set_rng_state(state[0])
+    for d, s in zip(cuda, state[1], strict=True):
+        torch.cuda.set_rng_state(s, d)
 
 
 def finish_run(run: Run, metrics: dict, out_dir: Path) -> dict:
