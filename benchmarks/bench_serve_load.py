@@ -12,6 +12,7 @@ tests/test_serve.py runs `run_load` at a size CI affords.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import re
@@ -170,6 +171,7 @@ def main() -> None:
     ap.add_argument("--policy", type=Path, help="an exported policy (default: the demo configuration, random weights)")
     ap.add_argument("--workers", type=int, default=1, help="hsa serve --workers: inferences at once")
     ap.add_argument("--threads", type=int, default=1, help="hsa serve --threads: torch threads per inference")
+    ap.add_argument("--json", help="also write the figures to this JSON file (scripts/gpu_check.sh's summary)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_serve import CONFIGS, export
@@ -192,6 +194,9 @@ def main() -> None:
               f"{b['n'] / args.seconds:.0f} answers/s); p99 / alone {b['p99_ms'] / a['p99_ms']:.2f}")
     print(f"abusive client: {r['abuse']}; errors of the others: {len(r['errors'])} {r['errors'][:3]}")
     print(f"server RSS {r['rss_before_mb']:.0f} MB before, peak {r['rss_peak_mb']:.0f} MB; alive: {r['server_alive']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**r, "workers": args.workers, "threads": args.threads,
+                                               "p99_over_alone": r["crowd_and_abuse"]["p99_ms"] / a["p99_ms"]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@
 #   bench     training steps/s, X-Trainer config: eager and compiled at batch 16, compiled at 64,
 #             raw images + ResNet18 at 16; the policy's control step (p50, p99)
 #   features  the feature stage against its bare encoder (ViT-B-16, 4x the demo episodes)
+#   serve     8 clients at 50 Hz beside an abusive one against `hsa serve --workers 4` on the GPU
 # Needs the demo's data/demo and outputs/prepare, outputs/geometry.zarr (`dvc repro geometry`)
 # and the project importable. Usage: scripts/gpu_check.sh OUT_DIR [check ...]  (default: all)
 # Writes two files, as few as a device run returns: OUT_DIR/summary.json (every check's status
 # and seconds, every figure: scripts/gpu_summary.py) and OUT_DIR/logs.tar.gz (every log).
 set -uo pipefail
-out=${1:?usage: scripts/gpu_check.sh OUT_DIR [compare|train|tests|torchrun|bench|features ...]}
+out=${1:?usage: scripts/gpu_check.sh OUT_DIR [compare|train|tests|torchrun|bench|features|serve ...]}
 shift
-checks=${*:-compare train tests torchrun bench features}
+checks=${*:-compare train tests torchrun bench features serve}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 s=$(mktemp -d)  # the scratch folder: logs and figure files, packed at the end
@@ -85,9 +86,12 @@ check_features() {
   rm -rf outputs/prepare && mv /tmp/prepare_demo outputs/prepare
   return $status
 }
+check_serve() {
+  python3 benchmarks/bench_serve_load.py --hz 50 --seconds 10 --workers 4 --json "$s/bench_serve_load.json"
+}
 
 for check in $checks; do case $check in
-compare|train|tests|torchrun|bench|features) run_check "$check" ;;
-*) echo "unknown check '$check'; expected compare, train, tests, torchrun, bench or features" >&2; exit 2 ;;
+compare|train|tests|torchrun|bench|features|serve) run_check "$check" ;;
+*) echo "unknown check '$check'; expected compare, train, tests, torchrun, bench, features or serve" >&2; exit 2 ;;
 esac; done
 step done

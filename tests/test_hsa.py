@@ -220,6 +220,34 @@ def test_memory_bank_is_fifo_and_topk_picks_the_hardest():
     torch.testing.assert_close(neg[0], torch.tensor([[0.6, 0.8], [0.0, 1.0]]))  # the two most similar to the query
 
 
+def test_memory_bank_matches_a_fifo_of_the_kept_rows():
+    """Pushes of kept and dropped rows (more than the bank holds, too) against a plain FIFO
+    (collections.deque): the same entries, and top-k picks the most similar of them."""
+    import collections
+
+    rng = torch.Generator().manual_seed(0)
+    bank, fifo = MemoryBank(7, 3), collections.deque(maxlen=7)
+    neg, mask = bank.negatives(torch.randn(2, 3, generator=rng), topk=3)
+    assert neg.shape == (2, 3, 3) and not mask.any()  # empty: every candidate masked out
+    for _ in range(40):
+        n = int(torch.randint(0, 11, (), generator=rng))  # up to 10 rows: some pushes overflow the bank
+        x = torch.randn(n, 3, generator=rng)
+        keep = torch.rand(n, generator=rng) < 0.6
+        bank.push(x, keep)
+        fifo.extend(x[keep])
+        assert int(bank.filled) == len(fifo)
+        held = bank.items[: bank.size][: len(fifo)] if len(fifo) < 7 else bank.items[:7]
+        assert sorted(map(tuple, held.tolist())) == sorted(tuple(r.tolist()) for r in fifo)
+        q = torch.randn(2, 3, generator=rng)
+        neg, mask = bank.negatives(q, topk=3)
+        ref = torch.stack(list(fifo)) if fifo else torch.zeros(0, 3)
+        for b in range(2):
+            want = ref[(ref @ q[b]).argsort(descending=True)[:3]]
+            torch.testing.assert_close(neg[b][mask[b]], want)
+        neg, mask = bank.negatives(q, topk=0)  # all: every filled entry, the rest masked
+        assert int(mask[0].sum()) == len(fifo)
+
+
 def test_bank_and_symmetric_options_run_and_add_candidates():
     torch.manual_seed(0)
     cfg = HsaConfig(proj_dim=8, bank_size=32, bank_topk=5, symmetric=True, tp_weight=0)

@@ -705,17 +705,20 @@ def test_two_runs_of_the_train_stage_give_identical_weights_beside_a_busy_proces
     assert again["steps_trained"] == 0 and again["val_l1_prior"] == pytest.approx(metrics["val_l1_prior"], abs=1e-6)
 
 
-def test_an_ordinary_training_step_reads_nothing_back_from_the_device(work_dir):
+@pytest.mark.parametrize("bank", [[], ["hsa.bank_size=64", "hsa.bank_topk=5"]], ids=["default", "memory-bank"])
+def test_an_ordinary_training_step_reads_nothing_back_from_the_device(work_dir, bank):
     """Issue #30's CPU proxy for GPU speed: between logging steps the loop never waits for
     the device. Every host read of a tensor (`.item()`, `float(t)`, `if t:`, `.tolist()`)
-    goes through aten::_local_scalar_dense; the profiler counts them over three steps of the
-    real train_step with HSA on. A per-step read is what stalls a GPU's queue."""
+    goes through aten::_local_scalar_dense, and indexing by a boolean mask through
+    aten::nonzero (the host must learn the size); the profiler counts both over three steps of the
+    real train_step with HSA on, with and without the memory bank (whose variable pushes
+    and fill level stay on the device). A per-step read is what stalls a GPU's queue."""
     from torch.profiler import ProfilerActivity, profile
 
     from hsa_pipeline.pipeline.distributed import Dist
     from hsa_pipeline.training.loop import DivergenceWatch, TrainingData, build, train_step
 
-    p = tiny_pipeline_params(["train.steps=10"])
+    p = tiny_pipeline_params(["train.steps=10", *bank])
     assert p.hsa.enabled
     caches = Caches(PREPARE, GEOMETRY, FEATURES, p.train.memory_budget_gb, p.hsa.positives)
     data = TrainingData(caches, p.act, p.train, Dist(0, 1, torch.device("cpu")))
@@ -729,7 +732,7 @@ def test_an_ordinary_training_step_reads_nothing_back_from_the_device(work_dir):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for step, batch in enumerate(batches[1:], start=1):
             train_step(module, opt, sched, params, batch, step, 10.0, off, watch)
-    reads = [e for e in prof.events() if e.name == "aten::_local_scalar_dense"]
+    reads = [e for e in prof.events() if e.name in ("aten::_local_scalar_dense", "aten::nonzero")]
     # A CPU AdamW reads its step count per parameter tensor (host memory, no device); on
     # CUDA the loop uses fused AdamW, whose step counts stay on the device. Everything else
     # (the model, HSA, the losses, clipping, the divergence watch) must read nothing.

@@ -178,7 +178,8 @@ class Caches:
                 a.append(ep.action)
         self.qpos_raw, self.action_raw = np.concatenate(q), np.concatenate(a)
         self.qpos = normalise_qpos(self.qpos_raw, self.stats)
-        nbytes = N * len(self.streams) * self.grid * self.grid * self.width * 2
+        self.row_bytes = len(self.streams) * self.grid * self.grid * self.width * 2  # one frame's grids, float16
+        nbytes = N * self.row_bytes
         self.in_memory = nbytes <= memory_budget_gb * 2**30
         self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None
         self.cache_bytes = nbytes
@@ -190,7 +191,7 @@ class Caches:
         its rows from the store. Returns the bytes held."""
         store = FeatureStore(self.features_path)
         n = self.manifest.n_frames
-        if len(np.unique(rows)) * len(self.streams) * self.grid * self.grid * self.width * 2 > memory_budget_gb * 2**30:
+        if len(np.unique(rows)) * self.row_bytes > memory_budget_gb * 2**30:
             self.tokens = {s: StreamedTokens(store, s, n) for s in self.streams}
             return 0
         self.tokens = {s: RowTokens(store, s, rows, n) for s in self.streams}

@@ -99,36 +99,40 @@ def info_nce(q: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, kappa: tor
 
 
 class MemoryBank(nn.Module):
-    """FIFO of past positive embeddings used as extra negatives (not trained)."""
+    """FIFO of past positive embeddings used as extra negatives (not trained). Fixed shapes
+    and device-side counters, so pushing a variable number of rows and reading the bank
+    never wait for the GPU: rows not kept go to a scratch row past the end, entries not
+    yet filled are masked out."""
 
     def __init__(self, size: int, dim: int):
         super().__init__()
-        self.register_buffer("items", torch.zeros(size, dim))
+        self.size = size
+        self.register_buffer("items", torch.zeros(size + 1, dim))  # (size + 1, P): the last row is scratch
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def push(self, x: torch.Tensor) -> None:
-        n, size = x.shape[0], self.items.shape[0]
-        if n == 0:
-            return
-        x = x[-size:]
-        idx = (self.ptr + torch.arange(len(x), device=x.device)) % size
-        self.items[idx] = x.detach().float()
-        self.ptr.copy_((self.ptr + len(x)) % size)
-        self.filled.copy_(torch.clamp(self.filled + len(x), max=size))
+    def push(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Append the rows of x (B, P) where keep (B,) is true, oldest overwritten first."""
+        keep = torch.ones(len(x), dtype=torch.bool, device=x.device) if keep is None else keep
+        order = torch.cumsum(keep.long(), 0) - 1  # (B,) rank among the kept rows
+        n = keep.sum()
+        write = keep & (order >= n - self.size)  # of more than `size` kept rows, the newest `size`
+        target = torch.where(write, (self.ptr + order) % self.size, torch.full_like(order, self.size))
+        self.items.index_copy_(0, target, x.detach().float())  # the unwritten rows all land on the scratch row
+        self.ptr.copy_((self.ptr + n) % self.size)
+        self.filled.copy_(torch.clamp(self.filled + n, max=self.size))
 
     def negatives(self, q: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, K, P) bank negatives for queries q (B, P), the k most similar when topk > 0."""
-        bank = self.items[: int(self.filled)]  # (M, P)
-        if len(bank) == 0:
-            return q.new_zeros(q.shape[0], 0, q.shape[1]), torch.zeros(q.shape[0], 0, dtype=torch.bool, device=q.device)
-        if topk and topk < len(bank):
-            idx = (q.detach().float() @ bank.T).topk(topk, dim=1).indices  # (B, k) hardest
-            neg = bank[idx]
-        else:
-            neg = bank.unsqueeze(0).expand(q.shape[0], -1, -1)
-        return neg, torch.ones(neg.shape[:2], dtype=torch.bool, device=q.device)
+        """(B, K, P) bank negatives for queries q (B, P) and their mask (B, K): the k most
+        similar filled entries when 0 < topk < size, else every entry (unfilled ones masked)."""
+        bank = self.items[: self.size]  # (M, P)
+        filled = torch.arange(self.size, device=q.device) < self.filled  # (M,)
+        if topk and topk < self.size:
+            sim = (q.detach().float() @ bank.T).masked_fill(~filled, NEG_INF)  # (B, M)
+            idx = sim.topk(topk, dim=1).indices  # (B, k) hardest first, unfilled last
+            return bank[idx], filled[idx]
+        return bank.unsqueeze(0).expand(q.shape[0], -1, -1), filled.unsqueeze(0).expand(q.shape[0], -1)
 
 
 class HSALoss(nn.Module):
@@ -222,7 +226,7 @@ class HSALoss(nn.Module):
             total = total + self.cfg.tp_weight * tp_total / len(views)
             stats.update({f"{k}_tp": v for k, v in _mean_stats(tp_stats).items()})
         if self.bank is not None and self.training:
-            self.bank.push(pos_w[usable_w].detach())
+            self.bank.push(pos_w.detach(), usable_w)
         return total, stats
 
     def _reduce(self, loss: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
