@@ -359,3 +359,27 @@ def test_two_process_torchrun_shards_the_work_and_matches_one_process(work_dir):
     two = FeatureStore(work_dir / "outputs" / "features.zarr")
     for s, grid in ref.items():
         np.testing.assert_array_equal(two.load(s), grid)
+
+
+def test_frames_resized_in_threads_are_the_frames_resized_one_by_one():
+    """encode_frames resizes a control step's frames side by side (threads); the batch the
+    encoder sees must be the one the cache's per-frame path makes, bit for bit."""
+    enc = Encoder(FeaturesConfig(model="hsa-tiny-vit", pretrained=None, resize="letterbox", device="cpu"), quiet=True)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((192, 256, 3), (144, 192, 3), (64, 64, 3))]
+    seen = []
+    encode = enc.encode
+    enc.encode = lambda batch: seen.append(batch) or encode(batch)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = enc.encode_frames(frames)
+        torch.set_num_threads(3)
+        side_by_side = enc.encode_frames(frames)
+    finally:
+        torch.set_num_threads(threads)
+    side = min(3, os.cpu_count() or 1)  # threads: the frames, at most torch's and the machine's cores
+    assert (enc._pool is None) if side == 1 else (enc._pool._max_workers == side)  # the second call used them
+    reference = np.stack([preprocess(f, enc.mapping(f.shape[1], f.shape[0])) for f in frames])
+    assert np.array_equal(seen[0].numpy(), reference) and np.array_equal(seen[1].numpy(), reference)
+    assert torch.equal(one, side_by_side)

@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,7 @@ class Encoder:
         self.std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD), device=self.device).view(1, 3, 1, 1)
         self.width = int(self.visual.transformer.width)
         self.autocast = self.device.type == "cuda"  # bf16 on GPUs; fp32 on CPU (bf16 autocast is slower there)
+        self._pool: ThreadPoolExecutor | None = None  # encode_frames' resizing threads, made when first needed
 
     @staticmethod
     def _create(open_clip, cfg: FeaturesConfig, quiet: bool):
@@ -164,8 +166,19 @@ class Encoder:
         return grid.float()
 
     def encode_frames(self, frames: list[np.ndarray]) -> torch.Tensor:
-        """Raw (H, W, 3) uint8 camera frames -> (B, G, G, C): the cache's exact path."""
-        batch = np.stack([preprocess(f, self.mapping(f.shape[1], f.shape[0])) for f in frames])
+        """Raw (H, W, 3) uint8 camera frames -> (B, G, G, C): the cache's exact path. The
+        frames are resized side by side in threads (PIL lets go of the GIL; each frame's
+        pixels are the same as one by one): a control step's resizing is host work that
+        the GPU waits for. On a CPU as many threads as torch may use, on a GPU one a frame."""
+        jobs = [(f, self.mapping(f.shape[1], f.shape[0])) for f in frames]
+        threads = min(len(jobs), len(frames) if self.device.type == "cuda" else torch.get_num_threads(),
+                      os.cpu_count() or 1)
+        if threads > 1:
+            if self._pool is None or self._pool._max_workers < threads:
+                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="preprocess")
+            batch = np.stack(list(self._pool.map(lambda job: preprocess(*job), jobs)))
+        else:
+            batch = np.stack([preprocess(*job) for job in jobs])
         return self.encode(torch.from_numpy(batch))
 
 
