@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -232,8 +233,6 @@ def test_resume_matches_the_uninterrupted_run(work_dir):
     p = tiny_pipeline_params()
     train(p)
     straight = read_tsv(RUN / "curves" / "train.tsv")
-    import shutil
-
     shutil.rmtree(RUN)
     stopped = train(p, max_steps=17)  # killed 7 steps after the step-10 checkpoint, after logging step 15
     assert stopped["stopped"]
@@ -359,8 +358,6 @@ def test_two_torchrun_nodes_learn_what_one_process_with_their_global_batch_does(
     moves by a fraction of the learning rate); so the test compares what the policy does:
     its predictions on the validation frames. Then a checkpoint made by the two nodes
     resumes on the two nodes to the uninterrupted result."""
-    import shutil
-
     same = ["act.vae=false", "hsa.enabled=false", "act.dropout=0.0", "train.val_every=100", "train.log_every=3",
             "train.ckpt_every=3"]
 
@@ -537,8 +534,6 @@ def test_auto_threads_stay_inside_the_containers_cpu_limit(monkeypatch, tmp_path
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)")
 def test_cuda_resume_matches_the_uninterrupted_run(work_dir):
     """The CUDA RNG state (dropout on the GPU) is saved and restored with the checkpoint."""
-    import shutil
-
     p = tiny_pipeline_params(["train.device=cuda"])
     train(p)
     straight = read_tsv(RUN / "curves" / "train.tsv")
@@ -607,8 +602,6 @@ def test_with_hsa_the_touch_map_heads_are_the_hsa_heads(work_dir):
     assert module.hsa.head_tactile is module.policy.touch_query and module.hsa.head_vision is module.policy.touch_key
     train(p)
     saved = torch.load(TRAIN / "run" / "checkpoints" / "last.pt", weights_only=True)["module"]
-    import shutil
-
     shutil.rmtree(TRAIN / "run")  # the exported policy is self-contained: no checkpoint needed
     policy, hsa, _ = load_trained(TRAIN, "cpu")
     assert hsa.head_tactile is policy.touch_query
@@ -618,8 +611,6 @@ def test_with_hsa_the_touch_map_heads_are_the_hsa_heads(work_dir):
 def test_the_exported_policy_carries_its_hsa_heads_and_a_layout_version(work_dir):
     """The defect this guards: evaluate read the HSA heads from train/run/checkpoints and,
     without one, silently measured cosine similarity and reported hsa_enabled: false."""
-    import shutil
-
     from hsa_pipeline.errors import StoreError
     from hsa_pipeline.evaluation.evaluate import load_trained
 
@@ -670,8 +661,6 @@ def test_hsa_on_with_a_sensor_it_cannot_align_is_an_error_not_a_zero_loss(work_d
 def test_validation_does_not_change_the_training_run(work_dir, device):
     """val_every is resume-free: validating (the CVAE draws z) must leave every generator
     as it found it, the CUDA one included."""
-    import shutil
-
     weights = []
     for val_every in (3, 100):
         train(tiny_pipeline_params(["train.steps=9", f"train.val_every={val_every}", "train.ckpt_every=9",
@@ -686,8 +675,6 @@ def test_two_runs_of_the_train_stage_give_identical_weights_beside_a_busy_proces
     """Reproducible training: the default thread count is fixed (1), so the summation order of
     every op, and with it every weight, is the same whatever else runs on the machine."""
     import hashlib
-    import shutil
-
     p = tiny_pipeline_params(["train.steps=12"])
     assert p.train.threads == 1
     train(p)
@@ -769,8 +756,6 @@ def test_a_compile_that_fails_says_why_and_trains_what_eager_training_does(work_
     """torch.compile fails at its first call (no compiler, an unsupported op): the run says
     why in one line and trains eager from the same random state, so its weights are the
     eager run's, bit for bit."""
-    import shutil
-
     import hsa_pipeline.training.loop as loop
 
     p = tiny_pipeline_params(["train.steps=8", "train.ckpt_every=8"])
@@ -797,16 +782,17 @@ def test_a_compile_that_fails_says_why_and_trains_what_eager_training_does(work_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)"))])
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", marks=pytest.mark.skipif(not any(map(shutil.which, ("c++", "g++", "clang++"))),
+                                                 reason="inductor's CPU code needs a C++ compiler")),
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)"))])
 def test_the_compiled_step_follows_the_eager_loss_curve(work_dir, device, monkeypatch, capsys):
     """Issue #30: the fast path learns what the eager one does. 200 steps of the real train
     stage, compiled (CUDA graphs on a GPU, inductor's C++ on a CPU: ~1 min to compile) and
     eager; inductor told to draw its random numbers as eager torch does, and no dropout
     (compiled dropout draws its mask another way), so the two curves differ only by the
     compiled kernels' float sums (and bf16 on a GPU)."""
-    import shutil
-
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(inductor_config, "fallback_random", True)
