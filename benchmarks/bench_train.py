@@ -14,7 +14,7 @@ allocation on a GPU) is its own. On CUDA both run under bf16 autocast with TF32,
 train stage does, with the train stage's optimizer (fused AdamW on CUDA). `--compile MODE`
 compiles the cached side's forward and loss (and with them the backward) as the train stage
 does with train.compile (reduce-overhead: CUDA graphs, the train stage's default on a GPU);
-the first two steps, which compile, are not timed.
+the first three steps (the compile, CUDA graphs' warm-up and record) are not timed.
 """
 
 from __future__ import annotations

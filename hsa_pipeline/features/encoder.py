@@ -106,6 +106,7 @@ class Encoder:
         self.width = int(self.visual.transformer.width)
         self.autocast = self.device.type == "cuda"  # bf16 on GPUs; fp32 on CPU (bf16 autocast is slower there)
         self._pool: ThreadPoolExecutor | None = None  # encode_frames' resizing threads, made when first needed
+        self._pool_threads = 0
 
     @staticmethod
     def _create(open_clip, cfg: FeaturesConfig, quiet: bool):
@@ -171,11 +172,12 @@ class Encoder:
         pixels are the same as one by one): a control step's resizing is host work that
         the GPU waits for. On a CPU as many threads as torch may use, on a GPU one a frame."""
         jobs = [(f, self.mapping(f.shape[1], f.shape[0])) for f in frames]
-        threads = min(len(jobs), len(frames) if self.device.type == "cuda" else torch.get_num_threads(),
-                      os.cpu_count() or 1)
+        threads = min(len(jobs), os.cpu_count() or 1)
+        if self.device.type != "cuda":
+            threads = min(threads, torch.get_num_threads())
         if threads > 1:
-            if self._pool is None or self._pool._max_workers < threads:
-                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="preprocess")
+            if threads > self._pool_threads:
+                self._pool, self._pool_threads = ThreadPoolExecutor(threads, thread_name_prefix="preprocess"), threads
             batch = np.stack(list(self._pool.map(lambda job: preprocess(*job), jobs)))
         else:
             batch = np.stack([preprocess(*job) for job in jobs])
