@@ -3,7 +3,10 @@
 4 / 7 layers), temporal ensembling included. p50 and p99 over the steps, split into
 encode (preprocess + ViT) and act (ACT + ensembling).
 
-    python benchmarks/bench_policy.py [--steps 50] [--device auto]
+    python benchmarks/bench_policy.py [--steps 50] [--device auto] [--compile reduce-overhead]
+
+--compile: the encoder's vision tower and the ACT forward compiled (`Policy.compile`; CUDA
+graphs with reduce-overhead); the compile is paid in the untimed warm-up steps.
 
 Random weights: the same arithmetic as a trained policy.
 """
@@ -31,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", default=None, help="a torch.compile mode for the control step (default: eager)")
     ap.add_argument("--json", help="also write the figures to this JSON file (scripts/gpu_check.sh's summary)")
     args = ap.parse_args()
     enc = Encoder(FeaturesConfig(model="ViT-B-16", pretrained=None, device=args.device), quiet=True)
@@ -39,7 +43,7 @@ def main() -> None:
     shapes = ActShapes(qpos_dim=14, action_dim=14, streams=STREAMS, grid=enc.grid, token_dim=enc.width)
     stats = {k: {"mean": [0.0] * 14, "std": [1.0] * 14} for k in ("qpos", "action")}
     meta = {"act": act.__dict__, "shapes": shapes.__dict__, "stats": stats}
-    policy = Policy(ACTPolicy(act, shapes).to(enc.device), enc, meta, enc.device)
+    policy = Policy(ACTPolicy(act, shapes).to(enc.device), enc, meta, enc.device).compile(args.compile)
     ens = TemporalEnsembler(act.chunk_size, 0.01)
     rng = np.random.default_rng(0)
     images = {s: rng.integers(0, 255, (96, 96, 3) if s.startswith("tactile") else (480, 640, 3), dtype=np.uint8)
@@ -60,8 +64,9 @@ def main() -> None:
     total = np.add(encode_ms, act_ms)
     dev = (torch.cuda.get_device_name() if enc.device.type == "cuda"
            else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    print(f"device: {dev}; ViT-B-16 on 3 cameras 640x480 + 1 tactile, X-Trainer ACT, {args.steps} steps")
-    figures = {"device": dev, "steps": args.steps}
+    print(f"device: {dev}; ViT-B-16 on 3 cameras 640x480 + 1 tactile, X-Trainer ACT, {args.steps} steps, "
+          f"{'compiled (' + args.compile + ')' if args.compile else 'eager'}")
+    figures = {"device": dev, "steps": args.steps, "compile": args.compile}
     for name, xs in (("encode", encode_ms), ("ACT + ensembling", act_ms), ("control step", total)):
         print(f"{name:18s} p50 {np.percentile(xs, 50):8.1f} ms   p99 {np.percentile(xs, 99):8.1f} ms")
         figures[name] = {"p50_ms": float(np.percentile(xs, 50)), "p99_ms": float(np.percentile(xs, 99))}

@@ -4,11 +4,12 @@ serialisation, websocket round trip, the server's inference and ensembling), p50
 the share of the served step spent packing and unpacking messages, and the same with the
 images sent as JPEG (q90) instead of raw pixels: fewer bytes, more CPU.
 
-    python benchmarks/bench_serve.py [--config demo|xtrainer] [--steps 30] [--device auto]
+    python benchmarks/bench_serve.py [--config demo|xtrainer] [--steps 30] [--device auto] [--compile MODE]
 
 demo: the demo's rig and tiny encoder (top 256x192, wrist 192x144, tactile 64x64, ACT as
 params.yaml). xtrainer: ViT-B-16 on 3 cameras 640x480 + 1 tactile 96x96 (random weights:
-the same arithmetic), the X-Trainer ACT (chunk 45, 512 / 3200, 4 / 7 layers).
+the same arithmetic), the X-Trainer ACT (chunk 45, 512 / 3200, 4 / 7 layers). --compile:
+the policy compiled as `hsa serve --compile` does (`Policy.compile`), in-process and served.
 """
 
 from __future__ import annotations
@@ -77,10 +78,11 @@ def main() -> None:
     ap.add_argument("--config", choices=list(CONFIGS), default="demo")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", default=None, help="a torch.compile mode for the policy (default: eager)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        policy = export(Path(tmp) / "policy", args.config, args.device)
+        policy = export(Path(tmp) / "policy", args.config, args.device).compile(args.compile)
         rng = np.random.default_rng(0)
         obs = {s: rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for s, (h, w) in CONFIGS[args.config]["sizes"].items()}
         obs["qpos"] = np.zeros(CONFIGS[args.config]["dim"])
@@ -128,7 +130,8 @@ def main() -> None:
         raw_bytes, jpeg_bytes = len(msgpack_numpy.packb(obs)), len(msgpack_numpy.packb(jpeg))
     dev = (torch.cuda.get_device_name() if policy.device.type == "cuda"
            else f"{platform.machine()} CPU, {torch.get_num_threads()} thread")
-    print(f"device: {dev}; config {args.config}, {args.steps} steps, loopback websocket, openpi-client 0.1.2")
+    print(f"device: {dev}; config {args.config}, {'compiled (' + args.compile + ')' if args.compile else 'eager'}, "
+          f"{args.steps} steps, loopback websocket, openpi-client 0.1.2")
     for name, xs in runs.items():
         print(f"{name:22s} {pct(xs)}")
     over = np.subtract(runs["served, raw images"], runs["in-process, worker"])

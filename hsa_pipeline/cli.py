@@ -99,6 +99,9 @@ def serve(policy: Path = typer.Option(POLICY, help="an exported policy directory
           threads: int = typer.Option(1, help="CPU threads for torch, per inference"),
           workers: int = typer.Option(1, help="inferences at once (robots asking together); each answer is "
                                       "computed alone, the same whatever else runs; workers x threads <= cores"),
+          compile_: str = typer.Option("off", "--compile", help="torch.compile the encoder and ACT before serving: "
+                                       "auto (CUDA graphs on a GPU, eager on a CPU), default, reduce-overhead, "
+                                       "max-autotune, or off"),
           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Serve an exported policy to robot code over websockets (openpi's protocol and client)."""
     from .serving.server import Limits, serve_policy
@@ -109,7 +112,7 @@ def serve(policy: Path = typer.Option(POLICY, help="an exported policy directory
         hz = control_hz if control_hz is not None else (p.world.control_hz if p else None)
         limits = Limits(max_message_mb=max_message_mb, max_connections=max_connections)
         serve_policy(policy, host, port, api_key, k, hz, limits, weights, device, threads, insecure, tls_cert, tls_key,
-                     workers)
+                     workers, compile_)
 
 
 @app.command()

@@ -5,10 +5,12 @@
 #   train     train + evaluate the demo on the GPU (train.compile auto: CUDA graphs; graph breaks
 #             counted), closed loop included
 #   tests     the CUDA tests: resume = an uninterrupted run, validation leaves the run alone,
-#             the compiled step follows the eager loss curve over 200 steps
+#             the compiled step follows the eager loss curve over 200 steps, caches held on
+#             the host give the batches held on the GPU, the compiled policy answers as eager
 #   torchrun  300 training steps under torchrun (NCCL, one process)
 #   bench     training steps/s, X-Trainer config: eager and compiled at batch 16, compiled at 64,
-#             raw images + ResNet18 at 16; the policy's control step (p50, p99)
+#             raw images + ResNet18 at 16; the policy's control step (p50, p99), eager and
+#             compiled (CUDA graphs)
 #   features  the feature stage against its bare encoder (ViT-B-16, 4x the demo episodes)
 #   serve     8 clients at 50 Hz beside an abusive one against `hsa serve --workers 4` on the GPU
 # Needs the demo's data/demo and outputs/prepare, outputs/geometry.zarr (`dvc repro geometry`)
@@ -61,7 +63,7 @@ check_train() {
   cp outputs/train/metrics.json "$s/train_metrics.json"; cp outputs/eval/metrics.json "$s/eval_metrics.json"
 }
 check_tests() {
-  python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "cuda" -m "slow or not slow"
+  python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_serve.py -k "cuda" -m "slow or not slow"
 }
 check_torchrun() {
   ensure_features
@@ -73,7 +75,9 @@ check_bench() {
     --json "$s/bench_train_b16_compiled.json" || return
   python3 benchmarks/bench_train.py --device cuda --steps 100 --sides cached --compile reduce-overhead --batch 64 \
     --json "$s/bench_train_b64_compiled.json" || return
-  python3 benchmarks/bench_policy.py --device cuda --steps 200 --json "$s/bench_policy.json"
+  python3 benchmarks/bench_policy.py --device cuda --steps 200 --json "$s/bench_policy.json" || return
+  python3 benchmarks/bench_policy.py --device cuda --steps 200 --compile reduce-overhead \
+    --json "$s/bench_policy_compiled.json"
 }
 check_features() {
   rm -rf /tmp/big /tmp/prepare_demo && mkdir -p /tmp/big && cp -r outputs/prepare /tmp/prepare_demo

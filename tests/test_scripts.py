@@ -159,7 +159,8 @@ def test_gpu_check_writes_one_summary_and_one_log_archive(tmp_path):
         names = {Path(n).name for n in tar.getnames()}
         log = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("tests.log"))).read().decode()
     assert {"tests.log", "checks.tsv", "environment.txt"} <= names
-    assert "3 skipped" in log  # no CUDA here: the three CUDA tests (resume, validation, compiled curve) skip
+    assert "5 skipped" in log  # no CUDA here: the five CUDA tests (resume, validation, compiled curve, host-held
+    # caches, compiled policy) skip
     bad = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "bad"), "tset"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown check 'tset'" in bad.stderr

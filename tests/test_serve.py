@@ -14,6 +14,7 @@ import sys
 import msgpack
 import numpy as np
 import pytest
+import torch
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
@@ -277,7 +278,7 @@ def test_an_image_of_another_size_is_refused_from_its_header_before_any_decode(t
     assert len(bomb) < 200_000
     wider, right = png_bytes(w + 8, h), {**obs, "top": png_bytes(w, h)}
     decoded = []
-    original = Image.Image.load
+    original, limit = Image.Image.load, Image.MAX_IMAGE_PIXELS
     Image.Image.load = lambda self, *a: decoded.append(self.size) or original(self, *a)  # who decodes pixels
     try:
         with ServerThread(PolicyServer(policy, str(trained))) as port:
@@ -293,6 +294,7 @@ def test_an_image_of_another_size_is_refused_from_its_header_before_any_decode(t
             # the recorded size as PNG: decoded and answered
             assert client.infer(right)["actions"].shape == (policy.chunk_size, len(obs["qpos"]))
             assert (w, h) in decoded
+        assert Image.MAX_IMAGE_PIXELS == limit  # PIL's limit is process-wide: a stopped server puts it back
     finally:
         Image.Image.load = original
 
@@ -482,3 +484,68 @@ def test_workers_answer_that_many_clients_at_once_each_exactly_as_alone(trained,
         assert np.array_equal(a["actions"], policy.predict_chunk(o, o["qpos"]))
     with pytest.raises(Exception, match="at least 1"):
         PolicyServer(policy, str(trained), workers=0)
+
+
+# --------------------------------------------------------------------------- compiled inference (issue #30)
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)"))])
+def test_a_compiled_policy_answers_as_the_eager_one(trained, device, capsys):
+    """`Policy.compile`: the encoder's vision tower and the ACT forward compiled (inductor's
+    C++ on a CPU, ~15-60 s; CUDA graphs on a GPU) give the eager actions within float sums
+    (measured on this CPU: 6e-7 apart on actions up to 2), and both really ran compiled."""
+    mode = "reduce-overhead" if device == "cuda" else "default"
+    eager = Policy.load(trained, device=device)
+    fast = Policy.load(trained, device=device).compile(mode)
+    for obs in observations(3):
+        want = eager.predict_chunk(request(eager, obs), obs["qpos"])
+        for _ in range(2):  # a CUDA graph's replay overwrites its outputs: every answer must be its own
+            got = fast.predict_chunk(request(fast, obs), obs["qpos"])
+            np.testing.assert_allclose(got, want, atol=1e-4 if device == "cpu" else 3e-2, rtol=0)
+    assert fast.encoder._tower.compiled_once and fast._act.compiled_once
+    assert "failed at its first call" not in capsys.readouterr().err
+
+
+def test_a_policy_compile_that_fails_says_why_and_answers_as_eager(trained, policy, monkeypatch, capsys):
+    import hsa_pipeline.pipeline.runtime as runtime
+
+    def failing_compile(fn, mode=None):
+        def first_call(*args):
+            raise RuntimeError("Cannot find a working triton installation.\nmore lines")
+        return first_call
+
+    monkeypatch.setattr(runtime.torch, "compile", failing_compile)
+    fallback = Policy.load(trained, device="cpu").compile("reduce-overhead")
+    capsys.readouterr()
+    for obs in observations(2):  # eager after the failed attempt: the very same arithmetic
+        assert np.array_equal(fallback.predict_chunk(request(policy, obs), obs["qpos"]),
+                              policy.predict_chunk(request(policy, obs), obs["qpos"]))
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{what}: torch.compile (mode reduce-overhead) failed at its first call, running eager instead "
+                   f"(RuntimeError: Cannot find a working triton installation.)" for what in ("encoder", "policy (ACT)")]
+
+    def fails_later(fn, mode=None):  # compiled and ran once: a later error is no compile failure, so it is raised
+        calls = []
+
+        def call(*args):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("a real error")
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(runtime.torch, "compile", fails_later)
+    twice = runtime.CompiledOrEager(lambda x: (x * 2, None), "default", "test")
+    x = torch.ones(3)
+    out, none = twice(x)
+    assert torch.equal(out, 2 * x) and none is None
+    with pytest.raises(RuntimeError, match="a real error"):
+        twice(x)
+
+
+def test_serve_refuses_an_unknown_compile_mode_in_one_line():
+    run = subprocess.run([sys.executable, "-m", "hsa_pipeline.cli", "serve", "--policy", "/nonexistent",
+                          "--compile", "fastest"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert ("--compile must be one of off, auto, default, reduce-overhead, max-autotune, got 'fastest'"
+            in run.stderr + run.stdout)

@@ -395,8 +395,10 @@ def test_device_batches_equal_the_per_sample_reference(work_dir):
         codec = ActionCodec.from_stats(c.stats, relative)
         rows = np.concatenate([c.rows("train")[[0, 5, -1]], c.rows("val")[[0, -1]]])
         ref = Batch.collate([ChunkSamples(c, rows, 5, codec)[i] for i in range(len(rows))])
-        got = FrameBatches(c, 5, codec, torch.device("cpu")).batch(torch.as_tensor(rows))
+        frames = FrameBatches(c, 5, codec, torch.device("cpu"))
+        got = frames.batch(torch.as_tensor(rows))
         assert isinstance(got, Batch) and isinstance(ref, Batch)
+        assert frames.tokens["wrist"].dtype == torch.float16 and got.tokens["wrist"].dtype == torch.float32
         for key in ("row", "qpos", "is_pad"):
             torch.testing.assert_close(getattr(got, key), getattr(ref, key))
         torch.testing.assert_close(got.actions, ref.actions, atol=1e-5, rtol=1e-5)
@@ -405,6 +407,42 @@ def test_device_batches_equal_the_per_sample_reference(work_dir):
             for k in getattr(ref, group):
                 torch.testing.assert_close(getattr(got, group)[k], getattr(ref, group)[k], atol=0, rtol=0)
         assert ref.qpos.shape == (len(rows), 7) and ref.tokens["wrist"].shape == (len(rows), 8, 8, 128)
+
+
+def test_the_caches_go_on_a_gpu_only_within_half_of_its_free_memory(work_dir):
+    from hsa_pipeline.training.sampling import GPU_CACHE_SHARE, cache_device
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert GPU_CACHE_SHARE == 0.5
+    assert cache_device(10**12, cpu) == cpu  # a CPU run holds them where it trains, whatever the size
+    assert cache_device(4 * 2**30, gpu, free_bytes=8 * 2**30) == gpu  # exactly half: on the GPU
+    assert cache_device(4 * 2**30 + 1, gpu, free_bytes=8 * 2**30) == cpu  # a byte more: on the host
+    c = caches_for()  # what is weighed against the GPU: the arrays FrameBatches copies there
+    assert FrameBatches.nbytes(c) == sum(t.nbytes for t in c.tokens.values()) + sum(m.nbytes for m in c.box.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)")
+def test_cuda_caches_held_on_the_host_give_the_batches_held_on_the_gpu(work_dir, monkeypatch):
+    from hsa_pipeline.pipeline.distributed import Dist
+    from hsa_pipeline.training import sampling
+
+    p = tiny_pipeline_params()
+    gpu = torch.device("cuda", 0)
+    on_gpu = sampling.TrainingData(caches_for(), p.act, p.train, Dist(0, 1, gpu))
+    monkeypatch.setattr(sampling, "GPU_CACHE_SHARE", 0.0)  # nothing fits: the host holds them
+    host_caches = caches_for()
+    on_host = sampling.TrainingData(host_caches, p.act, p.train, Dist(0, 1, gpu))
+    assert (on_gpu.hold, on_host.hold) == (gpu, torch.device("cpu"))
+    assert on_gpu.caches.tokens is None and host_caches.tokens is not None  # the GPU's copy replaces the host's
+    assert "each batch copied to cuda:0" in on_host.held() and on_gpu.held() == "on cuda:0"
+    for _ in range(3):  # the same generator seed: the same rows, the same batches, bit for bit
+        a, b = on_gpu.next_batch(), on_host.next_batch()
+        for f in ("row", "qpos", "actions", "is_pad"):
+            assert getattr(b, f).device == gpu and torch.equal(getattr(a, f), getattr(b, f)), f
+        for group in ("tokens", "box", "visible", "weight", "contact"):
+            for k, v in getattr(a, group).items():
+                assert torch.equal(v, getattr(b, group)[k]), (group, k)
+        assert b.tokens[next(iter(b.tokens))].dtype == torch.float32
 
 
 def test_an_upstream_change_retrains_from_zero_and_the_same_inputs_do_not(work_dir):

@@ -318,7 +318,8 @@ class TrainConfig:
         "launches one graph instead of thousands of kernels) on a GPU and off on a CPU (eager: compiling costs "
         "a minute there and changes the float sums); true (= default), a mode, or false. A compile that fails "
         "says why in one line and the run trains eager. HSA diagnostics run outside the compiled graph")
-    memory_budget_gb: float = param(4.0, "hold the caches in RAM below this size, else stream from Zarr", gt=0.0)
+    memory_budget_gb: float = param(4.0, "hold the caches in RAM below this size (a GPU run moves them there while "
+                                    "they take at most half its free memory), else stream from Zarr", gt=0.0)
     workers: int = param(0, "DataLoader workers when streaming", ge=0)
     log_every: int = param(25, "steps between TensorBoard/TSV scalars", ge=1)
     val_every: int = param(250, "steps between validations", ge=1)

@@ -19,7 +19,7 @@ per sample (DataLoader workers), so memory does not grow with the dataset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +253,9 @@ class Batch:
                                  if isinstance(getattr(self, f.name), dict) else move(getattr(self, f.name)))
                         for f in fields(self)})
 
+    def float_tokens(self) -> "Batch":
+        return replace(self, tokens={s: v.float() for s, v in self.tokens.items()})
+
 
 class ChunkSamples(Dataset):
     """One training sample per row, read from the caches (or streamed from Zarr): the
@@ -296,15 +299,18 @@ class ChunkSamples(Dataset):
 
 class FrameBatches:
     """Batches of the sample contract above, gathered by tensor indexing from caches held
-    as tensors on the training device (no per-sample Python, no host-side float16 ->
-    float32 conversion): what training uses when the caches fit `train.memory_budget_gb`.
-    ChunkSamples is the per-sample reference (and the streaming path); tests check that
-    both give the same batches."""
+    as tensors (no per-sample Python, no host-side float16 -> float32 conversion): what
+    training uses when the caches fit `train.memory_budget_gb`. The tables live on `hold`:
+    the training device when they fit there (a GPU: `cache_device`), else the host, each
+    batch then gathered there and copied over. ChunkSamples is the per-sample reference
+    (and the streaming path); tests check that both give the same batches."""
 
-    def __init__(self, caches: Caches, chunk_size: int, codec: ActionCodec, device: torch.device):
+    def __init__(self, caches: Caches, chunk_size: int, codec: ActionCodec, device: torch.device,
+                 hold: torch.device | None = None):
         if caches.tokens is None:
             raise ValueError("FrameBatches needs the caches in memory (Caches(..., memory_budget_gb) too small)")
-        t = lambda a, dtype=None: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        self.device, self.hold = device, hold or device
+        t = lambda a, dtype=None: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.hold)  # noqa: E731
         m = caches.manifest
         rows = np.arange(m.n_frames)
         ep = np.searchsorted(m.offsets, rows, side="right") - 1
@@ -325,18 +331,26 @@ class FrameBatches:
         self.contact = {k: t(v) for k, v in caches.contact.items()}
 
     def batch(self, rows: torch.Tensor) -> Batch:
-        """rows (B,) global frame indices on the device -> the sample contract, batched."""
+        """rows (B,) global frame indices on `hold` -> the sample contract, batched, on the device."""
         is_pad = self.is_pad[rows]  # (B, k)
         ref = self.qpos_raw[rows][:, None] if self.relative else self.mean  # (B, 1, Da) or (Da,)
         actions = (self.action[self.action_index[rows]] - ref) / self.std  # (B, k, Da)
-        return Batch(
+        batch = Batch(
             row=rows,
             qpos=self.qpos[rows],
             actions=actions.masked_fill(is_pad[..., None], 0.0),
             is_pad=is_pad,
-            tokens={s: v[rows].float() for s, v in self.tokens.items()},  # (B, G, G, C)
+            tokens={s: v[rows] for s, v in self.tokens.items()},  # (B, G, G, C) float16
             box={k: v[rows] for k, v in self.box.items()},
             visible={k: v[rows] for k, v in self.visible.items()},
             weight={k: v[rows] for k, v in self.weight.items()},
             contact={k: v[rows] for k, v in self.contact.items()},
         )
+        if self.hold != self.device:  # held on the host: copied as float16, half the bytes of float32
+            batch = batch.to(self.device)
+        return batch.float_tokens()
+
+    @staticmethod
+    def nbytes(caches: Caches) -> int:
+        """What the tables take wherever they are held: the token grids and box masks."""
+        return caches.cache_bytes + sum(v.nbytes for v in caches.box.values())

@@ -22,7 +22,7 @@ from PIL import Image
 from ..config import FeaturesConfig, is_weights_path
 from ..data.grid import GridMapping
 from ..errors import ConfigError
-from ..pipeline.runtime import pick_device
+from ..pipeline.runtime import CompiledOrEager, pick_device
 
 SHIPPED_CONFIGS = Path(__file__).parent / "model_configs"
 
@@ -107,6 +107,14 @@ class Encoder:
         self.autocast = self.device.type == "cuda"  # bf16 on GPUs; fp32 on CPU (bf16 autocast is slower there)
         self._pool: ThreadPoolExecutor | None = None  # encode_frames' resizing threads, made when first needed
         self._pool_threads = 0
+        self._tower = self.visual  # what encode calls: the vision tower, or its compiled self (compile)
+
+    def compile(self, mode: str | None) -> None:
+        """Compile the vision tower for inference (`torch.compile` mode; None: eager): CUDA
+        graphs (reduce-overhead) launch its ~300 kernels as one. A compile that fails says
+        why and runs eager. Only the last block's tokens (features.block -1) are compiled."""
+        self.visual.output_tokens = True
+        self._tower = CompiledOrEager(self.visual, mode, "encoder")
 
     @staticmethod
     def _create(open_clip, cfg: FeaturesConfig, quiet: bool):
@@ -158,7 +166,7 @@ class Encoder:
         with ctx:
             if self.cfg.block == -1:
                 self.visual.output_tokens = True
-                _, tokens = self.visual(x)  # (B, G*G, C) after ln_post, class token excluded
+                _, tokens = self._tower(x)  # (B, G*G, C) after ln_post, class token excluded
                 grid = tokens.reshape(len(x), self.grid, self.grid, -1)
             else:
                 out = self.visual.forward_intermediates(x, indices=[self.cfg.block], intermediates_only=True,

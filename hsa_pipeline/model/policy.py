@@ -20,6 +20,7 @@ from ..data.caches import ActionCodec, normalise_qpos
 from ..data.stores import read_policy_meta
 from ..errors import StoreError
 from ..features.encoder import Encoder
+from ..pipeline.runtime import CompiledOrEager
 from .act import ACTPolicy, ActShapes
 from .hsa import HSALoss, hsa_loss_for
 
@@ -31,6 +32,16 @@ class Policy:
         self.chunk_size = meta["act"]["chunk_size"]
         s = meta["stats"]
         self.codec = ActionCodec.from_stats(s, meta["act"].get("relative_actions", False))
+        self._act = self.model  # what predict_chunk calls: the ACT model, or its compiled self (compile)
+
+    def compile(self, mode: str | None) -> "Policy":
+        """Compile the control step's two networks for inference (`torch.compile` mode, e.g.
+        reduce-overhead: CUDA graphs; None: eager): the encoder's vision tower and the ACT
+        forward. Each compiles at its first call (seconds to a minute); a compile that
+        fails says why in one line and that network runs eager."""
+        self.encoder.compile(mode)
+        self._act = CompiledOrEager(self.model, mode, "policy (ACT)")
+        return self
 
     @classmethod
     def load(cls, directory: str | Path, weights: str | None = None, device: str = "auto") -> "Policy":
@@ -58,7 +69,7 @@ class Policy:
         (chunk, Da) actions in joint units."""
         tokens = tokens if tokens is not None else self.features(images)
         q = torch.as_tensor(normalise_qpos(qpos, self.meta["stats"]), device=self.device)[None]
-        pred, _, _ = self.model(q, {s: t.float() for s, t in tokens.items()})
+        pred, _, _ = self._act(q, {s: t.float() for s, t in tokens.items()})
         return self.codec.decode(pred[0].cpu().numpy(), np.asarray(qpos, dtype=float))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -112,3 +113,54 @@ class ThreadTuner:
             torch.set_num_threads(n)
             self.threads = n
         return n
+
+
+def compile_mode(setting: bool | str, device: torch.device) -> str | None:
+    """train.compile (or serve's --compile) -> the torch.compile mode, or None to run eager.
+    auto: CUDA graphs on a GPU, where launching each small kernel from Python is what bounds
+    a step; eager on a CPU, where compiling takes a minute and the kernels, not their
+    launches, cost."""
+    if setting == "auto":
+        return "reduce-overhead" if device.type == "cuda" else None
+    if setting is False:
+        return None
+    return "default" if setting is True else str(setting)
+
+
+class CompiledOrEager:
+    """An inference function, compiled (`torch.compile(fn, mode)`) where that works, else
+    eager: the first call compiles; if that fails it prints one line with the reason and
+    every call after runs `fn` itself. Tensor outputs are cloned, because CUDA graphs
+    (mode reduce-overhead) hand back buffers that their next replay overwrites."""
+
+    def __init__(self, fn, mode: str | None, what: str):
+        self.eager, self.mode, self.what = fn, mode, what
+        self.fn = torch.compile(fn, mode=mode) if mode else fn
+        self.compiled_once = False
+
+    def __call__(self, *args):
+        if self.fn is self.eager:
+            return self.eager(*args)
+        try:
+            out = self.fn(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; an eager bug raises again below
+            if self.compiled_once:
+                raise  # it compiled and ran before: this is no compiler failure
+            reason = (str(e).strip().splitlines() or [""])[0][:300]
+            print(f"{self.what}: torch.compile (mode {self.mode}) failed at its first call, running eager instead "
+                  f"({type(e).__name__}: {reason})", file=sys.stderr, flush=True)
+            self.fn = self.eager
+            return self.eager(*args)
+        self.compiled_once = True
+        return _cloned(out)
+
+
+def _cloned(out):
+    """A tensor, or tuples / lists / dicts of them (and of None), with every tensor copied."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_cloned(v) for v in out)
+    if isinstance(out, dict):
+        return {k: _cloned(v) for k, v in out.items()}
+    return out

@@ -36,7 +36,7 @@ from ..data.caches import Batch, Caches
 from ..errors import TrainingDiverged
 from ..pipeline.atomic import write_json
 from ..pipeline.distributed import Dist, init_distributed
-from ..pipeline.runtime import ThreadTuner
+from ..pipeline.runtime import ThreadTuner, compile_mode
 from .checkpoints import resume, resume_key, save_checkpoint
 from .export import export_policy
 from .logs import HSA_VAL_COLUMNS, RunLog, log_box_images
@@ -273,8 +273,8 @@ def start_run(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if step == 0:
             log_box_images(log.writer, caches, data.val_rows if len(data.val_rows) else data.train_rows)
-        print(f"train: {len(data.train_rows)} train / {len(data.val_rows)} val frames, caches "
-              f"{'in memory' if caches.in_memory else 'streamed from Zarr'} ({caches.cache_bytes / 2**20:.0f} MiB), "
+        print(f"train: {len(data.train_rows)} train / {len(data.val_rows)} val frames, caches {data.held()} "
+              f"({caches.cache_bytes / 2**20:.0f} MiB), "
               f"device {dist.device}, {torch.get_num_threads()} CPU thread(s), "
               f"{sum(q.numel() for q in params) / 1e6:.2f}M trainable parameters"
               + (f"; compiling the step (torch.compile mode {mode}: the first step takes a while)" if mode else ""))
@@ -282,17 +282,6 @@ def start_run(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
                 else torch.autocast("cpu", enabled=False))  # bf16 autocast is slower than fp32 on CPUs
     return Run(act, hsa, cfg, dist, caches, data, module, fwd, eager, mode, params, opt, sched, key, run_dir, threads,
                autocast, log, step, best, step, watch=DivergenceWatch(dist.device))
-
-
-def compile_mode(setting: bool | str, device: torch.device) -> str | None:
-    """train.compile -> the torch.compile mode, or None to train eager. auto: CUDA graphs on
-    a GPU, where launching each small kernel from Python is what bounds the step; eager on
-    a CPU, where compiling takes a minute and the kernels, not their launches, cost."""
-    if setting == "auto":
-        return "reduce-overhead" if device.type == "cuda" else None
-    if setting is False:
-        return None
-    return "default" if setting is True else str(setting)
 
 
 def _rng_state(cuda: list) -> tuple:

@@ -11,7 +11,10 @@ from ..data.caches import ActionCodec, Batch, Caches, ChunkSamples, FrameBatches
 from ..pipeline.distributed import Dist
 
 VAL_ROWS = 512  # validation uses at most this many evenly spaced held-out frames
-
+# The in-memory caches go on the GPU when they take at most this share of its free memory;
+# the rest is for the model, its optimiser state and activations (the X-Trainer step at
+# batch 64 needs a few GiB). Past it they stay on the host and each batch is copied over.
+GPU_CACHE_SHARE = 0.5
 
 
 class TrainingData:
@@ -32,8 +35,14 @@ class TrainingData:
         self.rank, self.world = dist.rank, dist.world
         self.samples = ChunkSamples(caches, self.train_rows, act.chunk_size, codec)
         self.val = ChunkSamples(caches, val_rows, act.chunk_size, codec)
-        self.frames = FrameBatches(caches, act.chunk_size, codec, dist.device) if caches.in_memory else None
-        self._rows = torch.as_tensor(self.train_rows, device=dist.device)
+        self.frames = None
+        if caches.in_memory:
+            hold = cache_device(FrameBatches.nbytes(caches), dist.device)
+            self.frames = FrameBatches(caches, act.chunk_size, codec, dist.device, hold)
+            if hold.type == "cuda":
+                caches.tokens = None  # the GPU holds them now: a host copy would double the RAM
+        self.hold = self.frames.hold if self.frames is not None else dist.device
+        self._rows = torch.as_tensor(self.train_rows, device=self.hold)
         self._loader = None
         if self.frames is None and cfg.workers > 0:  # streaming from Zarr: decode in workers
             self._loader = iter(torch.utils.data.DataLoader(
@@ -41,13 +50,22 @@ class TrainingData:
                 sampler=_InfiniteSampler(len(self.samples), self.gen, cfg.batch_size, dist.rank, dist.world),
                 collate_fn=Batch.collate))
 
+    def held(self) -> str:
+        """Where the caches are, in words (train's first line)."""
+        if self.frames is None:
+            return "streamed from Zarr"
+        if self.hold == self.device:
+            return "in memory" if self.hold.type == "cpu" else f"on {self.hold}"
+        return (f"in host memory, each batch copied to {self.device} (they would take more than "
+                f"{GPU_CACHE_SHARE:.0%} of its free memory)")
+
     def next_batch(self) -> Batch:
         if self._loader is not None:
             return next(self._loader).to(self.device)
         B = self.cfg.batch_size
         idx = torch.randint(len(self.train_rows), (B * self.world,), generator=self.gen)[self.rank * B: (self.rank + 1) * B]
         if self.frames is not None:
-            return self.frames.batch(self._rows[idx.to(self.device)])
+            return self.frames.batch(self._rows[idx.to(self.hold)])
         return Batch.collate([self.samples[int(i)] for i in idx]).to(self.device)
 
     def val_batches(self):
@@ -55,9 +73,20 @@ class TrainingData:
         for start in range(0, len(self.val_rows), B):
             rows = self.val_rows[start: start + B]
             if self.frames is not None:
-                yield self.frames.batch(torch.as_tensor(rows, device=self.device))
+                yield self.frames.batch(torch.as_tensor(rows, device=self.hold))
             else:
                 yield Batch.collate([self.val[i] for i in range(start, start + len(rows))]).to(self.device)
+
+
+def cache_device(nbytes: int, device: torch.device, free_bytes: int | None = None) -> torch.device:
+    """Where the in-memory caches are held: the training device, unless it is a GPU whose
+    free memory (`free_bytes`, measured when None) they would take more than
+    GPU_CACHE_SHARE of; then the host."""
+    if device.type != "cuda":
+        return device
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return device if nbytes <= GPU_CACHE_SHARE * free_bytes else torch.device("cpu")
 
 
 class _InfiniteSampler(torch.utils.data.Sampler):
