@@ -126,7 +126,6 @@ def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int) -> dict
 # closed_loop.per_arm: each arm's figures (key -> what it says), in the order tables show them
 ARM_FIGURES = {"decision_right": "decision right", "picked_up": "picked up", "on_a_tile": "put down on a tile",
                "right_tile": "on the right tile"}
-ARM_OUTCOMES = ("picked_up", "on_a_tile", "right_tile")  # arm_outcomes' keys: how far the arm got
 
 
 def arm_outcomes(env) -> list[dict]:
@@ -178,7 +177,7 @@ def per_arm(results: list[RolloutResult]) -> dict[str, dict]:
     for a, arm in enumerate(r["arm"] for r in (results[0].arms if results else [])):
         rows = [r.arms[a] for r in results]
         checks = [r.decision["correct_per_arm"][a] for r in results if r.decision is not None]
-        out[arm] = {k: sum(row[k] for row in rows) / len(rows) for k in ARM_OUTCOMES}
+        out[arm] = {k: sum(row[k] for row in rows) / len(rows) for k in rows[0] if k != "arm"}  # how far it got
         out[arm]["decision_right"] = sum(checks) / len(checks) if checks else None
     return out
 

@@ -171,43 +171,91 @@ def _encode_shards(enc: Encoder, manifest: Manifest, shards: list[tuple[str, int
     """Encode the frames of `shards` in order with ONE DataLoader (its workers stay busy
     across shard boundaries; a loader per shard left all but one worker idle whenever a
     shard held fewer frames than a batch), and write each shard, whole, in background
-    threads while the next batches encode. A shard's done marker is written after its data."""
+    threads while the next batches encode. On a GPU a batch's grids travel to the host
+    while the next batch encodes (one batch in flight), so the encoder never waits for
+    the host's copying. A shard's done marker is written after its data."""
     spans = [range(k * shard_frames, min(N, (k + 1) * shard_frames)) for _, k in shards]
     items = [(name, row) for (name, _), rows in zip(shards, spans, strict=True) for row in rows]
-    starts = np.cumsum([0] + [len(r) for r in spans])  # item index where shard j begins; starts[-1] = len(items)
     ds = FrameImages(manifest, items, {n: GridMapping(**m) for n, m in mappings.items()})
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=enc.device.type == "cuda",
                         prefetch_factor=4 if cfg.workers else None)
-    bufs: dict[int, np.ndarray] = {}  # shards being filled (at most two: batches arrive in item order)
-    pending: list[Future] = []
     bar = tqdm(total=len(items), unit="img", desc="features", disable=rank != 0)
     # On a CPU the decode workers (and other ranks, other jobs) share the cores with the
     # encoder: with threads: auto it takes the cores they leave.
     threads = ThreadTuner(cfg.threads, enc.device)
     with ThreadPoolExecutor(max_workers=WRITERS) as writer:
+        shards_out = ShardAssembler(root, shards, spans, done_dir, (enc.grid, enc.grid, enc.width), writer)
+        in_flight = None  # the previous batch: (item indices, grids on their way to the host)
         for idx, images, errors in loader:
             threads.update()
             bad = [e for e in errors if e]
             if bad:
                 raise EpisodeError(bad[0])
-            grids = enc.encode(images).to(torch.float16).cpu().numpy()  # (B, G, G, C)
-            idx = idx.numpy()
-            shard_of = np.searchsorted(starts, idx, side="right") - 1  # (B,) index into shards
-            for j in np.unique(shard_of):
-                sel = shard_of == j
-                if j not in bufs:
-                    bufs[j] = np.empty((len(spans[j]), enc.grid, enc.grid, enc.width), np.float16)
-                bufs[j][idx[sel] - starts[j]] = grids[sel]
-                if idx[-1] >= starts[j + 1] - 1:  # the shard's last frame has arrived: it is whole
-                    while len(pending) >= 2 * WRITERS:  # bound memory: a few shards in flight
-                        pending.pop(0).result()  # re-raises a write error
-                    name, k = shards[j]
-                    pending.append(writer.submit(_write_shard, root, name, spans[j], bufs.pop(j), done_dir / f"{name}.{k}"))
+            copying = HostCopy(enc.encode(images))  # (B, G, G, C); on a GPU: queued, not yet done
+            if in_flight is not None:
+                shards_out.add(in_flight[0], in_flight[1].result())
+            in_flight = (idx.numpy(), copying)
             bar.update(len(idx))
             bar.set_postfix_str(items[int(idx[-1])][0])
-        for f in pending:
-            f.result()
+        if in_flight is not None:
+            shards_out.add(in_flight[0], in_flight[1].result())
+        shards_out.finish()
     bar.close()
+
+
+class HostCopy:
+    """float16 grids on their way to the host: on a GPU the copy is queued behind the
+    encoder's kernels into pinned memory and `result()` waits for it alone; on a CPU it is
+    the array at once."""
+
+    def __init__(self, grids: torch.Tensor):
+        grids = grids.to(torch.float16)
+        self.event = None
+        if grids.device.type == "cuda":
+            self.host = torch.empty(grids.shape, dtype=torch.float16, pin_memory=True)
+            self.host.copy_(grids, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = grids
+
+    def result(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
+class ShardAssembler:
+    """Grids arrive batch by batch in item order (the shards' frames one after another);
+    each shard, once its last frame has arrived, is written whole by a background thread,
+    a bounded number in flight."""
+
+    def __init__(self, root, shards: list[tuple[str, int]], spans: list[range], done_dir: Path,
+                 grid_shape: tuple[int, int, int], writer: ThreadPoolExecutor):
+        self.root, self.shards, self.spans, self.done_dir = root, shards, spans, done_dir
+        self.grid_shape, self.writer = grid_shape, writer
+        self.starts = np.cumsum([0] + [len(r) for r in spans])  # item index where shard j begins
+        self.bufs: dict[int, np.ndarray] = {}  # shards being filled (at most two: batches arrive in order)
+        self.pending: list[Future] = []
+
+    def add(self, idx: np.ndarray, grids: np.ndarray) -> None:
+        """idx (B,) item indices, grids (B, G, G, C) float16."""
+        shard_of = np.searchsorted(self.starts, idx, side="right") - 1  # (B,) index into shards
+        for j in np.unique(shard_of):
+            sel = shard_of == j
+            if j not in self.bufs:
+                self.bufs[j] = np.empty((len(self.spans[j]), *self.grid_shape), np.float16)
+            self.bufs[j][idx[sel] - self.starts[j]] = grids[sel]
+            if idx[-1] >= self.starts[j + 1] - 1:  # the shard's last frame has arrived: it is whole
+                while len(self.pending) >= 2 * WRITERS:  # bound memory: a few shards in flight
+                    self.pending.pop(0).result()  # re-raises a write error
+                name, k = self.shards[j]
+                self.pending.append(self.writer.submit(_write_shard, self.root, name, self.spans[j],
+                                                       self.bufs.pop(j), self.done_dir / f"{name}.{k}"))
+
+    def finish(self) -> None:
+        for f in self.pending:
+            f.result()
 
 
 def _write_shard(root, name: str, rows: range, buf: np.ndarray, marker: Path) -> None:
