@@ -4,6 +4,7 @@ their latency (p50, p99), every answer checked, the server's peak RSS (it runs a
 process: the real `hsa serve` command on the loopback).
 
     python benchmarks/bench_serve_load.py [--clients 8] [--hz 50] [--seconds 10] [--policy DIR] [--workers 1]
+                                          [--compile off] [--device auto]
 
 Without --policy it exports the demo configuration with random weights (bench_serve.py's).
 tests/test_serve.py runs `run_load` at a size CI affords.
@@ -171,6 +172,8 @@ def main() -> None:
     ap.add_argument("--policy", type=Path, help="an exported policy (default: the demo configuration, random weights)")
     ap.add_argument("--workers", type=int, default=1, help="hsa serve --workers: inferences at once")
     ap.add_argument("--threads", type=int, default=1, help="hsa serve --threads: torch threads per inference")
+    ap.add_argument("--compile", default="off", help="hsa serve --compile: off, auto, default, reduce-overhead, ...")
+    ap.add_argument("--device", default="auto", help="hsa serve --device: auto, cpu, cuda")
     ap.add_argument("--json", help="also write the figures to this JSON file (scripts/gpu_check.sh's summary)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
@@ -185,7 +188,8 @@ def main() -> None:
         obs = {s: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for s, (h, w) in sizes.items()}
         obs["qpos"] = np.zeros(CONFIGS["demo"]["dim"])
         r = run_load(policy_dir, obs, args.clients, args.hz, args.seconds, args.message_mb, next(iter(sizes)),
-                     ("--workers", str(args.workers), "--threads", str(args.threads)))
+                     ("--workers", str(args.workers), "--threads", str(args.threads), "--compile", args.compile,
+                      "--device", args.device))
     a = r["alone"]
     for name, label in (("alone", "one client alone"), ("crowd", f"{args.clients} clients"),
                         ("crowd_and_abuse", f"{args.clients} clients + one abusive")):
@@ -196,6 +200,7 @@ def main() -> None:
     print(f"server RSS {r['rss_before_mb']:.0f} MB before, peak {r['rss_peak_mb']:.0f} MB; alive: {r['server_alive']}")
     if args.json:
         Path(args.json).write_text(json.dumps({**r, "workers": args.workers, "threads": args.threads,
+                                               "compile": args.compile, "device": args.device,
                                                "p99_over_alone": r["crowd_and_abuse"]["p99_ms"] / a["p99_ms"]}, indent=1))
 
 

@@ -12,7 +12,8 @@
 #             raw images + ResNet18 at 16; the policy's control step (p50, p99), eager and
 #             compiled (CUDA graphs)
 #   features  the feature stage against its bare encoder (ViT-B-16, 4x the demo episodes)
-#   serve     8 clients at 50 Hz beside an abusive one against `hsa serve --workers 4` on the GPU
+#   serve     8 clients at 50 Hz beside an abusive one against `hsa serve --workers 4` on the GPU,
+#             and against `--workers 8 --device cpu` (the host's cores)
 # Needs the demo's data/demo and outputs/prepare, outputs/geometry.zarr (`dvc repro geometry`)
 # and the project importable. Usage: scripts/gpu_check.sh OUT_DIR [check ...]  (default: all)
 # Writes two files, as few as a device run returns: OUT_DIR/summary.json (every check's status
@@ -90,8 +91,10 @@ check_features() {
   rm -rf outputs/prepare && mv /tmp/prepare_demo outputs/prepare
   return $status
 }
-check_serve() {
-  python3 benchmarks/bench_serve_load.py --hz 50 --seconds 10 --workers 4 --json "$s/bench_serve_load.json"
+check_serve() {  # 8 robots ask at the same instant: on the GPU one after another; 8 CPU workers side by side
+  python3 benchmarks/bench_serve_load.py --hz 50 --seconds 10 --workers 4 --json "$s/bench_serve_load.json" || return
+  python3 benchmarks/bench_serve_load.py --hz 50 --seconds 10 --workers 8 --device cpu \
+    --json "$s/bench_serve_load_cpu_workers8.json"
 }
 
 for check in $checks; do case $check in
