@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,12 @@ def test_gpu_check_writes_one_summary_and_one_log_archive(tmp_path):
     bad = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "bad"), "tset"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown check 'tset'" in bad.stderr
+    # a check past CHECK_TIMEOUT is stopped (exit 124), the next one runs, and the summary
+    # holds both: a device command cut off at its limit still returns what finished
+    slow = tmp_path / "slow"
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", "scripts/gpu_check.sh", str(slow), "tests", "tests"], cwd=REPO,
+                       env={**env, "CHECK_TIMEOUT": "1"}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and time.monotonic() - t0 < 60, r.stdout + r.stderr
+    checks = json.loads((slow / "summary.json").read_text())["checks"]
+    assert [(c["check"], c["exit_status"], c["passed"]) for c in checks] == [("tests", 124, False)] * 2
