@@ -486,6 +486,35 @@ def test_workers_answer_that_many_clients_at_once_each_exactly_as_alone(trained,
         PolicyServer(policy, str(trained), workers=0)
 
 
+def test_warm_up_runs_once_alone_then_once_on_each_inference_thread_and_answers_stay_there(trained, policy):
+    """`hsa serve` warms up before it listens: a first inference alone (a compile happens
+    there), then one on each of the `workers` inference threads; every answer after runs on
+    those same threads (a compiled policy's CUDA graphs are per thread)."""
+    import copy
+    import threading
+
+    seen: list[str] = []
+    spy = copy.copy(policy)
+
+    def features(images):
+        seen.append(threading.current_thread().name)
+        return policy.features(images)
+
+    spy.features = features
+    server = PolicyServer(spy, str(trained), ensemble_k=None, workers=3)
+    server.warm_up()
+    assert len(seen) == 4 and len(set(seen[1:])) == 3 and set(seen) == set(seen[1:])
+    assert all(name.startswith("inference") for name in seen)
+    warmed, seen[:] = set(seen), []
+    with ServerThread(server) as port:
+        clients = [WebsocketClientPolicy("127.0.0.1", port) for _ in range(3)]
+        for obs in observations(2):
+            for c in clients:
+                timing = c.infer(request(policy, obs))["server_timing"]
+                assert set(timing) == {"wait_ms", "encode_ms", "act_ms"} and min(timing.values()) >= 0
+    assert len(seen) == 6 and set(seen) <= warmed
+
+
 # --------------------------------------------------------------------------- compiled inference (issue #30)
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

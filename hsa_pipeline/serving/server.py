@@ -31,8 +31,9 @@ any pixel is decoded (PIL's pixel limit is set from the largest recorded frame t
 number of connections is capped (the next one is refused at the handshake, HTTP 503) and
 each connection queues a bounded number of unread messages (then the socket's back-pressure
 holds the sender); a bug answers with one line and an id, the traceback goes to the log.
-`workers` inferences run at once (`--workers`, default 1), each on its own observation:
-no batching across clients, so an answer never depends on who else asked. `--compile`
+`workers` inferences run at once (`--workers`, default 1), each on its own observation and
+always on the same `workers` threads, each warmed up before the server listens: no batching
+across clients, so an answer never depends on who else asked. `--compile`
 compiles the encoder's vision tower and the ACT forward (auto: CUDA graphs on a GPU) on an
 empty observation before listening; compiled answers equal eager ones within float sums,
 not bit for bit (tested on a CPU; off by default until measured on a GPU).
@@ -49,6 +50,7 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -157,7 +159,10 @@ class PolicyServer:
     def __post_init__(self):
         if self.workers < 1:
             raise UserError(f"serve: --workers must be at least 1, got {self.workers}")
-        self.slots = threading.BoundedSemaphore(self.workers)
+        # The same `workers` threads run every inference, never more at once: a thread's
+        # OpenMP team and, with --compile on a GPU, its CUDA graphs are set up once (warm_up),
+        # not again in whichever of asyncio's threads the next message lands.
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="inference")
         self.sizes = recorded_sizes(self.policy)
         self.qpos_dim = int(self.policy.meta["shapes"]["qpos_dim"])
         # The largest valid observation is every stream as a raw uint8 array: twice that plus
@@ -179,10 +184,19 @@ class PolicyServer:
         }
 
     def warm_up(self) -> None:
-        """One inference of an all-black observation of the recorded sizes, answer unused."""
+        """Inferences of an all-black observation of the recorded sizes, answers unused: one
+        (a compile happens there, alone), then one on each inference thread at once (a
+        barrier keeps each on its own thread), so no robot pays a first call's costs."""
         images = {s: np.zeros((h, w, 3), np.uint8) for s, (h, w) in self.sizes.items()}
-        torch.set_num_threads(self.threads)
-        self.policy.predict_chunk(images, np.zeros(self.qpos_dim))
+        qpos = np.zeros(self.qpos_dim)
+        self.pool.submit(self._infer_now, images, qpos).result()
+        meet = threading.Barrier(self.workers)
+
+        def on_its_own_thread():
+            meet.wait()
+            self._infer_now(images, qpos)
+        for done in [self.pool.submit(on_its_own_thread) for _ in range(self.workers)]:
+            done.result()
 
     def session(self) -> Session:
         ens = TemporalEnsembler(self.policy.chunk_size, self.ensemble_k) if self.ensemble_k is not None else None
@@ -222,19 +236,23 @@ class PolicyServer:
             if not set(obs) - set(CONTROL_KEYS):
                 return {"reset": True}
         images, qpos = self.check(obs)
-        t0 = time.perf_counter()
-        with self.slots:
-            # every call: a worker thread starts with OpenMP's default team (all cores) while
-            # torch.get_num_threads() still reports the main thread's count (measured)
-            torch.set_num_threads(self.threads)
-            tokens = self.policy.features(images)
-            t1 = time.perf_counter()
-            chunk = self.policy.predict_chunk(None, qpos, tokens)  # (k, Da) float64, recorded units
-        t2 = time.perf_counter()
-        out = {"actions": chunk, "server_timing": {"encode_ms": 1e3 * (t1 - t0), "act_ms": 1e3 * (t2 - t1)}}
+        chunk, timing = self.pool.submit(self._infer_now, images, qpos, time.perf_counter()).result()
+        out = {"actions": chunk, "server_timing": timing}
         if session.ensembler is not None and obs.get("ensemble", True) is not False:
             out["action"] = session.ensembler.step(chunk)
         return out
+
+    def _infer_now(self, images: dict[str, np.ndarray], qpos: np.ndarray, asked: float | None = None):
+        """On an inference thread: (chunk (k, Da) float64 in the recorded units, timings in ms)."""
+        t0 = time.perf_counter()
+        # every call: a thread starts with OpenMP's default team (all cores) while
+        # torch.get_num_threads() still reports the main thread's count (measured)
+        torch.set_num_threads(self.threads)
+        tokens = self.policy.features(images)
+        t1 = time.perf_counter()
+        chunk = self.policy.predict_chunk(None, qpos, tokens)
+        t2 = time.perf_counter()
+        return chunk, {"wait_ms": 1e3 * (t0 - (asked or t0)), "encode_ms": 1e3 * (t1 - t0), "act_ms": 1e3 * (t2 - t1)}
 
 
 def _decode_image(data: bytes, stream: str, size: tuple[int, int]) -> np.ndarray:
