@@ -535,6 +535,32 @@ def test_a_compiled_policy_answers_as_the_eager_one(trained, device, capsys):
     assert "failed at its first call" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_hsa_serve_compile_compiles_before_listening_and_answers_as_eager(trained, policy):
+    """The entry point: `hsa serve --compile default` compiles (and warms up) before it
+    listens and answers what the eager policy does within float sums."""
+    import re
+
+    proc = subprocess.Popen([sys.executable, "-m", "hsa_pipeline.cli", "serve", "--policy", str(trained), "--port", "0",
+                             "--compile", "default", "--no-ensemble"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not lines or "ws://" not in lines[-1]:
+            lines.append(proc.stdout.readline())
+            assert lines[-1] or proc.poll() is None, "hsa serve exited before listening: " + "".join(lines)
+        assert any("compiling the encoder and ACT (torch.compile mode default)" in line for line in lines), lines
+        port = int(re.search(r"ws://[\d.]+:(\d+)", lines[-1]).group(1))
+        client = WebsocketClientPolicy("127.0.0.1", port)
+        for obs in observations(2):
+            got = client.infer(request(policy, obs))["actions"]
+            np.testing.assert_allclose(got, policy.predict_chunk(request(policy, obs), obs["qpos"]), atol=1e-4, rtol=0)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "failed at its first call" not in "".join(lines) + out
+
+
 def test_a_policy_compile_that_fails_says_why_and_answers_as_eager(trained, policy, monkeypatch, capsys):
     import hsa_pipeline.pipeline.runtime as runtime
 
