@@ -18,7 +18,7 @@ import torch
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from conftest import REPO, TRAIN, tiny_pipeline_params
+from conftest import REPO, TRAIN, needs_cpp_compiler, tiny_pipeline_params
 from hsa_pipeline.model.policy import Policy, TemporalEnsembler
 from hsa_pipeline.serving.client import RemotePolicy
 from hsa_pipeline.serving.server import Limits, PolicyServer, ServerThread, pack, policy_hash, unpack
@@ -517,8 +517,8 @@ def test_warm_up_runs_once_alone_then_once_on_each_inference_thread_and_answers_
 
 # --------------------------------------------------------------------------- compiled inference (issue #30)
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)"))])
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=needs_cpp_compiler), pytest.param("cuda", marks=(
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)")))])
 def test_a_compiled_policy_answers_as_the_eager_one(trained, device, capsys):
     """`Policy.compile`: the encoder's vision tower and the ACT forward compiled (inductor's
     C++ on a CPU, ~15-60 s; CUDA graphs on a GPU) give the eager actions within float sums
@@ -536,6 +536,7 @@ def test_a_compiled_policy_answers_as_the_eager_one(trained, device, capsys):
 
 
 @pytest.mark.slow
+@needs_cpp_compiler
 def test_hsa_serve_compile_compiles_before_listening_and_answers_as_eager(trained, policy):
     """The entry point: `hsa serve --compile default` compiles (and warms up) before it
     listens and answers what the eager policy does within float sums."""

@@ -23,6 +23,7 @@ from conftest import (
     TINY,
     TINY_TRAIN,
     TRAIN,
+    needs_cpp_compiler,
     tiny_pipeline_params,
 )
 from hsa_pipeline.config import ActConfig, apply_overrides
@@ -821,8 +822,7 @@ def test_a_compile_that_fails_says_why_and_trains_what_eager_training_does(work_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", [
-    pytest.param("cpu", marks=pytest.mark.skipif(not any(map(shutil.which, ("c++", "g++", "clang++"))),
-                                                 reason="inductor's CPU code needs a C++ compiler")),
+    pytest.param("cpu", marks=needs_cpp_compiler),
     pytest.param("cuda", marks=pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it on GPU hosts)"))])
 def test_the_compiled_step_follows_the_eager_loss_curve(work_dir, device, monkeypatch, capsys):
