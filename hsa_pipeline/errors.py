@@ -5,6 +5,13 @@ full traceback."""
 from __future__ import annotations
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line for a user: its first line (its type's name when
+    it has none), at most `limit` characters."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 class UserError(Exception):
     """Bad input or settings: the message says what was found and what was expected."""
 

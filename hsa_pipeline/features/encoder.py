@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..config import FeaturesConfig, is_weights_path
 from ..data.grid import GridMapping
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..pipeline.runtime import CompiledOrEager, pick_device
 
 SHIPPED_CONFIGS = Path(__file__).parent / "model_configs"
@@ -73,9 +73,8 @@ def _check_weights_file(path: Path) -> None:
                               f"alone: torch.save(state_dict, 'weights.bin')") from None
         raise ConfigError(f"{key}: {path} is not a weights file (neither a torch checkpoint nor safetensors)") from None
     except Exception as e:  # torch's reader: truncated archive, foreign bytes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{key}: {path} is not a readable weights file (truncated, or not a torch/safetensors "
-                          f"checkpoint): {first[:200]}") from None
+                          f"checkpoint): {first_line(e, 200)}") from None
 
 
 class Encoder:
@@ -136,8 +135,8 @@ class Encoder:
             try:
                 return open_clip.create_model(cfg.model, pretrained=str(path), weights_only=True)
             except Exception as e:  # a readable file: state-dict mismatches surface as RuntimeError/KeyError
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ConfigError(f"features.pretrained: {path} does not match model {cfg.model}: {first[:300]}") from None
+                raise ConfigError(f"features.pretrained: {path} does not match model {cfg.model}: "
+                                  f"{first_line(e)}") from None
         tags = open_clip.list_pretrained_tags_by_model(cfg.model)
         if pretrained not in tags:
             raise ConfigError(f"features.pretrained: '{pretrained}' is not a known tag for {cfg.model} "

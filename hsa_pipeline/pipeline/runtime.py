@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 
 def pick_device(name: str, key: str = "device") -> torch.device:
@@ -146,9 +146,8 @@ class CompiledOrEager:
         except Exception as e:  # noqa: BLE001 - any compiler failure; an eager bug raises again below
             if self.compiled_once:
                 raise  # it compiled and ran before: this is no compiler failure
-            reason = (str(e).strip().splitlines() or [""])[0][:300]
             print(f"{self.what}: torch.compile (mode {self.mode}) failed at its first call, running eager instead "
-                  f"({type(e).__name__}: {reason})", file=sys.stderr, flush=True)
+                  f"({type(e).__name__}: {first_line(e)})", file=sys.stderr, flush=True)
             self.fn = self.eager
             return self.eager(*args)
         self.compiled_once = True

@@ -42,6 +42,7 @@ not bit for bit (tested on a CPU; off by default until measured on a GPU).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
 import ipaddress
@@ -264,7 +265,7 @@ def _decode_image(data: bytes, stream: str, size: tuple[int, int]) -> np.ndarray
     h, w = size
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
-    except Image.DecompressionBombError as e:  # PIL's own guard, from the header too (set_pixel_limit)
+    except Image.DecompressionBombError as e:  # PIL's own guard, from the header too (pixel_limit)
         raise ObservationError(f"stream '{stream}': expected an image of {w}x{h} pixels (the recorded size), "
                                f"the bytes claim far more ({e}); nothing was decoded") from None
     except Exception as e:  # PIL raises many kinds
@@ -278,16 +279,20 @@ def _decode_image(data: bytes, stream: str, size: tuple[int, int]) -> np.ndarray
         raise ObservationError(f"stream '{stream}': bytes that do not decode as an image ({e})") from None
 
 
-def set_pixel_limit(sizes: dict[str, tuple[int, int]] | int | None) -> int | None:
+@contextlib.contextmanager
+def pixel_limit(sizes: dict[str, tuple[int, int]]):
     """PIL's decompression-bomb limit from the largest frame the policy takes (a second
-    guard behind the header check; PIL warns at the limit and refuses at twice it), or a
-    limit as such. Returns the limit it replaced (PIL's is process-wide: a server run
-    inside another program puts it back when it stops)."""
+    guard behind the header check; PIL warns at the limit and refuses at twice it), while
+    the server runs: the limit is process-wide, so a server run inside another program
+    puts the old one back when it stops."""
     from PIL import Image
 
     before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max(h * w for h, w in sizes.values()) if isinstance(sizes, dict) else sizes
-    return before
+    Image.MAX_IMAGE_PIXELS = max(h * w for h, w in sizes.values())
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 # --------------------------------------------------------------------------- the websocket side
@@ -382,7 +387,6 @@ async def run_server(server: PolicyServer, host: str, port: int, api_key: str | 
     from websockets.asyncio.server import serve
 
     open_connections: set = set()
-    before = set_pixel_limit(server.sizes)
 
     async def handler(ws):
         open_connections.add(ws)
@@ -391,7 +395,7 @@ async def run_server(server: PolicyServer, host: str, port: int, api_key: str | 
         finally:
             open_connections.discard(ws)
 
-    try:
+    with pixel_limit(server.sizes):
         async with serve(handler, host, port, process_request=_admit(api_key, open_connections,
                                                                      limits.max_connections),
                          compression=None, max_size=int(message_mb(server, limits) * 2**20),
@@ -400,8 +404,6 @@ async def run_server(server: PolicyServer, host: str, port: int, api_key: str | 
             if ready is not None:
                 ready(bound)
             await (stop if stop is not None else asyncio.get_running_loop().create_future())
-    finally:
-        set_pixel_limit(before)
 
 
 class ServerThread:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..config import ActConfig, HsaConfig, TrainConfig, to_dict
 from ..data.caches import Batch, Caches
-from ..errors import TrainingDiverged
+from ..errors import TrainingDiverged, first_line
 from ..pipeline.atomic import write_json
 from ..pipeline.distributed import Dist, init_distributed
 from ..pipeline.runtime import ThreadTuner, compile_mode
@@ -191,9 +191,8 @@ class Run:
         try:
             return train_step(self.fwd, *args)
         except Exception as e:  # noqa: BLE001 - any compiler failure; an eager bug raises again below
-            reason = (str(e).strip().splitlines() or [""])[0][:300]
             print(f"train: torch.compile (mode {mode}) failed at its first step, training eager instead "
-                  f"({type(e).__name__}: {reason}); set train.compile: false to skip the attempt", flush=True)
+                  f"({type(e).__name__}: {first_line(e)}); set train.compile: false to skip the attempt", flush=True)
         _set_rng_state(state, cuda)
         self.fwd = self.eager
         return train_step(self.fwd, *args)
