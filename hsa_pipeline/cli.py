@@ -16,6 +16,7 @@ import typer
 
 from .config import load_params
 from .errors import ConfigError, UserError
+from .pipeline import numerics
 from .pipeline.paths import POLICY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -104,10 +105,11 @@ def serve(policy: Path = typer.Option(POLICY, help="an exported policy directory
                                        "max-autotune, or off"),
           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Serve an exported policy to robot code over websockets (openpi's protocol and client)."""
-    from .serving.server import Limits, serve_policy
-
     with _user_errors("serve"):
         p = load_params(params, set_) if params.is_file() else None
+        numerics.enter(p.numerics if p else "portable")  # the evaluate stage's arithmetic, before torch loads
+        from .serving.server import Limits, serve_policy
+
         k = None if no_ensemble else ensemble_k if ensemble_k is not None else (p.eval.ensemble_k if p else 0.01)
         hz = control_hz if control_hz is not None else (p.world.control_hz if p else None)
         limits = Limits(max_message_mb=max_message_mb, max_connections=max_connections)
@@ -125,10 +127,12 @@ def rollout(scene: int = typer.Option(0, help="scene index j: the j-th rollout s
             api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HSA_API_KEY", help="the server's API key"),
             params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Run one scene of the touch world closed loop and write an animated GIF of it."""
-    from .evaluation.rollout import rollout_animation
-
     with _user_errors("rollout"):
-        r = rollout_animation(load_params(params, set_), policy, scene, out, expert, server, api_key)
+        p = load_params(params, set_)
+        numerics.enter(p.numerics)  # the evaluate stage's arithmetic, before numpy and torch load
+        from .evaluation.rollout import rollout_animation
+
+        r = rollout_animation(p, policy, scene, out, expert, server, api_key)
     outcome = "success" if r.success else f"failure ({r.failure})"
     print(f"rollout: scene {scene}, {outcome} after {r.steps} steps -> {out}")
 

@@ -6,6 +6,9 @@ Each stage module says what it reads and writes and declares the params keys it 
 it), then calls the library. Its code dependency is outputs/code/<name>.sha256, written
 by the first stage, `code`. `hsa <stage>` runs the
 same command, `python -m stages.<name>`.
+
+A stage that computes declares `numerics` and imports the library inside its `run`: `main`
+puts the process under params' numerics (pipeline/numerics.py) before numpy and torch load.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from hsa_pipeline.config import load_params
 from hsa_pipeline.errors import UserError
+from hsa_pipeline.pipeline import numerics
 from hsa_pipeline.pipeline.dvc_deps import check_listed
 
 NAMES = ["code", "synth", "prepare", "geometry", "features", "train", "evaluate"]
@@ -50,14 +54,18 @@ def stage_module(name: str):
     return importlib.import_module(f"stages.{name}")
 
 
-def run_stage(name: str, params_path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Any:
+def run_stage(name: str, params_path: str | Path = "params.yaml", overrides: list[str] | None = None,
+              own_process: bool = False) -> Any:
     """Load and validate params, hand the stage its declared keys, run it. A UserError
     (bad params, a bad episode, a missing upstream output, a diverged loss) is printed as
-    one line and exits 1; anything else is a bug and keeps its traceback."""
+    one line and exits 1; anything else is a bug and keeps its traceback. `own_process`
+    (main): the process is the stage's, and is put under params' numerics first."""
     module = stage_module(name)
     try:
         params = load_params(params_path, overrides)
         check_listed(name, params)  # files named in params are dvc.yaml deps of this stage
+        if own_process and "numerics" in module.PARAMS:
+            numerics.enter(params.numerics)  # before the stage's numpy and torch load (they load in its run)
         return module.run(DeclaredParams(params, module.PARAMS))
     except UserError as e:
         print(f"hsa {name}: error: {e}", file=sys.stderr)
@@ -73,4 +81,4 @@ def main(name: str) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
-    run_stage(name, args.params, args.overrides)
+    run_stage(name, args.params, args.overrides, own_process=True)

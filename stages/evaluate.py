@@ -7,15 +7,15 @@ Writes   outputs/eval/ metrics.json, plots/, rollouts/ (success.gif, failure.gif
 """
 
 
-from hsa_pipeline.evaluation.evaluate import run_evaluate
 from hsa_pipeline.pipeline.paths import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN
 from stages import main
 
-PARAMS = ["eval", "world", "robot", "sensors", "cameras"]
+PARAMS = ["eval", "world", "robot", "sensors", "cameras", "numerics"]
 OUT = EVAL
 
 
 def run(p) -> dict:
+    from hsa_pipeline.evaluation.evaluate import run_evaluate  # here: main() sets numerics first
     return run_evaluate(p.eval, p.world, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, OUT)
 
 

@@ -5,15 +5,15 @@ Writes   outputs/features.zarr (resumable: an interrupted run continues where it
 """
 
 
-from hsa_pipeline.features.extract import run_features
 from hsa_pipeline.pipeline.paths import FEATURES, PREPARE
 from stages import main
 
-PARAMS = ["features"]
+PARAMS = ["features", "numerics"]
 OUT = FEATURES
 
 
 def run(p) -> dict:
+    from hsa_pipeline.features.extract import run_features  # here: main() sets numerics first
     return run_features(p.features, PREPARE, OUT)
 
 

@@ -7,14 +7,14 @@ Writes   <synth.out_dir>/episodes/episode_*.hdf5, or only SYNTH_DISABLED when sy
 
 from pathlib import Path
 
-from hsa_pipeline.world.synth import run_synth
 from stages import main
 
-PARAMS = ["synth", "world", "robot", "sensors", "cameras"]
+PARAMS = ["synth", "world", "robot", "sensors", "cameras", "numerics"]
 DISABLED_MARKER = "SYNTH_DISABLED"
 
 
 def run(p) -> Path:
+    from hsa_pipeline.world.synth import run_synth  # here: main() sets numerics first
     out = Path(p.synth.out_dir)
     if not p.synth.enabled:
         # DVC needs the output to exist; with real data it is this one marker file.

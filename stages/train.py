@@ -7,14 +7,14 @@ Writes   outputs/train/run/ (kept between runs: checkpoints, TensorBoard, curves
 
 
 from hsa_pipeline.pipeline.paths import FEATURES, GEOMETRY, PREPARE, TRAIN
-from hsa_pipeline.training.loop import run_train
 from stages import main
 
-PARAMS = ["act", "hsa", "train"]
+PARAMS = ["act", "hsa", "train", "numerics"]
 OUT = TRAIN
 
 
 def run(p) -> dict:
+    from hsa_pipeline.training.loop import run_train  # here: main() sets numerics first
     return run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, OUT)
 
 

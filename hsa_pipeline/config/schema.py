@@ -365,6 +365,11 @@ class Params:
     hsa: HsaConfig = param(factory=HsaConfig)
     train: TrainConfig = param(factory=TrainConfig)
     eval: EvalConfig = param(factory=EvalConfig)
+    numerics: Literal["portable", "native"] = param(
+        "portable", "the CPU arithmetic of every stage that computes: portable = the same bytes on every x86-64 CPU "
+        "with AVX2, Intel or AMD (MKL's COMPATIBLE branch, torch's AVX2 kernels, no oneDNN, numpy without AVX512; "
+        "with threads 1); native = each library's fastest code for the CPU at hand (faster, and the bytes follow "
+        "the CPU). GPUs are not covered (pipeline/numerics.py)")
 
 
 def is_weights_path(pretrained: str | None) -> bool:

@@ -34,6 +34,7 @@ from ..config import FeaturesConfig
 from ..data.grid import GridMapping
 from ..data.stores import SCHEMA_VERSIONS, Manifest
 from ..errors import EpisodeError, StoreError
+from ..pipeline import numerics
 from ..pipeline.atomic import commit, partial_path, remove
 from ..pipeline.closure import code_fingerprint
 from ..pipeline.distributed import barrier as dist_barrier
@@ -78,14 +79,15 @@ class FrameImages(Dataset):
 def fingerprint(cfg: FeaturesConfig, manifest: Manifest) -> str:
     """What the cached numbers depend on, by content: encoder settings and weights, the
     shipped model config (its JSON, when the model is one of ours), the episodes (sha256 of
-    each file, via episodes.json) and the code that computes them (library versions included)."""
+    each file, via episodes.json), the code that computes them (library versions included) and
+    the CPU arithmetic it runs under (pipeline/numerics.py)."""
     weights = cfg.pretrained
     if weights is not None and Path(weights).is_file():
         weights = sha256_file(weights)
     shipped = SHIPPED_CONFIGS / f"{cfg.model}.json"
     model_config = sha256_file(shipped) if shipped.is_file() else None  # open_clip's own: its version covers it
     return sha256_json({"model": cfg.model, "model_config": model_config, "pretrained": weights, "block": cfg.block,
-                        "resize": cfg.resize, "episodes": manifest.fingerprint,
+                        "resize": cfg.resize, "episodes": manifest.fingerprint, "numerics": numerics.state(),
                         "code": code_fingerprint("hsa_pipeline.features.extract")})
 
 

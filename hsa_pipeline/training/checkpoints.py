@@ -13,6 +13,7 @@ import torch
 
 from ..config import ActConfig, HsaConfig, TrainConfig, to_dict
 from ..data.caches import Caches
+from ..pipeline import numerics
 from ..pipeline.atomic import remove
 from ..pipeline.closure import code_fingerprint
 from ..pipeline.hashing import sha256_json
@@ -24,11 +25,12 @@ RESUME_FREE = {"steps", "resume", "log_every", "val_every", "ckpt_every", "worke
 
 
 def resume_key(act: ActConfig, hsa: HsaConfig, train: TrainConfig, caches: Caches) -> str:
-    """What a checkpoint is a function of: inputs (by content), code, learning settings."""
+    """What a checkpoint is a function of: inputs (by content), code, learning settings, and
+    the CPU arithmetic (pipeline/numerics.py)."""
     free = RESUME_FREE - ({"steps"} if hsa.enabled and hsa.temperature_mode == "anneal" else set())
     settings = {"act": to_dict(act), "hsa": to_dict(hsa),
                 "train": {k: v for k, v in to_dict(train).items() if k not in free}}
-    return sha256_json({"settings": settings, "inputs": caches.fingerprint,
+    return sha256_json({"settings": settings, "inputs": caches.fingerprint, "numerics": numerics.state(),
                         "code": code_fingerprint("hsa_pipeline.training.loop")})[:16]
 
 
