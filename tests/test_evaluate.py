@@ -134,7 +134,7 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     rel = saved["touch_reliance"]
     assert rel["all"]["frames"] == saved["val_frames"] and rel["all"]["reading"].startswith("this policy's actions")
     assert {"tactile_swap", "tactile_blank", "top_swap", "wrist_swap", "reliance"} <= set(rel["all"])
-    assert set(c["decision"]) == {"checked", "accuracy", "accuracy_ci95", "follows_touch"}
+    assert set(c["decision"]) == {"checked", "accuracy", "accuracy_ci95", "follows_touch", "never_carried"}
     assert "Does the policy act on touch?" in page and html.escape(rel["all"]["reading"]) in page
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

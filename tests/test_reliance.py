@@ -123,7 +123,7 @@ def test_decision_check_scores_the_expert_right_and_blind_to_touch(order):
         checked = None
         while checked is None and env.t < 60:
             chunk = policy.predict_chunk(None, obs["qpos"])
-            checked = decision_check(env, policy, obs, chunk, seed)
+            checked = decision_check(env, policy, obs, chunk, seed, 0) if env.tasks[0].held else None
             obs, *_ = env.step(chunk[0])
         assert checked is not None, "the expert picks the probe up"
         assert checked["correct"] and checked["chosen"] == checked["true"]
@@ -169,6 +169,41 @@ def test_each_arms_own_outcome_and_decision_are_reported():
     arms = summarise(results, ["picked up", "put down", "success"], 200)["per_arm"]
     assert arms == {"left": {"picked_up": 1.0, "on_a_tile": 1.0, "right_tile": 1.0, "decision_right": 1.0},
                     "right": {"picked_up": 1.0, "on_a_tile": 1.0, "right_tile": 0.0, "decision_right": 0.0}}
+
+
+class _ExpertWithOneArmIdle(_ExpertSendingOneArmAstray):
+    """The expert's plan, except that arm `idle` stays where it starts: it never carries."""
+
+    def predict_chunk(self, images, qpos, tokens=None):
+        from hsa_pipeline.world.expert import plan
+
+        if self.env.t == 0:
+            self.plan = plan(self.env)
+            arm = self.env.rig.arms[self.env.tasks[self.astray].arm]
+            cols = slice(arm.cfg.qpos_start, arm.cfg.qpos_start + arm.n_joints + 1)  # its joints and gripper
+            self.plan[:, cols] = self.env.home()[cols]
+        t = min(self.env.t + 1, len(self.plan) - 1)
+        return self.plan[np.minimum(np.arange(t, t + self.chunk_size), len(self.plan) - 1)]
+
+
+def test_each_arm_is_judged_at_its_own_pick_up_whatever_the_other_does():
+    """Issue #41: the decision was checked only once BOTH arms carried, so a rollout in which
+    one arm never picked up recorded no decision for the other either. Now the working arm
+    is judged at its own pick-up, and the idle one is counted as never carrying."""
+    from conftest import bimanual_params
+    from hsa_pipeline.evaluation.rollout import run_rollout, summarise
+    from hsa_pipeline.world import TouchWorld
+
+    p = bimanual_params()
+    env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=120)
+    results = [run_rollout(env, _ExpertWithOneArmIdle(env, 0), seed, 0.01) for seed in range(2)]
+    assert not any(r.success for r in results)
+    assert all(r.decisions[0] is None and r.decisions[1]["correct"] for r in results)
+    summary = summarise(results, ["picked up", "put down", "success"], 120)
+    assert summary["decision"]["checked"] == 2 and summary["decision"]["accuracy"] == 1.0
+    assert summary["decision"]["never_carried"] == 2
+    assert summary["per_arm"]["left"]["decision_right"] is None
+    assert summary["per_arm"]["right"]["decision_right"] == 1.0
 
 
 def test_by_class_puts_each_class_at_one_place():

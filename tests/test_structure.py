@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 
+import pytest
+
 from conftest import REPO
 from hsa_pipeline.pipeline.closure import import_graph
 
@@ -155,3 +157,47 @@ def test_each_package_says_what_it_may_import():
         assert "May import:" in doc, name
         allowed = {w.strip(" .,") for w in doc.split("May import:")[1].split(".")[0].split(",")}
         assert allowed <= set(LAYERS[:i]), (name, allowed - set(LAYERS[:i]))
+
+
+# Issue #41: nothing that trains or serves a policy reads the simulator's truth. Only the world
+# itself, the evaluation (which runs policies in it and judges them by its truth), the stages
+# that record it (synth) and run it (evaluate), and the CLI's world commands may import them.
+TRUTH = ("hsa_pipeline.world", "hsa_pipeline.evaluation")
+MAY_READ_TRUTH = (*TRUTH, "stages.synth", "stages.evaluate")
+CLI_WORLD_COMMANDS = {"rollout", "calibrate_record_demo"}
+
+
+def truth_imports(root) -> list[str]:
+    """Every import (lazy ones included) of the world or the evaluation by a module that may
+    not read them, in the tree under `root`."""
+    found = [f"{m} imports {d}" for m, deps in import_graph(root).items()
+             if not m.startswith(MAY_READ_TRUTH) and m != "hsa_pipeline.cli" for d in deps if d.startswith(TRUTH)]
+    cli = ast.parse((root / "hsa_pipeline" / "cli.py").read_text())
+    for node in ast.walk(cli):
+        if isinstance(node, ast.ImportFrom) and f"hsa_pipeline.{node.module}".startswith(TRUTH) and node.level == 1:
+            owner = next((f.name for f in cli.body if isinstance(f, ast.FunctionDef)
+                          and f.lineno <= node.lineno <= f.end_lineno), "module level")
+            if owner not in CLI_WORLD_COMMANDS:
+                found.append(f"hsa_pipeline.cli ({owner}) imports hsa_pipeline.{node.module}")
+    return sorted(found)
+
+
+def test_no_learner_module_imports_the_worlds_truth():
+    assert truth_imports(REPO) == []
+
+
+@pytest.mark.parametrize("module, line", [
+    ("hsa_pipeline/model/act.py", "def _peek():\n    from ..world.tasks import ArmTask  # noqa\n"),
+    ("hsa_pipeline/training/loop.py", "import hsa_pipeline.evaluation.rollout  # noqa\n"),
+    ("stages/train.py", "def _peek():\n    from hsa_pipeline.world import TouchWorld  # noqa\n"),
+    ("hsa_pipeline/cli.py", "def serve_peek():\n    from .world import TouchWorld  # noqa\n"),
+])
+def test_the_truth_rule_finds_a_forbidden_import_in_a_copy(tmp_path, module, line):
+    import shutil
+
+    for package in ("hsa_pipeline", "stages"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert truth_imports(tmp_path) == []
+    with open(tmp_path / module, "a") as f:
+        f.write("\n\n" + line)
+    assert len(truth_imports(tmp_path)) == 1, module

@@ -204,6 +204,29 @@ def test_the_claw_fails_on_the_wrong_tile_or_off_the_tiles(where, failure):
     assert not info["success"] and info["failure"] == failure
 
 
+@pytest.mark.parametrize("height", [0.06, 0.045])  # fingertips above the block's top, then past it
+def test_a_closed_claw_lowered_onto_the_probe_collides_and_does_not_hold_it(height):
+    """Issue #41: the fit was tested against the OPEN claw and the squeeze came from the
+    command alone, so a claw already closed narrower than the block "held" it when lowered
+    onto it. A real claw hits the block's top: a failure named as such, nothing held; the
+    same claw lowered open and then closed holds it (the test above)."""
+    from hsa_pipeline.geometry.kinematics import claw_width
+    from hsa_pipeline.world.claw import CLAW_OPEN, GRASP_Z_M, PROBE_SIDE_M, command_for_width
+
+    env = world(claw_params())
+    task = hand_made(env, "match")
+    task.claw = True
+    closed = command_for_width(0.018)  # 1.8 cm: narrower than the 2.5 cm block
+    assert claw_width(closed) < PROBE_SIDE_M < claw_width(CLAW_OPEN)
+    claw_to(env, 0.0, -0.3, 0.15, closed)
+    _, info = claw_to(env, 0.0, -0.3, height, closed)
+    if height > 0.05:  # still above the block: nothing happens yet
+        assert info["failure"] is None and not task.held
+        _, info = claw_to(env, 0.0, -0.3, GRASP_Z_M, closed)
+    assert info["failure"] == "collision with the probe"
+    assert not task.held and env.depth["tactile"] == 0 and env.felt_class(task) == -1
+
+
 @pytest.mark.parametrize("preset", ["claw", "bimanual"])
 def test_the_scripted_expert_solves_30_seeded_claw_scenes(preset):
     p = make_params(preset_overrides(REPO / f"presets/touch-world/{preset}.yaml"))
@@ -386,3 +409,98 @@ def test_user_errors_of_the_world_and_the_codec_are_one_line_errors():
     stats = {"action": {"mean": [0.0] * 3, "std": [1.0] * 3}}
     with pytest.raises(UserError, match="act.relative_actions needs actions in qpos space, but qpos has 7"):
         ActionCodec.from_stats(stats, relative=True, qpos_dim=7)
+
+
+def old_key_classes(cfg, seed: int, index: int, n_arms: int) -> list[int]:
+    """key_classes before issue #41, for the test below to show it fails on it."""
+    perm = np.random.default_rng([seed, 7]).permutation(cfg.object_classes)
+    return [int(perm[(index * n_arms + a) % cfg.object_classes]) for a in range(n_arms)]
+
+
+def design_defects(key_classes, cfg, seed: int, episodes: int, n_arms: int) -> list[str]:
+    """What is wrong with the arms' classes over a synth run of `episodes` (as run_synth
+    draws them): combinations never shown, or shown unevenly, or a class unevenly per arm."""
+    from collections import Counter
+    from itertools import product
+
+    c = cfg.object_classes
+    shown = Counter(tuple(key_classes(cfg, seed, i, n_arms)) for i in range(episodes))
+    counts = [shown[combo] for combo in product(range(c), repeat=n_arms)]
+    defects = []
+    if episodes >= c ** n_arms and 0 in counts:
+        defects.append(f"{counts.count(0)} of {c ** n_arms} combinations never shown")
+    if max(counts) - min(counts) > 1:
+        defects.append(f"combinations shown {min(counts)} to {max(counts)} times")
+    for a in range(n_arms):
+        per_class = Counter(combo[a] for combo in shown.elements())
+        if max(per_class.values()) - min(per_class.get(k, 0) for k in range(c)) > 1:
+            defects.append(f"arm {a}: classes shown unevenly {dict(per_class)}")
+    return defects
+
+
+def test_two_arm_demonstrations_show_every_pair_of_classes_as_evenly_as_the_count_allows():
+    """Issue #41: evaluation draws each arm's class alone, so training must show every
+    ordered pair, same-class pairs included; one arm's class may not tell the other's."""
+    from hsa_pipeline.world.synth import key_classes
+
+    cfg = bimanual_params().world
+    for seed, episodes in ((0, 36), (0, 80), (3, 80), (0, 150)):
+        assert design_defects(key_classes, cfg, seed, episodes, 2) == []
+    assert design_defects(key_classes, cfg, 1, 6 ** 3, 3) == []  # three arms: every triple
+    # the design before the fix showed 3 of the 36 pairs, never a same-class one
+    assert design_defects(old_key_classes, cfg, 0, 80, 2)[0] == "33 of 36 combinations never shown"
+    # one arm: as before, so the demo's episodes are the same
+    assert all(key_classes(cfg, s, i, 1) == old_key_classes(cfg, s, i, 1) for s in range(3) for i in range(40))
+
+
+def test_synth_gives_every_episode_its_designed_classes_the_first_one_too(tmp_path, monkeypatch):
+    """Before issue #41 the first episode was asked for the classes of 0 arms (the world had
+    no tasks before its first reset) and got random ones."""
+    import hsa_pipeline.world.synth as synth
+
+    asked = []
+    design = synth.key_classes
+    monkeypatch.setattr(synth, "key_classes", lambda cfg, seed, i, n: asked.append(n) or design(cfg, seed, i, n))
+    p = make_params(["synth.episodes=2"])
+    synth_to(p, tmp_path)
+    assert asked == [1, 1]
+
+
+def scripted_chunk(env: TouchWorld, start_xy, goal_xy, fraction: float, k: int = 20, z: float = 0.1) -> np.ndarray:
+    """(k, D) joint targets carrying the sensor from start_xy toward goal_xy at height z,
+    stopping `fraction` of the way (minimum-jerk), by inverse kinematics."""
+    ik = ArmIK(env.rig, "arm", "tactile")
+    ik.q = env.qpos[:6].copy()
+    start, goal = np.asarray(start_xy, float), np.asarray(goal_xy, float)
+    s = 10 * np.linspace(0, 1, k) ** 3 - 15 * np.linspace(0, 1, k) ** 4 + 6 * np.linspace(0, 1, k) ** 5
+    chunk = np.repeat(env.qpos[None], k, axis=0)
+    for i, si in enumerate(s):
+        chunk[i, :6] = ik.solve(*(start + fraction * si * (goal - start)), z)
+    return chunk
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_chunk_is_judged_by_the_tile_it_heads_for_even_when_it_stops_short(seed):
+    """Issue #41: which tile a chunk heads for was the candidate nearest its END, so a chunk
+    stopping short of a far tile counted for a nearer one. Scripted chunks from the carry
+    point toward each candidate, a fifth, half or all of the way, and one holding still
+    over each candidate: each is judged as the tile it heads for."""
+    p = make_params()
+    env = world(p)
+    env.reset(seed=seed)
+    task = env.tasks[0]
+    task.held = True  # carrying its probe (a hand-made state: only the arm's path matters here)
+    start = env.carry_xy(env.qpos[None])["tactile"][0]
+    cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
+    nearest_end_wrong = 0
+    for j in cands:
+        goal = (task.tiles[j].x, task.tiles[j].y)
+        for fraction in (0.2, 0.5, 1.0):
+            chunk = scripted_chunk(env, start, goal, fraction)
+            assert env.chunk_places(chunk) == [j], (j, fraction)
+            end = env.carry_xy(chunk[-1:])["tactile"][0]
+            nearest = cands[int(np.argmin([np.hypot(task.tiles[i].x - end[0], task.tiles[i].y - end[1]) for i in cands]))]
+            nearest_end_wrong += nearest != j
+        still = scripted_chunk(env, goal, goal, 1.0)  # over the tile already, holding
+        assert env.chunk_places(still) == [j]
+    assert nearest_end_wrong > 0 or seed > 0  # the old rule's bias, on the first scene at least

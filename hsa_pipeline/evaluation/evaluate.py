@@ -231,8 +231,8 @@ def touch_summary(metrics: dict) -> str:
     decision = (metrics.get("closed_loop") or {}).get("decision") or {}
     if decision.get("checked"):
         follows = decision["follows_touch"]
-        lines.append(f"decision after pick-up: the right tile in {decision['accuracy']:.0%} of {decision['checked']}"
-                     f" rollouts; turns to the tile a swapped touch names: "
+        lines.append(f"decision at each arm's pick-up: the right tile in {decision['accuracy']:.0%} of "
+                     f"{decision['checked']} pick-ups; turns to the tile a swapped touch names: "
                      f"{'n/a' if follows is None else f'{follows:.0%}'}")
     arms = (metrics.get("closed_loop") or {}).get("per_arm") or {}
     for arm, v in arms.items() if len(arms) > 1 else ():
@@ -311,9 +311,11 @@ OUTCOME_COLUMNS = ["scene", "seed", "success", "failure", "phases_reached", "ste
 
 def outcome_row(scene: int, r: RolloutResult) -> list:
     """One rollout as a row of rollouts/outcomes.csv (what paired comparisons read)."""
-    d = r.decision or {}
+    checked = [d for d in r.decisions if d is not None]
+    every_arm = bool(r.decisions) and len(checked) == len(r.decisions)  # decision_correct: all arms, each at its pick-up
+    follows = [d["follows_touch"] for d in checked if d["follows_touch"] is not None]
     return [scene, r.seed, int(r.success), (r.failure or "").replace(",", ";"), r.phases_reached, r.steps,
-            "" if not d else int(d["correct"]), "" if d.get("follows_touch") is None else float(d["follows_touch"])]
+            int(all(d["correct"] for d in checked)) if every_arm else "", float(np.mean(follows)) if follows else ""]
 
 
 def _csv(path: Path, header: list[str], rows: list[list]) -> None:

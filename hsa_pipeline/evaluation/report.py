@@ -184,9 +184,10 @@ def _touch_html(metrics: dict) -> str:
     if decision.get("checked"):
         lo, hi = decision["accuracy_ci95"]
         follows = decision["follows_touch"]
-        text += (f"<p>Decision after pick-up (touch world): the predicted chunk heads for the right tile in "
-                 f"<b>{decision['accuracy']:.0%}</b> (95% interval {lo:.0%}-{hi:.0%}) of {decision['checked']} "
-                 f"rollouts; with another candidate's touch put in, it turns to that candidate in "
+        text += (f"<p>Decision at each arm's pick-up (touch world): the predicted chunk heads for the right tile "
+                 f"in <b>{decision['accuracy']:.0%}</b> (95% interval {lo:.0%}-{hi:.0%}) of {decision['checked']} "
+                 f"pick-ups (guessing: 1 in the candidates); with another candidate's touch put in, it turns to "
+                 f"that candidate in "
                  f"<b>{'n/a' if follows is None else f'{follows:.0%}'}</b> of the cases (0% = the decision ignores "
                  f"touch).</p>")
     arms = (metrics.get("closed_loop") or {}).get("per_arm") or {}
@@ -196,7 +197,8 @@ def _touch_html(metrics: dict) -> str:
                                   for k in ARM_FIGURES) + "</tr>"
                         for arm, v in arms.items())
         text += ("<p>Each arm on its own (a rollout ends at the first failure of any arm, so an arm's put-down "
-                 "figures stop with the other's failure; its decision does not):</p><table><tr><th>arm</th>"
+                 "figures stop with the other's failure; its decision is judged at its own pick-up):</p>"
+                 "<table><tr><th>arm</th>"
                  + "".join(f"<th>{label}</th>" for label in ARM_FIGURES.values()) + f"</tr>{cells}</table>")
     return f"<h2>Does the policy act on touch?</h2>{text}<table><tr>{head}</tr>{rows}</table>" if rows else ""
 

@@ -54,7 +54,9 @@ class RolloutResult:
     phases_reached: int
     steps: int
     ms: dict[str, list[float]] = field(default_factory=dict)  # per step: world, encode, act
-    decision: dict | None = None  # match: the decision check at the first step after pick-up (decision_check)
+    # match: each arm's decision check at the first step it carries its probe (decision_check),
+    # None for an arm that never carried one while the policy drove
+    decisions: list[dict | None] = field(default_factory=list)
     arms: list[dict] = field(default_factory=list)  # match: each arm's own outcome (arm_outcomes)
     frames: list[np.ndarray] = field(default_factory=list)  # contact sheets, when recorded
 
@@ -99,28 +101,26 @@ def drive(env, seed: int, start, record: bool = False, threads=None) -> RolloutR
     return result
 
 
-def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int) -> dict | None:
-    """match task, at the first step every arm carries its probe: which tile the predicted
-    chunk heads for (TouchWorld.chunk_places) against the true one, and whether the
-    decision FOLLOWS TOUCH: with the tactile image of another candidate's class put in
-    (the cameras unchanged), does the chunk turn to that candidate? (over the candidates
-    that are neither the true tile nor the one already chosen; a policy that ignores
-    touch scores 0, one that reads the felt class 1). Uses the
-    world's truth, so it is an evaluation in the touch world only (never training)."""
-    if env.cfg.task != "match" or not all(t.held for t in env.tasks):
-        return None
-    chosen = env.chunk_places(chunk)
-    correct = [c == t.order[0] for c, t in zip(chosen, env.tasks, strict=True)]
-    rng = np.random.default_rng([seed, 11])  # the counterfactual's own draws: the rollout is unchanged
+def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int, arm: int) -> dict:
+    """match task, at the first step arm `arm` carries its probe (whatever the other arms
+    do): which tile its part of the predicted chunk heads for (TouchWorld.chunk_places)
+    against the true one, and whether the decision FOLLOWS TOUCH: with the tactile image
+    of another candidate's class put in (the cameras unchanged), does the chunk turn to
+    that candidate? (over the candidates that are neither the true tile nor the one
+    already chosen; a policy that ignores touch scores 0, one that reads the felt class
+    1). Guessing is right 1 in `candidates` per arm. Uses the world's truth, so it is an
+    evaluation in the touch world only (never training)."""
+    task = env.tasks[arm]
+    chosen = env.chunk_places(chunk)[arm]
+    rng = np.random.default_rng([seed, 11, arm])  # the counterfactual's own draws: the rollout is unchanged
     follows = []
-    for a, task in enumerate(env.tasks):
-        for j, tile in enumerate(task.tiles):
-            if tile.kind != "candidate" or j in (task.order[0], chosen[a]):
-                continue  # a tile the chunk heads for already cannot show that it follows
-            other = {**obs, task.sensor: env.felt_image(task, tile.cls, rng)}
-            follows.append(env.chunk_places(policy.predict_chunk(other, obs["qpos"]))[a] == j)
-    return {"chosen": chosen, "true": [t.order[0] for t in env.tasks], "correct": all(correct),
-            "correct_per_arm": correct, "follows_touch": float(np.mean(follows)) if follows else None}
+    for j, tile in enumerate(task.tiles):
+        if tile.kind != "candidate" or j in (task.order[0], chosen):
+            continue  # a tile the chunk heads for already cannot show that it follows
+        other = {**obs, task.sensor: env.felt_image(task, tile.cls, rng)}
+        follows.append(env.chunk_places(policy.predict_chunk(other, obs["qpos"]))[arm] == j)
+    return {"chosen": chosen, "true": task.order[0], "correct": chosen == task.order[0],
+            "follows_touch": float(np.mean(follows)) if follows else None}
 
 
 # closed_loop.per_arm: each arm's figures (key -> what it says), in the order tables show them
@@ -131,8 +131,9 @@ ARM_FIGURES = {"decision_right": "decision right", "picked_up": "picked up", "on
 def arm_outcomes(env) -> list[dict]:
     """match: how far each arm got when the rollout ended: picked its probe up, put it down
     on a tile, on the right one. A rollout ends at the first failure of ANY arm, so an
-    arm's later figures are censored by the other's failure (its decision is not: the
-    check happens while both carry)."""
+    arm's later figures are censored by the other's failure (its decision is censored only
+    where the other arm failed before this one picked its probe up: it is checked at this
+    arm's own pick-up, whatever the other does)."""
     if env.cfg.task != "match":
         return []
     return [{"arm": t.arm, "picked_up": t.held or t.placed is not None, "on_a_tile": t.placed_on is not None,
@@ -141,10 +142,10 @@ def arm_outcomes(env) -> list[dict]:
 
 def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
     """One scene with the policy in the loop: encode, ACT, temporal ensembling, each timed;
-    on the match task, the decision check at the first step after pick-up."""
+    on the match task, each arm's decision check at the first step it carries its probe."""
     from ..model.policy import TemporalEnsembler
 
-    checked: dict = {}
+    checked: dict[int, dict] = {}  # arm index -> its decision check
 
     def start():
         ens = TemporalEnsembler(policy.chunk_size, ensemble_k)
@@ -157,26 +158,26 @@ def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False,
             action = ens.step(chunk)
             ms["encode"].append(1e3 * (t1 - t0))
             ms["act"].append(1e3 * (time.perf_counter() - t1))
-            if "decision" not in checked:
-                decision = decision_check(env, policy, obs, chunk, seed)
-                if decision is not None:
-                    checked["decision"] = decision
+            if env.cfg.task == "match":
+                for a, task in enumerate(env.tasks):
+                    if task.held and a not in checked:
+                        checked[a] = decision_check(env, policy, obs, chunk, seed, a)
             return action
         return choose
 
     result = drive(env, seed, start, record, threads)
-    result.decision = checked.get("decision")
     result.arms = arm_outcomes(env)
+    result.decisions = [checked.get(a) for a in range(len(result.arms))]
     return result
 
 
 def per_arm(results: list[RolloutResult]) -> dict[str, dict]:
-    """match: each arm's own rates (arm_outcomes), and how often its decision after
-    pick-up was right (of the rollouts where the check ran)."""
+    """match: each arm's own rates (arm_outcomes), and how often its decision at its own
+    pick-up was right (of the rollouts in which it carried its probe)."""
     out: dict[str, dict] = {}
     for a, arm in enumerate(r["arm"] for r in (results[0].arms if results else [])):
         rows = [r.arms[a] for r in results]
-        checks = [r.decision["correct_per_arm"][a] for r in results if r.decision is not None]
+        checks = [r.decisions[a]["correct"] for r in results if r.decisions[a] is not None]
         out[arm] = {k: sum(row[k] for row in rows) / len(rows) for k in rows[0] if k != "arm"}  # how far it got
         out[arm]["decision_right"] = sum(checks) / len(checks) if checks else None
     return out
@@ -199,7 +200,8 @@ def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: i
     def pct(xs, q):
         return float(np.percentile(xs, q)) if xs else None
 
-    checks = [r.decision for r in results if r.decision is not None]
+    arm_runs = [d for r in results for d in r.decisions]  # one per (rollout, arm)
+    checks = [d for d in arm_runs if d is not None]
     follows = [c["follows_touch"] for c in checks if c["follows_touch"] is not None]
     decisions = len(checks)
     correct = sum(c["correct"] for c in checks)
@@ -216,7 +218,8 @@ def summarise(results: list[RolloutResult], phase_names: list[str], max_steps: i
         "policy_step_ms": {"p50": pct(policy_ms, 50), "p99": pct(policy_ms, 99)},
         "decision": {"checked": decisions, "accuracy": correct / decisions if decisions else None,
                      "accuracy_ci95": list(wilson(correct, decisions)) if decisions else None,
-                     "follows_touch": float(np.mean(follows)) if follows else None},
+                     "follows_touch": float(np.mean(follows)) if follows else None,
+                     "never_carried": len(arm_runs) - decisions},
         "per_arm": per_arm(results),
     }
 

@@ -28,8 +28,10 @@ from ..geometry.rig import Rig
 from .claw import (
     HOLD_SQUEEZE,
     PROBE_COMMAND,
+    PROBE_SIDE_M,
     between_fingers,
     block_faces,
+    claw_width,
     squeeze_depth,
     tcp_poses,
 )
@@ -52,6 +54,25 @@ CONTACT_M = 0.004  # the pad touches the table below this height
 PRESS_M = 0.012  # a full press: the pad this far into the (soft) tile; deep, so a policy a few mm off still presses
 COLLISION_M = 0.03  # deeper than this is driving the sensor into the table
 HOLD_DEPTH = 0.5  # how deep a carried probe presses into the gel
+
+
+HEADING_MIN_MOVE_M = 0.01  # chunk_places: a carry path shorter than this goes nowhere (nearest to its end)
+HEADING_TIE_M = 0.005  # chunk_places: candidates this close to the ray tie (the one nearer the end wins)
+
+
+def heading(start: np.ndarray, end: np.ndarray, tiles: np.ndarray) -> int:
+    """Which of the (N, 2) `tiles` a path from `start` to `end` (table-plane points) heads
+    for: the tile nearest the ray from start through end (a tile behind the start: its
+    distance to the start), ties within HEADING_TIE_M to the one nearer the end; a path
+    shorter than HEADING_MIN_MOVE_M: the tile nearest its end."""
+    to_end = np.hypot(*(tiles - end).T)
+    d = end - start
+    if np.hypot(*d) < HEADING_MIN_MOVE_M:
+        return int(np.argmin(to_end))
+    t = np.clip((tiles - start) @ d / float(d @ d), 0.0, None)
+    ray = np.hypot(*(tiles - (start + t[:, None] * d)).T)
+    near = np.flatnonzero(ray <= ray.min() + HEADING_TIE_M)
+    return int(near[np.argmin(to_end[near])])
 
 
 class TouchWorld(gym.Env):
@@ -116,6 +137,7 @@ class TouchWorld(gym.Env):
         self.t = 0
         self.failure: str | None = None
         self._pressing = {s: False for _, s in self.workers}
+        self._around = {s: False for _, s in self.workers}  # a claw: the standing probe between its fingers
         self._backgrounds: dict[str, Image.Image] = {}
         self._update_contact()
         return self._observe(), self._info()
@@ -161,17 +183,20 @@ class TouchWorld(gym.Env):
         return out
 
     def chunk_places(self, chunk: np.ndarray) -> list[int | None]:
-        """match: per arm, the candidate tile an action chunk (k, D) heads for: the one
-        nearest to where it carries its probe at the chunk's end (None for an arm not carrying)."""
-        xy = self.carry_xy(chunk[-1:])
+        """match: per arm, the candidate tile an action chunk (k, D) heads for (None for an
+        arm not carrying): the one its carry path, from where the chunk starts to where it
+        ends, points at (`heading`). A chunk that stops short of its tile still points at
+        it, where "the candidate nearest the chunk's end" leaned toward the tiles nearest
+        the start (issue #41)."""
+        xy = self.carry_xy(np.asarray(chunk)[[0, -1]])
         out = []
         for task in self.tasks:
             cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
             if not task.held or not cands:
                 out.append(None)
                 continue
-            d = [np.hypot(*(xy[task.sensor][0] - (task.tiles[i].x, task.tiles[i].y))) for i in cands]
-            out.append(cands[int(np.argmin(d))])
+            start, end = xy[task.sensor]
+            out.append(cands[heading(start, end, np.array([(task.tiles[i].x, task.tiles[i].y) for i in cands]))])
         return out
 
     def felt_image(self, task: ArmTask, cls: int, rng: np.random.Generator) -> np.ndarray:
@@ -222,8 +247,16 @@ class TouchWorld(gym.Env):
         tcp = self.claw_centre(task)
         gi = self.rig.arms[task.arm].cfg.gripper_index
         probe = task.tiles[task.probe] if task.probe is not None else None
-        around = task.held or (probe is not None and task.placed is None and between_fingers(tcp, (probe.x, probe.y)))
-        depth = squeeze_depth(self.command[gi]) if around else 0.0
+        standing = probe is not None and not task.held and task.placed is None
+        inside = standing and between_fingers(tcp, (probe.x, probe.y))
+        if inside and not self._around[task.sensor] and claw_width(self.qpos[gi]) < PROBE_SIDE_M:
+            # fingers narrower than the block came onto it (from above, or sideways): a real
+            # claw hits the block's top or side, it cannot close through it
+            task.failure = task.failure or "collision with the probe"
+            inside = False
+        self._around[task.sensor] = inside
+        around = task.held or inside
+        depth = squeeze_depth(self.command[gi]) if around else 0.0  # the fingers stop at the block: the rest squeezes
         if depth > 0:  # the probe stops the fingers: the claw measures the probe's width
             self.qpos[gi] = max(self.qpos[gi], PROBE_COMMAND)
         self.depth[task.sensor] = depth

@@ -24,10 +24,20 @@ def scene_seed(split: str, seed: int, index: int) -> int:
 
 
 def key_classes(cfg: WorldConfig, seed: int, index: int, n_arms: int) -> list[int]:
-    """The deciding class of each arm in training episode `index`: consecutive entries of
-    one seeded permutation, so every class is shown equally often."""
-    perm = np.random.default_rng([seed, 7]).permutation(cfg.object_classes)
-    return [int(perm[(index * n_arms + a) % cfg.object_classes]) for a in range(n_arms)]
+    """The deciding class of each arm in training episode `index`, by a balanced design:
+    each run of C = object_classes episodes (0..C-1, C..2C-1, ...) shows every class once on
+    every arm, and each run of C**n_arms episodes shows every combination of the arms'
+    classes once, same-class pairs included. So no arm's class follows from another's,
+    as at evaluation, where each arm's class is drawn alone. Run b of C episodes gives arm
+    a > 0 the classes of arm 0 shifted by one offset; the runs take the C**(n_arms-1)
+    offset vectors in a seeded order. With one arm: a seeded permutation, repeated."""
+    c = cfg.object_classes
+    perm = np.random.default_rng([seed, 7]).permutation(c)
+    run, j = divmod(index, c)
+    n_runs = c ** (n_arms - 1)  # offset vectors: every combination once
+    code = int(np.random.default_rng([seed, 8]).permutation(n_runs)[run % n_runs])
+    offsets = [0] + [(code // c ** (a - 1)) % c for a in range(1, n_arms)]
+    return [int(perm[(j + off) % c]) for off in offsets]
 
 
 def record_episode(env, seed: int, classes: list[int] | None = None) -> dict:
@@ -68,7 +78,7 @@ def run_synth(cfg: SynthConfig, world: WorldConfig, robot: RobotConfig, sensors:
     env = TouchWorld(world, robot, sensors, cameras, max_steps=10**6)
     with atomic_dir(out) as tmp:
         for i in tqdm(range(cfg.episodes), desc="synth: recording the expert", unit="ep"):
-            ep = record_episode(env, scene_seed("train", cfg.seed, i), key_classes(world, cfg.seed, i, len(env.tasks)))
+            ep = record_episode(env, scene_seed("train", cfg.seed, i), key_classes(world, cfg.seed, i, len(env.workers)))
             if not ep["success"]:
                 raise RuntimeError(f"synth: the scripted expert failed scene {i} ({ep['failure']}); a bug in the "
                                    f"world or its expert, or a rig the expert cannot reach")
