@@ -533,6 +533,50 @@ def test_a_compiled_policy_answers_as_the_eager_one(trained, device, capsys):
             np.testing.assert_allclose(got, want, atol=1e-4 if device == "cpu" else 3e-2, rtol=0)
     assert fast.encoder._tower.compiled_once and fast._act.compiled_once
     assert "failed at its first call" not in capsys.readouterr().err
+    # issue #45: from several threads at once (hsa serve --workers), each answer is its own
+    import threading
+
+    many = observations(6, seed=11)
+    want = [eager.predict_chunk(request(eager, o), o["qpos"]) for o in many]
+    got: list = [None] * len(many)
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, fast.predict_chunk(request(fast, many[i]),
+                                                                                         many[i]["qpos"])))
+               for i in range(len(many))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-4 if device == "cpu" else 3e-2, rtol=0)
+
+
+def test_compiled_calls_from_many_threads_each_get_their_own_answer(monkeypatch):
+    """Issue #45: a compiled function that, like a CUDA graph's replay, writes every answer
+    into one static buffer, called from 8 threads at once with different inputs: each
+    caller still gets the answer to its own input (the calls and their clones run one at
+    a time). Without the serialisation, answers mix."""
+    import threading
+    import time
+
+    from hsa_pipeline.pipeline import runtime
+
+    static = torch.zeros(4)
+
+    def replay(x):
+        static.copy_(x * 2)
+        time.sleep(0.02)  # where another thread's replay would overwrite it
+        return static
+
+    monkeypatch.setattr(runtime.torch, "compile", lambda fn, mode=None: replay)
+    f = runtime.CompiledOrEager(lambda x: x * 2, "reduce-overhead", "test")
+    answers: dict = {}
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, f(torch.full((4,), float(i)))))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert all(torch.equal(answers[i], torch.full((4,), 2.0 * i)) for i in range(8))
 
 
 @pytest.mark.slow

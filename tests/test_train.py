@@ -135,6 +135,24 @@ def test_action_codec_round_trips():
         ActionCodec.from_stats(stats, True, qpos_dim=3)
 
 
+def test_the_loss_is_float32_under_bf16_autocast():
+    """Issue #45: under autocast the model hands the loss bf16 predictions and latents; the
+    L1 (its normaliser: 640 valid positions) and the KL must still be computed in float32,
+    equal to the float32 reference of the same inputs."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(32, 20, 14, generator=g), torch.randn(32, 20, 14, generator=g)
+    is_pad = torch.zeros(32, 20, dtype=torch.bool)
+    is_pad[:, 17:] = True  # 32 x 17 = 544 valid positions: not a multiple of bf16's steps there
+    mu, logvar = torch.randn(32, 32, generator=g), torch.randn(32, 32, generator=g)
+    half = [x.bfloat16() for x in (pred, mu, logvar)]
+    reference = act_losses(half[0].float(), target, is_pad, (half[1].float(), half[2].float()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = act_losses(half[0], target, is_pad, (half[1], half[2]))
+    for k in ("l1", "kl"):
+        assert got[k].dtype == torch.float32
+        assert float(got[k]) == pytest.approx(float(reference[k]), rel=1e-6), k
+
+
 def test_l1_ignores_padding_and_kl_matches_the_closed_form():
     rng = np.random.default_rng(0)
     pred, target = torch.tensor(rng.normal(size=(2, 4, 3))), torch.tensor(rng.normal(size=(2, 4, 3)))
@@ -897,3 +915,89 @@ def test_a_training_steps_op_count_does_not_grow_with_the_batch(work_dir):
     assert sum(counts[0].values()) > 1000  # the counter sees the forward, backward and update
     assert counts[0] == counts[1], {k: (counts[0][k], counts[1][k]) for k in counts[0] | counts[1]
                                     if counts[0][k] != counts[1][k]}
+
+
+def test_an_ordinary_step_makes_no_tensor_on_the_host_and_no_blocking_copy(work_dir, monkeypatch):
+    """Issue #45: on a GPU a tensor made on the host inside the step is a copy the host waits
+    for, and so is `.to(device)` without non_blocking. This CPU test runs the loop's own
+    step (Run.take_step on TrainingData.next_batch) and records, from the library's code
+    only, every factory call that makes a tensor on the host (no device given, or host data
+    as with torch.tensor) and every `.to(<device>)` that may block."""
+    import sys
+
+    from hsa_pipeline.training.loop import start_run
+
+    p = tiny_pipeline_params(["train.steps=10", "hsa.temperature_mode=anneal"])
+    run = start_run(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, work_dir / "outputs/train")
+    run.take_step(run.data.next_batch())  # the first step makes the optimiser's state: not an ordinary one
+    found: list[str] = []
+
+    def ours() -> str | None:
+        frame = sys._getframe(2)
+        return f"{frame.f_code.co_filename.split('hsa_pipeline/')[-1]}:{frame.f_lineno}" \
+            if "hsa_pipeline" in frame.f_code.co_filename else None
+
+    def factory(name, make, host_data=False):
+        def wrapped(*args, **kwargs):
+            where = ours()
+            if where and (host_data or kwargs.get("device") is None):
+                found.append(f"torch.{name} at {where}")
+            return make(*args, **kwargs)
+        return wrapped
+
+    for name in ("ones", "zeros", "full", "empty", "arange", "eye", "rand", "randn"):
+        monkeypatch.setattr(torch, name, factory(name, getattr(torch, name)))
+    for name in ("tensor", "as_tensor"):
+        monkeypatch.setattr(torch, name, factory(name, getattr(torch, name), host_data=True))
+    to = torch.Tensor.to
+
+    def blocking_to(self, *args, **kwargs):
+        where = ours()
+        names_device = any(isinstance(a, (torch.device, str)) for a in args) or "device" in kwargs
+        if where and names_device and not kwargs.get("non_blocking", False):
+            found.append(f".to(device) without non_blocking at {where}")
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", blocking_to)
+    for _ in range(3):
+        run.step += 1
+        run.take_step(run.data.next_batch())
+    monkeypatch.undo()
+    assert found == []
+
+
+def test_a_compiled_anneal_step_compiles_once(work_dir):
+    """Issue #45: with temperature_mode anneal the temperature was computed in Python from
+    the step number inside the compiled forward, a new constant every step: a recompile
+    each step until torch gives up. The step number now enters as a device tensor. Counted
+    with a backend that records each graph it is given (dynamo's own recompiles), 20 steps."""
+    from hsa_pipeline.pipeline.distributed import Dist
+    from hsa_pipeline.training.loop import DivergenceWatch, TrainingData, build, train_step
+
+    p = tiny_pipeline_params(["train.steps=20", "hsa.temperature_mode=anneal", "hsa.temperature_final=0.02"])
+    caches = Caches(PREPARE, GEOMETRY, FEATURES, p.train.memory_budget_gb, p.hsa.positives)
+    data = TrainingData(caches, p.act, p.train, Dist(0, 1, torch.device("cpu")))
+    module = build(p.act, p.hsa, p.train.steps, caches, torch.device("cpu"))
+    graphs: list = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    fwd = torch.compile(module, backend=counting_backend)
+    params = [q for q in module.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=p.train.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    off, watch = torch.autocast("cpu", enabled=False), DivergenceWatch(torch.device("cpu"))
+    step = torch.zeros((), dtype=torch.long)
+    kappas = []
+    for i in range(20):
+        step.fill_(i)
+        train_step(fwd, opt, sched, params, data.next_batch(), step, 10.0, off, watch)
+        kappas.append(float(module.hsa.kappa(step)))
+        if i == 0:
+            first = len(graphs)
+    torch._dynamo.reset()
+    assert first > 0 and len(graphs) == first, f"{len(graphs) - first} recompiles after the first step"
+    assert kappas[0] == pytest.approx(p.hsa.temperature) and kappas[-1] < kappas[0]  # it anneals

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ActConfig
-from .hsa import ProjectionHead
+from .hsa import ProjectionHead, upcast
 
 
 @dataclass
@@ -225,13 +225,16 @@ def act_losses(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor, l
     """L1 averaged over valid (non-padded) positions only; KL summed over latent dims,
     averaged over the batch (as ACT). `valid_count`: the count to average by instead of
     this batch's (distributed training: the mean per rank of the global batch's, so the
-    averaged gradients are those of the whole batch's L1)."""
+    averaged gradients are those of the whole batch's L1). In float32 whatever autocast
+    made the inputs: in bf16 the count of 640 positions rounds in steps of 4 and the sums
+    lose the third digit, a different error every batch."""
+    pred, target = upcast(pred), upcast(target)
     valid = (~is_pad).unsqueeze(-1).to(pred.dtype)  # (B, k, 1)
-    count = valid.sum() if valid_count is None else valid_count
+    count = valid.sum() if valid_count is None else upcast(valid_count)
     l1 = ((pred - target).abs() * valid).sum() / (count * pred.shape[-1]).clamp(min=1)
     if latent is None:
         kl = pred.new_zeros(())
     else:
-        mu, logvar = latent
+        mu, logvar = (upcast(x) for x in latent)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1).mean()
     return {"l1": l1, "kl": kl}

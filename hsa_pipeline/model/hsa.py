@@ -146,17 +146,23 @@ class HSALoss(nn.Module):
         self.head_vision = ProjectionHead(token_dim, cfg.proj_dim)  # wrist, third-person and their negatives
         self.log_kappa = nn.Parameter(torch.tensor(math.log(cfg.temperature)),
                                       requires_grad=cfg.temperature_mode == "learnable")
+        # the fixed temperature as a tensor that moves with the module: no tensor made on the host per step
+        self.register_buffer("fixed_kappa", torch.tensor(float(cfg.temperature)), persistent=False)
         self.bank = MemoryBank(cfg.bank_size, cfg.proj_dim) if cfg.bank_size else None
 
-    def kappa(self, step: int = 0) -> torch.Tensor:
+    def kappa(self, step: torch.Tensor | int = 0) -> torch.Tensor:
+        """The temperature at training step `step`, a 0-d tensor on the module's device. The
+        trainer passes the step as a device tensor (Run.step_on_device): annealing then
+        computes on the device, and a compiled step sees an input, not a new constant."""
         c = self.cfg
         if c.temperature_mode == "learnable":
             return self.log_kappa.exp().clamp(min=c.temperature_min)
         if c.temperature_mode == "anneal":  # cosine from temperature to temperature_final
-            t = min(1.0, step / self.total_steps)
-            k = c.temperature_final + 0.5 * (c.temperature - c.temperature_final) * (1 + math.cos(math.pi * t))
-            return torch.tensor(k, device=self.log_kappa.device)
-        return torch.tensor(c.temperature, device=self.log_kappa.device)
+            if not isinstance(step, torch.Tensor):
+                step = torch.full((), float(step), device=self.fixed_kappa.device)
+            t = (step.float() / self.total_steps).clamp(max=1.0)
+            return c.temperature_final + 0.5 * (c.temperature - c.temperature_final) * (1 + torch.cos(math.pi * t))
+        return self.fixed_kappa
 
     def _view(self, q: torch.Tensor, tokens: torch.Tensor, box: torch.Tensor, valid: torch.Tensor, kappa: torch.Tensor,
               extra: tuple | None, use_bank: bool, diagnostics: bool):
@@ -204,7 +210,8 @@ class HSALoss(nn.Module):
         return {"n": float(n), "chance": float(torch.log(n_cand[u]).mean()), "top1": float(top1),
                 "top1_chance": 1.0 / n, "loc_acc": float(hit), "loc_chance": float(box[u].float().mean())}
 
-    def forward(self, x: HsaInputs, step: int = 0, diagnostics: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, x: HsaInputs, step: torch.Tensor | int = 0,
+                diagnostics: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
         """Total HSA loss and diagnostics: hsa_w, hsa_tp, chance levels, retrieval, localisation.
         The diagnostics read values back to the host (a GPU sync each): the trainer asks for
         them only on logging steps."""

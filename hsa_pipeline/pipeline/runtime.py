@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,27 +132,38 @@ class CompiledOrEager:
     """An inference function, compiled (`torch.compile(fn, mode)`) where that works, else
     eager: the first call compiles; if that fails it prints one line with the reason and
     every call after runs `fn` itself. Tensor outputs are cloned, because CUDA graphs
-    (mode reduce-overhead) hand back buffers that their next replay overwrites."""
+    (mode reduce-overhead) hand back buffers that their next replay overwrites.
+
+    Compiled calls run one at a time (a lock around the call and the clone), whichever
+    threads make them: CUDA graph trees keep static input and output buffers, so a replay
+    on one thread could overwrite another's output before it is cloned, and a robot would
+    act on another robot's observation (issue #45; multithreaded use has open upstream
+    reports). `hsa serve --workers N` still decodes, resizes and ensembles N at once. Eager
+    calls are not serialised."""
 
     def __init__(self, fn, mode: str | None, what: str):
         self.eager, self.mode, self.what = fn, mode, what
         self.fn = torch.compile(fn, mode=mode) if mode else fn
         self.compiled_once = False
+        self._one_at_a_time = threading.Lock()
 
     def __call__(self, *args):
         if self.fn is self.eager:
             return self.eager(*args)
-        try:
-            out = self.fn(*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure; an eager bug raises again below
-            if self.compiled_once:
-                raise  # it compiled and ran before: this is no compiler failure
-            print(f"{self.what}: torch.compile (mode {self.mode}) failed at its first call, running eager instead "
-                  f"({type(e).__name__}: {first_line(e)})", file=sys.stderr, flush=True)
-            self.fn = self.eager
-            return self.eager(*args)
-        self.compiled_once = True
-        return _cloned(out)
+        with self._one_at_a_time:
+            if self.fn is self.eager:  # another thread's first call failed to compile meanwhile
+                return self.eager(*args)
+            try:
+                out = self.fn(*args)
+            except Exception as e:  # noqa: BLE001 - any compiler failure; an eager bug raises again below
+                if self.compiled_once:
+                    raise  # it compiled and ran before: this is no compiler failure
+                print(f"{self.what}: torch.compile (mode {self.mode}) failed at its first call, running eager "
+                      f"instead ({type(e).__name__}: {first_line(e)})", file=sys.stderr, flush=True)
+                self.fn = self.eager
+                return self.eager(*args)
+            self.compiled_once = True
+            return _cloned(out)  # before the lock lets the next replay overwrite the buffers
 
 
 def _cloned(out):

@@ -73,13 +73,14 @@ class DivergenceWatch:
         self.names: list[str] = []
         self.values: torch.Tensor | None = None
 
-    def record(self, total: torch.Tensor, terms: dict, step: int) -> None:
+    def record(self, total: torch.Tensor, terms: dict, step: torch.Tensor | int) -> None:
         if not self.names:
             self.names = ["total", *terms]
             self.values = torch.zeros(len(self.names), device=total.device)
         now = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())])
         new = (~torch.isfinite(total)) & (self.first_bad < 0)
-        self.first_bad = torch.where(new, torch.full_like(self.first_bad, step + 1), self.first_bad)
+        bad = step + 1 if isinstance(step, torch.Tensor) else torch.full_like(self.first_bad, step + 1)
+        self.first_bad = torch.where(new, bad, self.first_bad)
         self.values = torch.where(new, now, self.values)
 
     def check(self) -> None:
@@ -93,10 +94,12 @@ class DivergenceWatch:
                                "(the last good checkpoint is run/checkpoints/last.pt)")
 
 
-def train_step(fwd, opt, sched, params: list, batch: Batch, step: int, grad_clip: float,
+def train_step(fwd, opt, sched, params: list, batch: Batch, step: torch.Tensor | int, grad_clip: float,
                autocast, watch: DivergenceWatch) -> tuple[dict, torch.Tensor]:
     """Forward, backward, clip, update. -> loss terms, gradient norm. No host sync: a
-    non-finite loss is recorded in `watch` and raised at its next check."""
+    non-finite loss is recorded in `watch` and raised at its next check. `step`: the loop
+    passes it as a 0-d tensor on the device (Run.take_step), so a compiled step reads it
+    as an input instead of compiling each new number in."""
     with autocast:
         total, terms, _, _ = fwd(batch, step, diagnostics=False)
     watch.record(total, terms, step)
@@ -161,6 +164,7 @@ class Run:
     start_step: int
     t0: float = field(default_factory=time.perf_counter)
     watch: DivergenceWatch | None = None
+    step_on_device: torch.Tensor | None = None  # the step number where the step runs (take_step fills it)
 
     def every(self, n: int) -> bool:
         """This step is one of every n (and the last step always is)."""
@@ -182,7 +186,11 @@ class Run:
     def take_step(self, batch: Batch) -> tuple[dict, torch.Tensor]:
         """One training step. torch.compile compiles at its first call: if that fails, say
         why in one line, put the random state back and take the step eager (for the run)."""
-        args = (self.opt, self.sched, self.params, batch, self.step, self.cfg.grad_clip, self.autocast, self.watch)
+        if self.step_on_device is None:
+            self.step_on_device = torch.zeros((), dtype=torch.long, device=self.dist.device)
+        self.step_on_device.fill_(self.step)  # a fill on the device, not a copy from the host
+        args = (self.opt, self.sched, self.params, batch, self.step_on_device, self.cfg.grad_clip, self.autocast,
+                self.watch)
         if self.compile_mode is None:
             return train_step(self.fwd, *args)
         mode, self.compile_mode = self.compile_mode, None

@@ -40,7 +40,7 @@ class TrainModule(nn.Module):
     def prefix(self, pair: HsaPair) -> str:
         return "" if len(self.pairs) == 1 else f"{pair.sensor}/"
 
-    def forward(self, batch: Batch, step: int = 0, use_latent: bool = True, diagnostics: bool = True):
+    def forward(self, batch: Batch, step: torch.Tensor | int = 0, use_latent: bool = True, diagnostics: bool = True):
         """-> total loss, its terms (tensors), HSA diagnostics (floats; {} unless asked), predictions."""
         pred, latent, adapted = self.policy(batch.qpos, batch.tokens, batch.actions if use_latent else None,
                                             batch.is_pad if use_latent else None)
@@ -61,11 +61,12 @@ class TrainModule(nn.Module):
         return total, terms, stats, pred
 
     def hsa_inputs(self, batch: Batch, adapted: dict, pair: HsaPair) -> HsaInputs:
-        B = batch.qpos.shape[0]
-        valid = batch.contact[pair.sensor] if self.hsa_cfg.require_contact else torch.ones(B, dtype=torch.bool)
+        B, device = batch.qpos.shape[0], batch.qpos.device
+        valid = (batch.contact[pair.sensor] if self.hsa_cfg.require_contact
+                 else torch.ones(B, dtype=torch.bool, device=device))  # made there: no copy from the host
         x = HsaInputs(tactile=adapted[pair.sensor], wrist=adapted[pair.wrist],
                       wrist_box=batch.box[pair.key(pair.wrist)].flatten(1),
-                      valid=valid.to(batch.qpos.device), wrist_visible=batch.visible[pair.key(pair.wrist)])
+                      valid=valid, wrist_visible=batch.visible[pair.key(pair.wrist)])
         if pair.third_persons:  # every third-person camera (its touch map marks each of them)
             keys = [pair.key(c) for c in pair.third_persons]
             x.tp = [adapted[c] for c in pair.third_persons]

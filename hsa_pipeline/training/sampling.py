@@ -65,7 +65,9 @@ class TrainingData:
         B = self.cfg.batch_size
         idx = torch.randint(len(self.train_rows), (B * self.world,), generator=self.gen)[self.rank * B: (self.rank + 1) * B]
         if self.frames is not None:
-            return self.frames.batch(self._rows[idx.to(self.hold)])
+            if self.hold.type == "cuda":  # pinned, so the copy below does not make the host wait for the GPU
+                idx = idx.pin_memory()
+            return self.frames.batch(self._rows[idx.to(self.hold, non_blocking=True)])
         return Batch.collate([self.samples[int(i)] for i in idx]).to(self.device)
 
     def val_batches(self):
