@@ -16,12 +16,14 @@ from hsa_pipeline.pipeline import numerics
 
 # The tiny demo's sha256 under `numerics: portable` (tests/same_bytes.py). Made on an AMD EPYC
 # (family 25 model 17, Zen 4: AVX2, AVX512, AVX512-BF16), 2 cores, 2026-12-07, torch 2.14.1+cu130,
-# numpy 2.4.6; the same on Intel CPUs with AVX2 is what this test is there to show. A CPU on
-# which it fails computes other bytes: say which (lscpu), with the hashes it printed.
+# numpy 2.4.6, the code of 59ac334 (a change to what the tiny pipeline computes changes them:
+# regenerate with `python tests/same_bytes.py` and say so). The same on Intel CPUs with AVX2
+# is what this test is there to show; a CPU on which it fails computes other bytes: say
+# which (lscpu), with the hashes it printed.
 SAME_BYTES = {
     "geometry": "879ab6a8749712860d25c56d5c9439e633e3e7ab20c314e528a10662c2502287",
-    "features": "8ac602d7ea897f993fdfcb328f83bcf819dffb0c3695c34f2f9dab130ad6024a",
-    "weights": "1c05d0377a9460b52c1794c660f0476e113f77c66a01f7208ed20f6cf968b79f",
+    "features": "09a2df5ddfeb1d858b1547a5f48337e440261b365b7e0b225fca0fdad59fe633",
+    "weights": "c6e942bb30075467c32525d62df83815f7ad8fdd3874be49d229a1049c198258",
 }
 AVX2 = "avx2" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
 needs_avx2 = pytest.mark.skipif(not AVX2, reason="portable numerics need an x86-64 CPU with AVX2")
