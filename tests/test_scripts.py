@@ -165,6 +165,9 @@ def test_gpu_check_writes_one_summary_and_one_log_archive(tmp_path):
     bad = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "bad"), "tset"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown check 'tset'" in bad.stderr
+    none = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "none")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert none.returncode == 2 and "part1, part2" in none.stderr
     # a check past CHECK_TIMEOUT is stopped (exit 124), the next one runs, and the summary
     # holds both: a device command cut off at its limit still returns what finished
     slow = tmp_path / "slow"
@@ -174,3 +177,61 @@ def test_gpu_check_writes_one_summary_and_one_log_archive(tmp_path):
     assert r.returncode == 0 and time.monotonic() - t0 < 60, r.stdout + r.stderr
     checks = json.loads((slow / "summary.json").read_text())["checks"]
     assert [(c["check"], c["exit_status"], c["passed"]) for c in checks] == [("tests", 124, False)] * 2
+
+
+FAKE_PYTHON = """#!/bin/bash
+# python3 for gpu_check.sh's injection test: the summary runs for real; the command whose
+# arguments contain $FAIL_ON prints a traceback and fails; every other command "succeeds".
+case "$*" in *--compiled-training*) echo '{"cudagraph_skips": 0}'; exit 0 ;; *gpu_summary.py*) exec REAL "$@" ;; esac
+case "$*" in *"$FAIL_ON"*) echo "Traceback (most recent call last): injected failure in: $*" >&2; exit 1 ;; esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("check, fail_on", [
+    ("compare", "compare_features.py"), ("train", "evaluate"), ("tests", "pytest"), ("torchrun", "torchrun"),
+    ("bench", "bench_policy.py"), ("features", "bench_features.py"), ("serve", "bench_serve_load.py")])
+def test_a_failure_in_any_gpu_check_is_recorded_as_a_failure(tmp_path, check, fail_on):
+    """Issue #45: the features check piped its benchmark into grep in a shell without
+    pipefail, so a traceback was recorded as a pass. Each check is run here with its last
+    command failing (fake python3, torchrun and nvidia-smi on PATH, in a scratch folder):
+    each must be recorded as failed, and the checkout's outputs are never touched."""
+    import json
+    import shutil
+    import sys
+
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    work.mkdir()
+    shutil.copy(REPO / "params.yaml", work / "params.yaml")
+    (bin_dir / "python3").write_text(FAKE_PYTHON.replace("REAL", sys.executable))
+    (bin_dir / "torchrun").write_text('#!/bin/bash\ncase "torchrun" in *"$FAIL_ON"*) exit 1 ;; esac\nexit 0\n')
+    (bin_dir / "nvidia-smi").write_text('#!/bin/bash\necho "GPU 0: a fake"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAIL_ON": fail_on, "CHECK_TIMEOUT": "60",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    r = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh"), str(tmp_path / "out"), check], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [got] = json.loads((tmp_path / "out" / "summary.json").read_text())["checks"]
+    assert got["check"] == check and not got["passed"] and got["exit_status"] not in (0, 124), got
+    assert sorted(p.name for p in work.iterdir()) == ["params.yaml"] or check in ("compare", "train")
+
+
+def test_the_train_checks_compile_figures_are_read_from_torch_logs_and_the_trainers_curves(tmp_path):
+    """gpu_check's train check: what torch.compile logged during `hsa train`, counted, and
+    the trainer's own steps/s after the compile: train.tsv's samples_per_s is cumulative
+    from the start (compile included), so steps 50 -> 150 at batch 16 taking 2 s -> 50 steps/s."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "scripts/gpu_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    log = ("[rank0] Graph break in user code at x.py:3\nRecompiling function forward in y.py\n"
+           "skipping cudagraphs due to mutated inputs\nGraph break in user code at z.py:9\n")
+    # step 25 at 10 s (the compile), step 50 at 10.5 s, step 150 at 12.5 s: samples/s = step * 16 / seconds
+    tsv = "step\tl1\tsamples_per_s\n25\t1\t40.0\n50\t1\t" + f"{50 * 16 / 10.5}\n150\t1\t{150 * 16 / 12.5}\n"
+    got = summary.compiled_training(log, tsv, 16)
+    assert (got["graph_breaks"], got["recompiles"], got["cudagraph_skips"]) == (2, 1, 1)
+    assert got["train_steps_per_s_after_compile"] == pytest.approx(50.0) and got["steps_timed"] == [50, 150]
