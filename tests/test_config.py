@@ -146,3 +146,17 @@ def test_the_tests_run_the_shipped_configuration_made_small_and_nothing_else():
     shipped, tiny = flat(to_dict(load_params(REPO / "params.yaml"))), flat(to_dict(make_params()))
     changed = {k for k in shipped if shipped[k] != tiny[k]}
     assert changed and changed <= {o.split("=")[0] for o in TINY}
+
+
+def test_a_pad_on_a_claw_finger_needs_the_arms_gripper_column():
+    """Issue #44: a sensor with finger_offset on an arm without gripper_index ended in a
+    traceback from the geometry stage (the pad's place follows the claw's opening, read
+    from that column); now params say so in one line when they load."""
+    from hsa_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        make_params(["sensors.tactile.finger_offset=right", "robot.arms.arm.gripper_index=null"])
+    assert str(e.value) == ("sensors.tactile.finger_offset: 'right' puts the pad on a claw finger, which moves with "
+                            "the claw's opening, but robot.arms.arm.gripper_index is null; set it to the qpos column "
+                            "of that arm's gripper, or finger_offset: none")
+    make_params(["sensors.tactile.finger_offset=right"])  # with the column (6 in params.yaml) it loads

@@ -262,6 +262,31 @@ def test_bank_and_symmetric_options_run_and_add_candidates():
     assert s1["chance_w"] == pytest.approx(math.log(1 + 3 + 5))
 
 
+def test_each_sensor_has_its_own_memory_bank():
+    """Issue #44: one bank for both pads made each pad's banked positives the other's
+    negatives. Two sensors: the left pad's steps fill only the left bank, so the right
+    pad's first step sees its in-image and in-batch candidates alone (chance as without
+    a bank), and its second step its own banked positives."""
+    torch.manual_seed(0)
+    cfg = HsaConfig(proj_dim=8, bank_size=32, bank_topk=5, tp_weight=0)
+    hsa = HSALoss(8, cfg, sensors=["tactile_left", "tactile_right"])
+
+    def x(sensor):
+        return HsaInputs(tactile=torch.randn(4, 2, 8), wrist=torch.randn(4, 6, 8),
+                         wrist_box=torch.eye(4, 6, dtype=torch.bool), valid=torch.ones(4, dtype=torch.bool),
+                         sensor=sensor)
+
+    hsa(x("tactile_left"))
+    hsa(x("tactile_left"))
+    assert int(hsa.bank("tactile_left").filled) == 8 and int(hsa.bank("tactile_right").filled) == 0
+    _, first = hsa(x("tactile_right"))
+    assert first["chance_w"] == pytest.approx(math.log(1 + 3 + 5))  # nothing of the left pad's
+    _, second = hsa(x("tactile_right"))
+    assert second["chance_w"] == pytest.approx(math.log(1 + 3 + 5 + 4))  # its own 4 banked
+    with pytest.raises(KeyError, match="no sensor 'tactile'"):
+        hsa(x("tactile"))
+
+
 def make_toy(B, N, D, rng, separable: bool):
     """Wrist images with one box; tactile tokens copy the in-box content when separable."""
     content = torch.randn(B, D, generator=rng)

@@ -235,3 +235,8 @@ def test_a_touch_blind_trained_policy_has_zero_tactile_reliance(work_dir):
     r = touch_reliance(policy, caches, rows, ActionCodec.from_stats(caches.stats, False), valid, lambda x: x, "cpu")
     assert r["all"]["tactile_swap"] == 0.0 and r["all"]["top_swap"] > 0
     assert r["all"]["reading"] == "this policy's actions do not depend on touch"
+    # issue #44: no alignment figures for the stream it never saw (its adapter is untrained)
+    from hsa_pipeline.evaluation.alignment import alignment, alignment_rows
+
+    align = alignment(caches, policy, None, rows, "cpu")
+    assert align["blind"] == ["tactile"] and alignment_rows(align) == []

@@ -550,6 +550,26 @@ def test_a_compiled_policy_answers_as_the_eager_one(trained, device, capsys):
         np.testing.assert_allclose(g, w, atol=1e-4 if device == "cpu" else 3e-2, rtol=0)
 
 
+def test_the_compiled_control_step_hands_back_the_chunk_alone(trained, policy, monkeypatch):
+    """Issue #44: the compiled ACT forward handed back (chunk, latent, every stream's
+    adapter output), and the clone that guards CUDA graphs' buffers copied all of it every
+    control step. Now it hands back the chunk alone: what the compiled calls return is
+    recorded (the compiler replaced by a plain wrapper), and the answers stay the eager ones."""
+    from hsa_pipeline.pipeline import runtime
+
+    handed_back: list = []
+    real = runtime._cloned
+    monkeypatch.setattr(runtime, "_cloned", lambda out: handed_back.append(out) or real(out))
+    monkeypatch.setattr(runtime.torch, "compile", lambda fn, mode=None: (lambda *args: fn(*args)))
+    fast = Policy.load(trained, device="cpu").compile("reduce-overhead")
+    obs = observations(1)[0]
+    got = fast.predict_chunk(request(fast, obs), obs["qpos"])
+    np.testing.assert_array_equal(got, policy.predict_chunk(request(policy, obs), obs["qpos"]))
+    assert not any(isinstance(o, dict) for o in handed_back)  # no adapter outputs (a dict of streams)
+    assert any(isinstance(o, torch.Tensor) and tuple(o.shape) == (1, policy.chunk_size, len(obs["qpos"]))
+               for o in handed_back)
+
+
 def test_compiled_calls_from_many_threads_each_get_their_own_answer(monkeypatch):
     """Issue #45: a compiled function that, like a CUDA graph's replay, writes every answer
     into one static buffer, called from 8 threads at once with different inputs: each

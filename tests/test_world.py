@@ -245,7 +245,9 @@ def test_a_claw_on_the_press_task_or_without_a_gripper_is_refused():
     with pytest.raises(ConfigError, match="world.task: 'press' presses tiles with a pad facing down, but "
                                           "sensors.tactile sits in a claw"):
         world(claw_params(["world.task=press"]))
-    with pytest.raises(ConfigError, match="the pad is in a claw, but robot.arms.arm.gripper_index is null"):
+    with pytest.raises(ConfigError, match="sensors.tactile.finger_offset: 'left' puts the pad on a claw finger, "
+                                          "which moves with the claw's opening, but robot.arms.arm.gripper_index is "
+                                          "null"):
         world(claw_params(["robot.arms.arm.gripper_index=null"]))
 
 

@@ -156,6 +156,10 @@ def _cross_check(p: Params) -> None:
         _check_pose(s.mount, f"sensors.{name}.mount")
         if any(v <= 0 for v in s.size[:2]):
             raise ConfigError(f"sensors.{name}.size: must be positive, got {s.size}")
+        if s.finger_offset != "none" and p.robot.arms[s.arm].gripper_index is None:
+            raise ConfigError(f"sensors.{name}.finger_offset: '{s.finger_offset}' puts the pad on a claw finger, which "
+                              f"moves with the claw's opening, but robot.arms.{s.arm}.gripper_index is null; set it "
+                              f"to the qpos column of that arm's gripper, or finger_offset: none")
     for name, c in p.cameras.items():
         key = f"cameras.{name}"
         if c.mount != "world" and c.mount not in p.robot.arms:

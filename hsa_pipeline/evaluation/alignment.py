@@ -71,19 +71,24 @@ TARGETS = {"now": "frames in contact; the positive is the sensor's own box",
 def alignment(caches: Caches, policy: ACTPolicy, hsa: HSALoss | None, rows: np.ndarray, device,
               trained_on: str | None = None) -> dict:
     """Retrieval and localisation on held-out frames, against both targets (TARGETS), each
-    labelled with what it measures, its chance levels, and which one HSA trained on."""
-    out: dict = {"trained_on": trained_on}
+    labelled with what it measures, its chance levels, and which one HSA trained on. A
+    stream the policy is blind to (act.blind) is not measured: its adapter never learned
+    from it, so any figure would describe random weights; `blind` lists them."""
+    blind = set(policy.cfg.blind)
+    out: dict = {"trained_on": trained_on, "blind": sorted(blind)}
     for target, meaning in TARGETS.items():
         boxes, visible, _ = caches.token_boxes(target)
         views = {"measures": meaning}
         for pair in caches.pairs:
+            if pair.sensor in blind:
+                continue
             if target == "now":
                 events_of = caches.contact[pair.sensor]  # a contact run is one event
                 eligible = caches.contact[pair.sensor]
             else:
                 events_of = caches.next_row[pair.sensor]  # frames heading for one change share it
                 eligible = caches.next_row[pair.sensor] >= 0
-            for cam in pair.cameras:
+            for cam in (c for c in pair.cameras if c not in blind):
                 key = pair.key(cam)
                 use = rows[visible[key][rows] & eligible[rows] & boxes[key][rows].any((1, 2))]
                 if len(use) < 2:

@@ -47,6 +47,7 @@ class HsaInputs:
     tp_alpha: torch.Tensor | list[torch.Tensor] | None = None
     negatives: torch.Tensor | None = None  # (B, K, D) explicit extra negatives (raw tokens)
     negatives_mask: torch.Tensor | None = None  # (B, K) bool, True = use
+    sensor: str = ""  # whose touch this is: each tactile sensor has its own memory bank
 
 
 class ProjectionHead(nn.Module):
@@ -138,7 +139,7 @@ class MemoryBank(nn.Module):
 class HSALoss(nn.Module):
     """Projection heads, temperature, memory bank and the loss with its diagnostics."""
 
-    def __init__(self, token_dim: int, cfg: HsaConfig, total_steps: int = 1):
+    def __init__(self, token_dim: int, cfg: HsaConfig, total_steps: int = 1, sensors: list[str] | None = None):
         super().__init__()
         self.cfg = cfg
         self.total_steps = max(1, total_steps)
@@ -148,7 +149,11 @@ class HSALoss(nn.Module):
                                       requires_grad=cfg.temperature_mode == "learnable")
         # the fixed temperature as a tensor that moves with the module: no tensor made on the host per step
         self.register_buffer("fixed_kappa", torch.tensor(float(cfg.temperature)), persistent=False)
-        self.bank = MemoryBank(cfg.bank_size, cfg.proj_dim) if cfg.bank_size else None
+        # one memory bank per tactile sensor: a bank shared by two pads would make each pad's
+        # positives the other's negatives (its own past positives are what a bank is for)
+        self.sensors = list(sensors or [""])
+        self.banks = nn.ModuleList([MemoryBank(cfg.bank_size, cfg.proj_dim) for _ in self.sensors]
+                                   if cfg.bank_size else [])
 
     def kappa(self, step: torch.Tensor | int = 0) -> torch.Tensor:
         """The temperature at training step `step`, a 0-d tensor on the module's device. The
@@ -164,8 +169,16 @@ class HSALoss(nn.Module):
             return c.temperature_final + 0.5 * (c.temperature - c.temperature_final) * (1 + torch.cos(math.pi * t))
         return self.fixed_kappa
 
+    def bank(self, sensor: str) -> MemoryBank | None:
+        """The memory bank of `sensor` (None with hsa.bank_size 0)."""
+        if not len(self.banks):
+            return None
+        if sensor not in self.sensors:
+            raise KeyError(f"HSA memory bank: no sensor '{sensor}' (sensors: {self.sensors})")
+        return self.banks[self.sensors.index(sensor)]
+
     def _view(self, q: torch.Tensor, tokens: torch.Tensor, box: torch.Tensor, valid: torch.Tensor, kappa: torch.Tensor,
-              extra: tuple | None, use_bank: bool, diagnostics: bool):
+              extra: tuple | None, bank: MemoryBank | None, diagnostics: bool):
         """One view's loss (B,), diagnostics ({} unless asked for) and positives."""
         has_box = box.any(1)
         valid = valid & has_box
@@ -178,8 +191,8 @@ class HSALoss(nn.Module):
         if extra is not None and extra[0] is not None:
             negs.append(self.head_vision(extra[0]))
             masks.append(extra[1] if extra[1] is not None else torch.ones(extra[0].shape[:2], dtype=torch.bool, device=q.device))
-        if use_bank and self.bank is not None:
-            bn, bm = self.bank.negatives(q, self.cfg.bank_topk)
+        if bank is not None:
+            bn, bm = bank.negatives(q, self.cfg.bank_topk)
             negs.append(bn)
             masks.append(bm)
         neg = torch.cat(negs, 1) if negs else None
@@ -219,21 +232,22 @@ class HSALoss(nn.Module):
         q = self.head_tactile(x.tactile.mean(1))  # (B, P)
         extra = (x.negatives, x.negatives_mask)
         valid_w = x.valid if x.wrist_visible is None else x.valid & x.wrist_visible
-        loss_w, usable_w, stats_w, pos_w = self._view(q, x.wrist, x.wrist_box, valid_w, kappa, extra, True, diagnostics)
+        bank = self.bank(x.sensor)
+        loss_w, usable_w, stats_w, pos_w = self._view(q, x.wrist, x.wrist_box, valid_w, kappa, extra, bank, diagnostics)
         total = self._reduce(loss_w, usable_w)
         stats = {f"{k}_w": v for k, v in stats_w.items()}
         views = third_person_views(x, len(q), q.device)
         if views and self.cfg.tp_weight > 0:
             tp_total, tp_stats = q.new_zeros(()), []
             for tokens, box, alpha in views:
-                loss_tp, usable_tp, stats_tp, _ = self._view(q, tokens, box, x.valid & (alpha > 0), kappa, None, False,
+                loss_tp, usable_tp, stats_tp, _ = self._view(q, tokens, box, x.valid & (alpha > 0), kappa, None, None,
                                                              diagnostics)
                 tp_total = tp_total + self._reduce(loss_tp * alpha, usable_tp)
                 tp_stats.append(stats_tp)
             total = total + self.cfg.tp_weight * tp_total / len(views)
             stats.update({f"{k}_tp": v for k, v in _mean_stats(tp_stats).items()})
-        if self.bank is not None and self.training:
-            self.bank.push(pos_w.detach(), usable_w)
+        if bank is not None and self.training:
+            bank.push(pos_w.detach(), usable_w)
         return total, stats
 
     def _reduce(self, loss: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
@@ -269,8 +283,9 @@ def hsa_loss_for(policy: nn.Module, hsa: HsaConfig, total_steps: int = 1) -> HSA
     """The HSA loss of a policy (an act.ACTPolicy). With act.touch_map its heads are the
     policy's touch-map heads (shared modules): the alignment HSA learns is the map the
     policy reads."""
+    sensors = list(policy.shapes.tactile)
     if not policy.cfg.touch_map:
-        return HSALoss(policy.cfg.hidden_dim, hsa, total_steps)
-    loss = HSALoss(policy.cfg.hidden_dim, replace(hsa, proj_dim=policy.cfg.hidden_dim), total_steps)
+        return HSALoss(policy.cfg.hidden_dim, hsa, total_steps, sensors)
+    loss = HSALoss(policy.cfg.hidden_dim, replace(hsa, proj_dim=policy.cfg.hidden_dim), total_steps, sensors)
     loss.head_tactile, loss.head_vision = policy.touch_query, policy.touch_key
     return loss

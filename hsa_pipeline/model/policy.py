@@ -32,7 +32,7 @@ class Policy:
         self.chunk_size = meta["act"]["chunk_size"]
         s = meta["stats"]
         self.codec = ActionCodec.from_stats(s, meta["act"].get("relative_actions", False))
-        self._act = self.model  # what predict_chunk calls: the ACT model, or its compiled self (compile)
+        self._act = self._chunk  # what predict_chunk calls: the ACT chunk, or its compiled self (compile)
 
     def compile(self, mode: str | None) -> "Policy":
         """Compile the control step's two networks for inference (`torch.compile` mode, e.g.
@@ -40,8 +40,13 @@ class Policy:
         forward. Each compiles at its first call (seconds to a minute); a compile that
         fails says why in one line and that network runs eager."""
         self.encoder.compile(mode)
-        self._act = CompiledOrEager(self.model, mode, "policy (ACT)")
+        self._act = CompiledOrEager(self._chunk, mode, "policy (ACT)")
         return self
+
+    def _chunk(self, q: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """ACT's action chunk (1, k, Da) alone: what a compiled step hands back (and clones),
+        not the adapter outputs of every stream the forward also returns."""
+        return self.model(q, tokens)[0]
 
     @classmethod
     def load(cls, directory: str | Path, weights: str | None = None, device: str = "auto") -> "Policy":
@@ -69,7 +74,7 @@ class Policy:
         (chunk, Da) actions in joint units."""
         tokens = tokens if tokens is not None else self.features(images)
         q = torch.as_tensor(normalise_qpos(qpos, self.meta["stats"]), device=self.device)[None]
-        pred, _, _ = self._act(q, {s: t.float() for s, t in tokens.items()})
+        pred = self._act(q, {s: t.float() for s, t in tokens.items()})  # (1, k, Da)
         return self.codec.decode(pred[0].cpu().numpy(), np.asarray(qpos, dtype=float))
 
 

@@ -66,7 +66,7 @@ class TrainModule(nn.Module):
                  else torch.ones(B, dtype=torch.bool, device=device))  # made there: no copy from the host
         x = HsaInputs(tactile=adapted[pair.sensor], wrist=adapted[pair.wrist],
                       wrist_box=batch.box[pair.key(pair.wrist)].flatten(1),
-                      valid=valid, wrist_visible=batch.visible[pair.key(pair.wrist)])
+                      valid=valid, wrist_visible=batch.visible[pair.key(pair.wrist)], sensor=pair.sensor)
         if pair.third_persons:  # every third-person camera (its touch map marks each of them)
             keys = [pair.key(c) for c in pair.third_persons]
             x.tp = [adapted[c] for c in pair.third_persons]
