@@ -23,6 +23,12 @@ TINY = ["synth.episodes=4", "world.frames_per_touch=12", "world.max_joint_speed_
         "act.chunk_size=5", "data.min_length=5", "data.train_ratio=0.75"]
 
 
+# The test process computes with the libraries' own kernels (numerics: native: nothing sets
+# pipeline/numerics.py's environment before pytest loads numpy and torch). A stage or a
+# server in a subprocess whose numbers a test compares with in-process ones runs the same.
+AS_THIS_PROCESS = ["--set", "numerics=native"]
+
+
 def make_params(overrides: list[str] | None = None, base: list[str] | None = None) -> Params:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     return params_from_dict(apply_overrides(raw, (base if base is not None else TINY) + (overrides or [])))

@@ -342,7 +342,7 @@ def test_two_process_torchrun_shards_the_work_and_matches_one_process(work_dir):
 
     import yaml
 
-    from conftest import TINY, TINY_TRAIN
+    from conftest import AS_THIS_PROCESS, TINY, TINY_TRAIN
     from hsa_pipeline.config import apply_overrides
 
     raw = apply_overrides(yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text()), TINY + TINY_TRAIN)
@@ -353,8 +353,8 @@ def test_two_process_torchrun_shards_the_work_and_matches_one_process(work_dir):
 
     shutil.rmtree(work_dir / "outputs" / "features.zarr")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "hsa_pipeline.cli", "features"], cwd=work_dir, capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+                        "-m", "hsa_pipeline.cli", "features", *AS_THIS_PROCESS], cwd=work_dir, capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     two = FeatureStore(work_dir / "outputs" / "features.zarr")
     for s, grid in ref.items():

@@ -18,7 +18,7 @@ import torch
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from conftest import REPO, TRAIN, needs_cpp_compiler, tiny_pipeline_params
+from conftest import AS_THIS_PROCESS, REPO, TRAIN, needs_cpp_compiler, tiny_pipeline_params
 from hsa_pipeline.model.policy import Policy, TemporalEnsembler
 from hsa_pipeline.serving.client import RemotePolicy
 from hsa_pipeline.serving.server import Limits, PolicyServer, ServerThread, pack, policy_hash, unpack
@@ -240,8 +240,8 @@ def test_the_hsa_serve_command_binds_the_loopback_and_serves(trained, policy):
     import re
 
     proc = subprocess.Popen([sys.executable, "-m", "hsa_pipeline.cli", "serve", "--policy", str(trained), "--port", "0",
-                             "--control-hz", "10"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             "--control-hz", "10", *AS_THIS_PROCESS], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         line = ""
         while "ws://" not in line:
@@ -607,8 +607,8 @@ def test_hsa_serve_compile_compiles_before_listening_and_answers_as_eager(traine
     import re
 
     proc = subprocess.Popen([sys.executable, "-m", "hsa_pipeline.cli", "serve", "--policy", str(trained), "--port", "0",
-                             "--compile", "default", "--no-ensemble"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--compile", "default", "--no-ensemble", *AS_THIS_PROCESS], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
         while not lines or "ws://" not in lines[-1]:
