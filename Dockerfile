@@ -22,10 +22,13 @@ ARG BASE=debian:12-slim@sha256:1209d8fd77def86ceb6663deef7956481cc6c14a25e1e64da
 FROM ${BASE}
 
 ARG DEBIAN_FRONTEND=noninteractive
-# tini: an init that reaps DataLoader and torchrun children and forwards signals
+# tini: an init that reaps DataLoader and torchrun children and forwards signals; libegl1,
+# libopengl0 and Mesa's drivers: MuJoCo renders gym-aloha's tasks headless through EGL (on a
+# GPU host the NVIDIA toolkit's EGL when the container gets the `graphics` capability)
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates tini \
+       libegl1 libopengl0 libgl1-mesa-dri \
     && rm -rf /var/lib/apt/lists/* \
     && git config --system user.name "hsa-pipeline container" \
     && git config --system user.email "hsa-pipeline@localhost" \

@@ -240,6 +240,22 @@ def check_params(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -
     print(f"{params}: ok")
 
 
+@app.command("apply-preset")
+def apply_preset(preset: Path = typer.Argument(..., help="an overlay, e.g. presets/aloha-sim/transfer-cube.yaml"),
+                 params: Path = ParamsOpt) -> None:
+    """Write a preset's keys into params.yaml (checked first; the comments of the keys it
+    replaces are lost, the file's other keys are kept)."""
+    import yaml
+
+    from .config import apply_overrides, params_from_dict, preset_overrides
+
+    with _user_errors("apply-preset"):
+        raw = apply_overrides(yaml.safe_load(params.read_text()), preset_overrides(preset))
+        params_from_dict(raw)
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    print(f"{params}: {preset}'s {len(preset_overrides(preset))} keys applied; `dvc repro` runs it")
+
+
 @app.command("sync-deps")
 def sync_deps(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
               dvc_yaml: Path = typer.Option(Path("dvc.yaml"), help="the pipeline file to update")) -> None:

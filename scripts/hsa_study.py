@@ -74,13 +74,15 @@ def write_params(directory: Path, overrides: list[str]) -> None:
     (directory / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def stage(name: str, cwd: Path, log) -> None:
+def stage(name: str, cwd: Path, log) -> float:
+    """Run `python -m stages.<name>` in `cwd` (output to `log`); -> its wall time in seconds."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "stages." + name], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     print(f"  {cwd.name}: {name} {'ok' if r.returncode == 0 else 'FAILED'} ({time.perf_counter() - t:.0f} s)", flush=True)
     if r.returncode:
         raise SystemExit(f"{name} failed in {cwd}; see {log.name}")
+    return time.perf_counter() - t
 
 
 def build_dataset(shared: Path, overrides: list[str]) -> Path:

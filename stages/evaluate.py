@@ -1,7 +1,8 @@
-"""Stage `evaluate`: closed-loop success in the touch world, action error against
-baselines, open-loop replay, tactile-visual alignment against chance, and the HTML report.
+"""Stage `evaluate`: closed-loop success in the simulator (the touch world, or gym-aloha's
+tasks with world.kind: aloha), action error against baselines, open-loop replay,
+tactile-visual alignment against chance, and the HTML report.
 
-Reads    params eval, world, robot, sensors, cameras (the world the policy acts in);
+Reads    params eval, world, aloha, robot, sensors, cameras (the world the policy acts in);
          outputs/prepare, outputs/geometry.zarr, outputs/features.zarr, outputs/train
 Writes   outputs/eval/ metrics.json, plots/, rollouts/ (success.gif, failure.gif), report.html
 """
@@ -10,13 +11,13 @@ Writes   outputs/eval/ metrics.json, plots/, rollouts/ (success.gif, failure.gif
 from hsa_pipeline.pipeline.paths import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN
 from stages import main
 
-PARAMS = ["eval", "world", "robot", "sensors", "cameras", "numerics"]
+PARAMS = ["eval", "world", "aloha", "robot", "sensors", "cameras", "numerics"]
 OUT = EVAL
 
 
 def run(p) -> dict:
     from hsa_pipeline.evaluation.evaluate import run_evaluate  # here: main() sets numerics first
-    return run_evaluate(p.eval, p.world, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, OUT)
+    return run_evaluate(p.eval, p.world, p.aloha, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, OUT)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def hsa(*args, cwd=REPO):
 def test_help_lists_every_stage_and_tool():
     out = hsa("--help").stdout
     for name in ("synth", "prepare", "geometry", "features", "train", "evaluate", "preview", "check-params", "params-doc",
-                 "serve", "sync-deps", "rollout", "calibrate"):
+                 "serve", "sync-deps", "rollout", "calibrate", "apply-preset"):
         assert name in out
 
 
@@ -26,6 +26,26 @@ def test_bad_override_is_one_line_and_exit_1():
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "hsa.temperature: must be > 0.0, got -1" in r.stderr
     assert hsa("check-params", "--set", "hsa.weight=1.5").returncode == 0
+
+
+def test_apply_preset_writes_the_presets_keys_into_params_and_keeps_the_rest(tmp_path):
+    import shutil
+
+    import yaml
+
+    from conftest import make_params
+    from hsa_pipeline.config import params_from_dict, preset_overrides
+
+    preset = REPO / "presets" / "aloha-sim" / "insertion.yaml"
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    r = hsa("apply-preset", str(preset), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = params_from_dict(yaml.safe_load((tmp_path / "params.yaml").read_text()))
+    assert written == make_params(preset_overrides(preset), base=[])
+    assert written.world.kind == "aloha" and written.robot.arms["right"].model == "vx300s"
+    assert written.features == make_params(base=[]).features  # a key the preset does not name: kept
+    r = hsa("apply-preset", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert r.returncode == 1 and "preset not found" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_stage_with_missing_data_fails_clearly(tmp_path):

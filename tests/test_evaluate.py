@@ -99,7 +99,7 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     p = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.report_frames=2", "eval.rollouts=3",
                               "eval.max_steps=12"])
     run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, TRAIN)
-    m = run_evaluate(p.eval, p.world, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL)
+    m = run_evaluate(p.eval, p.world, p.aloha, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL)
     saved = json.loads((EVAL / "metrics.json").read_text())
     for key in ("chunk_l1", "hold_chunk_l1", "const_vel_chunk_l1", "replay_l1_ensembled", "replay_l1_chunked"):
         assert isinstance(saved[key], float) and saved[key] >= 0, key
@@ -145,7 +145,7 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     assert scalars["touch/reliance/all"] == pytest.approx(rel["all"]["reliance"], rel=1e-5)
     assert scalars["touch/tactile_swap/in_contact"] == pytest.approx(rel["in contact"]["tactile_swap"], rel=1e-5)
     # over eval.memory_budget_gb the validation grids are read per batch: the same figures
-    streamed = run_evaluate(dataclasses.replace(p.eval, rollouts=0, memory_budget_gb=1e-6), p.world, p.robot,
+    streamed = run_evaluate(dataclasses.replace(p.eval, rollouts=0, memory_budget_gb=1e-6), p.world, p.aloha, p.robot,
                             p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL.parent / "eval-streamed")
     for key in ("chunk_l1", "replay_l1_ensembled", "alignment", "touch_reliance"):
         assert streamed[key] == m[key], key
@@ -188,8 +188,8 @@ def test_a_policy_for_another_rig_is_refused_in_one_line(work_dir):
     b = bimanual_params()
     env = TouchWorld(b.world, b.robot, b.sensors, b.cameras)
     with pytest.raises(StoreError, match=r"the policy reads streams \['top', 'wrist', 'tactile'\] and acts with 7 "
-                                         r"values, but the touch world renders \['top', 'left_wrist', 'right_wrist', "
-                                         r"'tactile_left', 'tactile_right'\] and takes 14"):
+                                         r"values, but the simulator \(world.kind\) renders \['top', 'left_wrist', "
+                                         r"'right_wrist', 'tactile_left', 'tactile_right'\] and takes 14"):
         check_compatible(Policy.load(TRAIN / "policy"), env, "outputs/train/policy")
 
 

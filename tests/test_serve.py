@@ -49,7 +49,7 @@ def policy(trained) -> Policy:
 
 def observations(n: int, seed: int = 3) -> list[dict]:
     """What the robot side sends: the touch world's images and qpos over a few steps."""
-    env = TouchWorld(P.world, P.robot, P.sensors, P.cameras, max_steps=50)
+    env = TouchWorld(P.world, P.aloha, P.robot, P.sensors, P.cameras, max_steps=50)
     obs, _ = env.reset(seed=seed)
     out = []
     for _ in range(n):
@@ -103,7 +103,7 @@ def test_the_touch_world_closed_loop_through_the_server_matches_in_process(train
     server = PolicyServer(policy, str(trained), ensemble_k=0.01)
     with ServerThread(server) as port:
         uri = f"ws://127.0.0.1:{port}"
-        env = TouchWorld(P.world, P.robot, P.sensors, P.cameras, max_steps=P.eval.max_steps)
+        env = TouchWorld(P.world, P.aloha, P.robot, P.sensors, P.cameras, max_steps=P.eval.max_steps)
         a = run_rollout(env, policy, seed=11, ensemble_k=0.01)
         b = run_rollout(env, RemotePolicy(uri), seed=11, ensemble_k=0.01)
         assert (a.success, a.failure, a.steps, a.phases_reached) == (b.success, b.failure, b.steps, b.phases_reached)
@@ -112,9 +112,9 @@ def test_the_touch_world_closed_loop_through_the_server_matches_in_process(train
         cfg = {**P.eval.__dict__, "rollouts": 2, "server": uri}
         from hsa_pipeline.config import EvalConfig
 
-        served, _, served_results = closed_loop(EvalConfig(**cfg), P.world, P.robot, P.sensors, P.cameras,
+        served, _, served_results = closed_loop(EvalConfig(**cfg), P.world, P.aloha, P.robot, P.sensors, P.cameras,
                                                 trained.parent)
-        local, _, local_results = closed_loop(EvalConfig(**{**cfg, "server": None}), P.world, P.robot, P.sensors,
+        local, _, local_results = closed_loop(EvalConfig(**{**cfg, "server": None}), P.world, P.aloha, P.robot, P.sensors,
                                               P.cameras, trained.parent)
         assert served["driven_by"] == uri and local["driven_by"] == "in-process"
         assert [(r.success, r.steps, r.failure) for r in served_results] == \
@@ -140,7 +140,7 @@ def test_a_served_policy_other_than_the_trained_one_is_refused_by_evaluate(train
     with ServerThread(PolicyServer(policy, str(trained))) as port:
         cfg = EvalConfig(**{**P.eval.__dict__, "rollouts": 1, "server": f"ws://127.0.0.1:{port}"})
         with pytest.raises(StoreError, match="serves policy .* not .*restart `hsa serve` on this policy"):
-            closed_loop(cfg, P.world, P.robot, P.sensors, P.cameras, other.parent)
+            closed_loop(cfg, P.world, P.aloha, P.robot, P.sensors, P.cameras, other.parent)
 
 
 def test_malformed_observations_get_one_line_and_the_server_keeps_serving(trained, policy):

@@ -116,7 +116,7 @@ def test_the_readme_starts_fast():
 # The library's sub-packages, lowest first: a package may import only those before it (and
 # itself); `errors` and `config` are below everything. Each package's __init__ docstring
 # says the same ("May import: ...").
-LAYERS = ["errors", "config", "pipeline", "data", "geometry", "features", "world", "model", "training", "serving",
+LAYERS = ["errors", "config", "pipeline", "data", "geometry", "features", "world", "aloha", "model", "training", "serving",
           "evaluation", "cli"]
 
 
@@ -159,16 +159,17 @@ def test_each_package_says_what_it_may_import():
         assert allowed <= set(LAYERS[:i]), (name, allowed - set(LAYERS[:i]))
 
 
-# Issue #41: nothing that trains or serves a policy reads the simulator's truth. Only the world
-# itself, the evaluation (which runs policies in it and judges them by its truth), the stages
-# that record it (synth) and run it (evaluate), and the CLI's world commands may import them.
-TRUTH = ("hsa_pipeline.world", "hsa_pipeline.evaluation")
+# Issue #41: nothing that trains or serves a policy reads the simulator's truth. Only the
+# simulators themselves (the touch world, gym-aloha's tasks), the evaluation (which runs
+# policies in them and judges them by their truth), the stages that record them (synth) and
+# run them (evaluate), and the CLI's world commands may import them.
+TRUTH = ("hsa_pipeline.world", "hsa_pipeline.aloha", "hsa_pipeline.evaluation")
 MAY_READ_TRUTH = (*TRUTH, "stages.synth", "stages.evaluate")
 CLI_WORLD_COMMANDS = {"rollout", "calibrate_record_demo"}
 
 
 def truth_imports(root) -> list[str]:
-    """Every import (lazy ones included) of the world or the evaluation by a module that may
+    """Every import (lazy ones included) of a simulator or the evaluation by a module that may
     not read them, in the tree under `root`."""
     found = [f"{m} imports {d}" for m, deps in import_graph(root).items()
              if not m.startswith(MAY_READ_TRUTH) and m != "hsa_pipeline.cli" for d in deps if d.startswith(TRUTH)]

@@ -54,6 +54,10 @@ class WorldConfig:
     `cameras` over a table with object tiles, and a task. `synth` records its scripted
     expert; `evaluate` runs the trained policy in it, closed loop."""
 
+    kind: Literal["touch", "aloha"] = param(
+        "touch", "touch: this project's touch world (the keys below); aloha: gym-aloha's simulated bimanual tasks on "
+                 "MuJoCo (the `aloha` section), the field's benchmark for ACT: synth records its scripted expert and "
+                 "evaluate rolls the policy out there")
     task: Literal["match", "press"] = param(
         "match", "match: feel a probe whose class no camera shows and put it on the tile of its class (needs "
         "touch); press: press the target tiles left to right (vision suffices)")
@@ -72,6 +76,23 @@ class WorldConfig:
     control_hz: float = param(10.0, "control steps per second (one recorded frame a step)", gt=0.0)
     max_joint_speed_deg: float = param(180.0, "an arm joint moves at most this fast toward its target, deg/s (a "
                                                 "setting of the demo world, not a datasheet value)", gt=0.0)
+
+
+@dataclass
+class AlohaConfig:
+    """gym-aloha's two simulated bimanual tasks (hsa_pipeline/aloha), used when `world.kind`
+    is aloha: two ViperX 300s arms, one top camera, no tactile stream."""
+
+    task: Literal["transfer_cube", "insertion"] = param(
+        "transfer_cube", "transfer_cube: the right arm picks the cube up and hands it to the left; insertion: the "
+                         "arms pick up a peg and a socket and put the peg in (success: the task's own reward 4)")
+    image_height: int = param(240, "height of the recorded top camera (the benchmark's: 480; the encoder resizes "
+                                   "to its input anyway)", ge=16)
+    image_width: int = param(320, "width of the recorded top camera (the benchmark's: 640)", ge=16)
+    shadows: bool = param(True, "render shadows as the benchmark does; false: about 3x cheaper rendering here, "
+                                "and images the benchmark never shows", )
+    episode_steps: int = param(400, "steps of a demonstration and of an evaluation rollout (50 Hz; the ACT paper "
+                                    "and LeRobot's evaluation: 400)", ge=10)
 
 
 @dataclass
@@ -148,7 +169,8 @@ class DataConfig:
 class ArmConfig:
     """One arm: its kinematic model, where it stands and which qpos columns drive it."""
 
-    model: str = param("nova2", "nova2, nova5, or a path to a URDF file (relative to the repository root)")
+    model: str = param("nova2", "nova2, nova5, vx300s (ALOHA's ViperX 300s), or a path to a URDF file (relative to "
+                                "the repository root)")
     qpos_start: int = param(0, "this arm's joints are qpos[qpos_start : qpos_start + n_joints]", ge=0)
     gripper_index: Optional[int] = param(6, "qpos index of this arm's normalised gripper command, or null", ge=0)
     end_link: Optional[str] = param(None, "URDF only: the link treated as the flange (default: the model's end effector)")
@@ -354,6 +376,7 @@ class Params:
     rig's calibration."""
 
     world: WorldConfig = param(factory=WorldConfig)
+    aloha: AlohaConfig = param(factory=AlohaConfig)
     synth: SynthConfig = param(factory=SynthConfig)
     data: DataConfig = param(factory=DataConfig)
     robot: RobotConfig = param(factory=RobotConfig)

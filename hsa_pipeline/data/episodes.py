@@ -193,11 +193,12 @@ def open_episode(path: str | Path, layout: str = "auto", lerobot: dict | None = 
 
 def write_episode(path: str | Path, qpos: np.ndarray, action: np.ndarray, images: dict[str, np.ndarray],
                   tactile: dict[str, np.ndarray], layout: str = "xtrainer", jpeg_quality: int = 90,
-                  tactile_under_images: bool = False, sim: bool = True) -> None:
+                  tactile_under_images: bool = False, sim: bool = True, compression: str | None = None) -> None:
     """Write one episode in the ACT ('act') or X-Trainer ('xtrainer') layout.
 
     images / tactile: name -> (T, H, W, 3) uint8 RGB. Written to a temporary name first,
-    so a killed writer never leaves a file that looks complete.
+    so a killed writer never leaves a file that looks complete. compression: HDF5's own
+    filter for the ACT layout's raw frames ('gzip'; any HDF5 reader undoes it), or None.
     """
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -213,7 +214,7 @@ def write_episode(path: str | Path, qpos: np.ndarray, action: np.ndarray, images
         if layout == "act":
             for name, frames in streams.items():
                 group = img_group if (name in images or tactile_under_images) else obs
-                group.create_dataset(name, data=frames, chunks=(1, *frames.shape[1:]))
+                group.create_dataset(name, data=frames, chunks=(1, *frames.shape[1:]), compression=compression)
         elif layout == "xtrainer":
             f.attrs["compress"] = True
             names = list(streams)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import CameraConfig, EvalConfig, RobotConfig, SensorConfig, WorldConfig
+from ..config import AlohaConfig, CameraConfig, EvalConfig, RobotConfig, SensorConfig, WorldConfig
 from ..data.caches import ActionCodec, Caches, chunk_window
 from ..errors import StoreError
 from ..model.policy import TemporalEnsembler, load_model
@@ -144,19 +144,16 @@ def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path
     return metrics, results, {"policy": policy, "hsa": hsa}
 
 
-def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
-                cameras: dict[str, CameraConfig], train_dir: Path) -> tuple[dict, dict[str, RolloutResult],
-                                                                            list[RolloutResult]]:
-    """`cfg.rollouts` rollouts of the exported policy in the touch world, on scenes no
-    training episode used. -> (summary, {"success": one, "failure": one} recorded rollouts,
-    every rollout's result in scene order)."""
-    from ..world import TouchWorld
-    from ..world.synth import scene_seed
-    from ..world.tasks import phases
+def closed_loop(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot: RobotConfig,
+                sensors: dict[str, SensorConfig], cameras: dict[str, CameraConfig],
+                train_dir: Path) -> tuple[dict, dict[str, RolloutResult], list[RolloutResult]]:
+    """`cfg.rollouts` rollouts of the exported policy in the simulator `world.kind` names,
+    on scenes no training episode used. -> (summary, {"success": one, "failure": one}
+    recorded rollouts, every rollout's result in scene order)."""
     from .rollout import policy_driver
 
     policy = policy_driver(Path(train_dir) / "policy", cfg.server, os.environ.get("HSA_API_KEY"))
-    env = TouchWorld(world, robot, sensors, cameras, max_steps=cfg.max_steps)
+    env, scene_seed, phase_names = simulator(world, aloha, robot, sensors, cameras, cfg.max_steps)
     check_compatible(policy, env, cfg.server or str(Path(train_dir) / "policy"))
     if cfg.server:
         from ..serving.server import policy_hash
@@ -174,17 +171,35 @@ def closed_loop(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors
         if record and key not in examples:
             examples[key] = r
         results.append(r)
-    summary = summarise(results, phases(world), cfg.max_steps)
-    summary["task"] = world.task
+    summary = summarise(results, phase_names, cfg.max_steps)
+    summary["task"] = f"aloha {aloha.task}" if world.kind == "aloha" else world.task
     summary["driven_by"] = cfg.server or "in-process"
     # guessing the tile succeeds 1 in candidates for each arm, and the scene needs every arm
-    summary["guess_rate"] = (1 / world.candidates) ** len(env.tasks) if world.task == "match" else None
+    summary["guess_rate"] = (1 / world.candidates) ** len(env.tasks) if env.touch_decisions else None
     return summary, examples, results
 
 
-def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
-                 cameras: dict[str, CameraConfig], prepare_dir: Path, geometry_path: Path, features_path: Path,
-                 train_dir: Path, out: Path) -> dict:
+def simulator(world: WorldConfig, aloha: AlohaConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
+              cameras: dict[str, CameraConfig], max_steps: int):
+    """The closed-loop environment of `world.kind`, its scene seeds (disjoint from the
+    demonstrations') and the names of its phases: -> (env, scene_seed, phase names)."""
+    if world.kind == "aloha":
+        from ..aloha.env import AlohaEnv
+        from ..aloha.record import scene_seed
+
+        env = AlohaEnv(aloha, max_steps)
+        return env, scene_seed, env.phase_names
+    from ..world import TouchWorld
+    from ..world.synth import scene_seed
+    from ..world.tasks import phases
+
+    env = TouchWorld(world, robot, sensors, cameras, max_steps=max_steps)
+    return env, scene_seed, phases(world)
+
+
+def run_evaluate(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot: RobotConfig,
+                 sensors: dict[str, SensorConfig], cameras: dict[str, CameraConfig], prepare_dir: Path,
+                 geometry_path: Path, features_path: Path, train_dir: Path, out: Path) -> dict:
     """Score the policy in `train_dir`: open loop on the held-out episodes, closed loop in
     the touch world -> metrics.json, plots/, report.html in `out`."""
     ThreadTuner(cfg.threads)
@@ -206,7 +221,7 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, robot: RobotConfig, sensor
     examples: dict[str, RolloutResult] = {}
     outcomes: list[RolloutResult] = []
     if cfg.rollouts:
-        summary, examples, outcomes = closed_loop(cfg, world, robot, sensors, cameras, train_dir)
+        summary, examples, outcomes = closed_loop(cfg, world, aloha, robot, sensors, cameras, train_dir)
         metrics = {"success_rate": summary["success_rate"], "success_ci95": summary["success_ci95"], **metrics,
                    "closed_loop": summary}
     write_outputs(Path(out), metrics, results, caches, models, rows, cfg, examples, outcomes, device)

@@ -1,4 +1,5 @@
-"""Closed-loop evaluation: the exported policy drives the touch world.
+"""Closed-loop evaluation: the exported policy drives the touch world (or gym-aloha's tasks,
+aloha/env.py, behind the same interface).
 
 The same code path a real robot uses: `Policy` computes features from the raw images
 with the online encoder (the cache's exact preprocessing), ACT predicts a chunk, and
@@ -67,8 +68,8 @@ def check_compatible(policy, env, where: str) -> None:
     width = policy.meta["shapes"]["action_dim"]
     if missing or width != env.width or policy.meta["shapes"]["qpos_dim"] != env.width:
         raise StoreError(f"{where}: the policy reads streams {policy.streams} and acts with {width} values, but the "
-                         f"touch world renders {env.streams} and takes {env.width}; closed-loop evaluation needs a "
-                         f"policy trained on the demo world's rig (for real-robot data set eval.rollouts: 0)")
+                         f"simulator (world.kind) renders {env.streams} and takes {env.width}; closed-loop evaluation "
+                         f"needs a policy trained on that simulator's rig (for real-robot data set eval.rollouts: 0)")
 
 
 def drive(env, seed: int, start, record: bool = False, threads=None) -> RolloutResult:
@@ -134,7 +135,7 @@ def arm_outcomes(env) -> list[dict]:
     arm's later figures are censored by the other's failure (its decision is censored only
     where the other arm failed before this one picked its probe up: it is checked at this
     arm's own pick-up, whatever the other does)."""
-    if env.cfg.task != "match":
+    if not env.touch_decisions:
         return []
     return [{"arm": t.arm, "picked_up": t.held or t.placed is not None, "on_a_tile": t.placed_on is not None,
              "right_tile": t.placed_on is not None and t.placed_on == t.order[0]} for t in env.tasks]
@@ -158,7 +159,7 @@ def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False,
             action = ens.step(chunk)
             ms["encode"].append(1e3 * (t1 - t0))
             ms["act"].append(1e3 * (time.perf_counter() - t1))
-            if env.cfg.task == "match":
+            if env.touch_decisions:
                 for a, task in enumerate(env.tasks):
                     if task.held and a not in checked:
                         checked[a] = decision_check(env, policy, obs, chunk, seed, a)

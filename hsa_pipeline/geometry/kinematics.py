@@ -1,9 +1,10 @@
 """Robot models and batched forward kinematics.
 
-Models come from roboticstoolbox-python (Dobot Nova 2 / Nova 5 from their DH tables, any
-robot from a URDF). roboticstoolbox evaluates one pose at a time (`ets().fkine` ~3.7 us a
-pose); `BatchedChain` evaluates the same elementary-transform sequence for a whole
-episode with stacked numpy matrix products, so geometry for 10^5 frames takes a moment.
+Models come from roboticstoolbox-python (Dobot Nova 2 / Nova 5 from their DH tables, the
+ViperX 300s of ALOHA from the MuJoCo model gym-aloha ships, any robot from a URDF).
+roboticstoolbox evaluates one pose at a time (`ets().fkine` ~3.7 us a pose); `BatchedChain`
+evaluates the same elementary-transform sequence for a whole episode with stacked numpy
+matrix products, so geometry for 10^5 frames takes a moment.
 It reads the chain from roboticstoolbox, so the two cannot describe different robots.
 """
 
@@ -39,6 +40,24 @@ _OFFSET = [0, -_HALF_PI, 0, -_HALF_PI, 0, 0]
 _LIMITS_DEG = [360, 180, 160, 360, 360, 360]
 
 
+# The ViperX 300s (6 joints) as gym-aloha's MJCF (assets/vx300s_left.xml) writes it: each body's
+# offset from its parent, then its joint's axis; no body is rotated. The flange is
+# `gripper_link`. tests/test_aloha.py checks these against MuJoCo's own body poses.
+VX300S_CHAIN = [("tz", 0.079), ("Rz", None), ("tz", 0.04805), ("Ry", None), ("tx", 0.05955), ("tz", 0.3), ("Ry", None),
+                ("tx", 0.2), ("Rx", None), ("tx", 0.1), ("Ry", None), ("tx", 0.069744), ("Rx", None)]
+VX300S_LIMITS = [(-3.14158, 3.14158), (-1.85005, 1.25664), (-1.76278, 1.6057), (-3.14158, 3.14158),
+                 (-1.8675, 2.23402), (-3.14158, 3.14158)]
+ROBOTS = "nova2, nova5, vx300s or a path to a .urdf file"
+
+
+def _vx300s(rtb):
+    ets = rtb.ETS([getattr(rtb.ET, kind)(value) if value is not None else getattr(rtb.ET, kind)()
+                   for kind, value in VX300S_CHAIN])
+    robot = rtb.Robot(ets, name="vx300s", manufacturer="Trossen Robotics")
+    robot.qlim = np.array(VX300S_LIMITS).T
+    return robot
+
+
 def rpy_matrix(rpy_rad) -> np.ndarray:
     """R = Rz(yaw) @ Ry(pitch) @ Rx(roll), the URDF / ROS convention."""
     r, p, y = rpy_rad
@@ -61,7 +80,7 @@ def pose_matrix(pose: Pose) -> np.ndarray:
 
 
 def build_robot(model: str, base_dir: Path | str = ".", key: str = "robot"):
-    """A roboticstoolbox robot for 'nova2', 'nova5' or a URDF path (relative to base_dir)."""
+    """A roboticstoolbox robot for 'nova2', 'nova5', 'vx300s' or a URDF path (relative to base_dir)."""
     rtb = _rtb()
     name = model.lower()
     if name in DH_TABLES:
@@ -72,6 +91,8 @@ def build_robot(model: str, base_dir: Path | str = ".", key: str = "robot"):
             for i in range(6)
         ]
         return rtb.DHRobot(links, name=name, manufacturer="Dobot")
+    if name == "vx300s":
+        return _vx300s(rtb)
     if name.endswith((".urdf", ".xacro")):
         path = Path(base_dir) / model
         if not path.is_file():
@@ -82,7 +103,7 @@ def build_robot(model: str, base_dir: Path | str = ".", key: str = "robot"):
                 return rtb.Robot.URDF(str(path.resolve()))
         except Exception as e:  # the URDF parser raises many kinds
             raise ConfigError(f"{key}.model: {path} does not parse as a URDF: {type(e).__name__}: {e}") from None
-    raise ConfigError(f"{key}.model: unknown robot '{model}'; expected nova2, nova5 or a path to a .urdf file")
+    raise ConfigError(f"{key}.model: unknown robot '{model}'; expected {ROBOTS}")
 
 
 class BatchedChain:

@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]  # holds hsa_pipeline/ and stages/
 PACKAGES = ("hsa_pipeline", "stages")
 # Distributions whose versions change results or formats: numerics (torch, numpy, opencv,
-# the kinematics), the encoder (open_clip, torchvision, Pillow's decoding) and the stores.
+# the kinematics), the encoder (open_clip, torchvision, Pillow's decoding), the stores and
+# gym-aloha's simulation (its physics and rendering record the ALOHA demonstrations).
 LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "zarr", "h5py", "pillow", "opencv-python-headless",
-             "roboticstoolbox-python", "spatialmath-python", "safetensors")
+             "roboticstoolbox-python", "spatialmath-python", "safetensors", "gym-aloha", "mujoco", "dm-control")
 
 
 @functools.cache  # installed versions do not change while a process runs

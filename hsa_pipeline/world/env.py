@@ -122,6 +122,12 @@ class TouchWorld(gym.Env):
     def streams(self) -> list[str]:
         return [*self.rig.cameras, *self.rig.sensors]
 
+    @property
+    def touch_decisions(self) -> bool:
+        """Does each arm choose a tile by what it feels (the match task)? Then the evaluation
+        checks that decision at each arm's pick-up."""
+        return self.cfg.task == "match"
+
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int | None = None, options: dict | None = None):
         """A new scene. options: {"key_classes": [per arm]} fixes each arm's deciding class
