@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from hsa_pipeline.config import load_params
-from hsa_pipeline.data.stores import Manifest
+from hsa_pipeline.data.manifest import Manifest
 from hsa_pipeline.features.encoder import Encoder
 from hsa_pipeline.features.extract import run_features
 

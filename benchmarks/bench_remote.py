@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from hsa_pipeline.data.stores import ShardFiles
+from hsa_pipeline.data.shards import ShardFiles
 from hsa_pipeline.features.extract import SHARD_BYTES
 
 STREAMS = ["top", "left_wrist", "right_wrist", "tactile_left", "tactile_right"]

@@ -19,8 +19,9 @@ from conftest import REPO, make_params
 from hsa_pipeline.config import ContactConfig, preset_overrides
 from hsa_pipeline.data.contact import drop_short, hysteresis, next_change, runs, start_look, thumbnail, trace
 from hsa_pipeline.data.episodes import write_episode
+from hsa_pipeline.data.manifest import Manifest
 from hsa_pipeline.data.prepare import run_prepare
-from hsa_pipeline.data.stores import GeometryStore, Manifest
+from hsa_pipeline.data.stores import GeometryStore
 from hsa_pipeline.geometry.compute import run_geometry
 from hsa_pipeline.world.ik import ArmIK
 from hsa_pipeline.world.render import tactile_image

@@ -17,8 +17,8 @@ from conftest import make_params
 from hsa_pipeline.config import ContactConfig, DataConfig
 from hsa_pipeline.data.contact import start_look, trace
 from hsa_pipeline.data.episodes import Episode, EpisodeError, write_episode
+from hsa_pipeline.data.manifest import Manifest
 from hsa_pipeline.data.prepare import STD_MIN, run_prepare, split_episodes
-from hsa_pipeline.data.stores import Manifest
 
 CAMS = {"top": "third_person", "wrist": "wrist"}
 

@@ -14,8 +14,9 @@ from conftest import make_params
 from hsa_pipeline.config import ConfigError, FeaturesConfig
 from hsa_pipeline.data.episodes import Episode, EpisodeError
 from hsa_pipeline.data.grid import GridMapping, box_token_mask
+from hsa_pipeline.data.manifest import Manifest
 from hsa_pipeline.data.prepare import run_prepare
-from hsa_pipeline.data.stores import FeatureStore, Manifest
+from hsa_pipeline.data.stores import FeatureStore
 from hsa_pipeline.features import extract as features_mod
 from hsa_pipeline.features.encoder import Encoder, preprocess
 from hsa_pipeline.features.extract import run_features
@@ -158,7 +159,7 @@ def test_shard_files_read_what_zarr_reads(store, prepared, tmp_path, monkeypatch
     partial last shard; a damaged shard index is an error; any other layout goes to zarr."""
     import zarr
 
-    from hsa_pipeline.data.stores import ShardFiles
+    from hsa_pipeline.data.shards import ShardFiles
     from hsa_pipeline.errors import StoreError
 
     monkeypatch.setattr(features_mod, "SHARD_BYTES", 7 * 8 * 8 * 128 * 2)  # 7-frame shards, 100 frames: 15 shards
@@ -196,7 +197,7 @@ def test_shard_files_check_rows_and_damaged_files_where_zarr_reads_fill_values(s
 
     import zarr
 
-    from hsa_pipeline.data.stores import ShardFiles
+    from hsa_pipeline.data.shards import ShardFiles
     from hsa_pipeline.errors import StoreError
 
     monkeypatch.setattr(features_mod, "SHARD_BYTES", 7 * 8 * 8 * 128 * 2)

@@ -7,8 +7,9 @@ import pytest
 
 from conftest import demo_rig, make_params
 from hsa_pipeline.data.episodes import Episode, write_episode
+from hsa_pipeline.data.manifest import Manifest
 from hsa_pipeline.data.prepare import run_prepare
-from hsa_pipeline.data.stores import GeometryStore, Manifest
+from hsa_pipeline.data.stores import GeometryStore
 from hsa_pipeline.errors import EpisodeError
 from hsa_pipeline.geometry.compute import run_geometry
 

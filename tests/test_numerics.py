@@ -88,7 +88,7 @@ def test_resumable_work_is_keyed_on_the_numerics(monkeypatch, work_dir):
     """A feature store made under one mode is never continued under another (checkpoints
     key on numerics.state() the same way)."""
     from conftest import PREPARE, tiny_pipeline_params
-    from hsa_pipeline.data.stores import Manifest
+    from hsa_pipeline.data.manifest import Manifest
     from hsa_pipeline.features.extract import fingerprint
 
     p, manifest = tiny_pipeline_params(), Manifest.load(PREPARE)

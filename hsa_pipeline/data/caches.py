@@ -28,7 +28,8 @@ from torch.utils.data import Dataset, default_collate
 
 from ..errors import ConfigError, StoreError
 from .grid import GridMapping, box_token_mask
-from .stores import FeatureStore, GeometryInfo, GeometryStore, Manifest, check_rows, load_stats
+from .manifest import Manifest, load_stats
+from .stores import FeatureStore, GeometryInfo, GeometryStore, check_rows
 
 
 def normalise_qpos(qpos: np.ndarray, stats: dict) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The `prepare` stage: validate every episode, split by episode, normalisation stats
 and per-frame contact scores.
 
-Outputs (one directory, written atomically; read through stores.Manifest):
+Outputs (one directory, written atomically; read through manifest.Manifest):
   episodes.json  episodes (id, file, length, layout, sha256 of the file), skipped episodes
                  with reasons, streams with roles and image shapes, qpos/action widths.
                  The caches (geometry, features) depend on this file only.
@@ -28,7 +28,7 @@ from ..pipeline.hashing import sha256_file
 from .contact import THUMB, ContactTrace, doubtful_starts, rest_look, start_look, thumbnail, trace
 from .episodes import episode_files, open_episode, resolve_layout
 from .lerobot import stream_mapping
-from .stores import CONTACT_FILE, EPISODES_FILE, SCHEMA_VERSIONS, STATS_FILE, TRAINING_FILE
+from .manifest import CONTACT_FILE, EPISODES_FILE, SCHEMA_VERSIONS, STATS_FILE, TRAINING_FILE
 
 STD_MIN = 1e-2  # ACT clips std at 1e-2 (tonyzhaozh/act utils.get_norm_stats)
 

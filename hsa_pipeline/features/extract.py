@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..config import FeaturesConfig
 from ..data.grid import GridMapping
-from ..data.stores import SCHEMA_VERSIONS, Manifest
+from ..data.manifest import SCHEMA_VERSIONS, Manifest
 from ..errors import EpisodeError, StoreError
 from ..pipeline import numerics
 from ..pipeline.atomic import commit, partial_path, remove

@@ -34,7 +34,7 @@ import zarr
 from tqdm import tqdm
 
 from ..config import CameraConfig, GeometryConfig, RobotConfig, SensorConfig
-from ..data.stores import SCHEMA_VERSIONS, Manifest, load_contact
+from ..data.manifest import SCHEMA_VERSIONS, Manifest, load_contact
 from ..errors import ConfigError, EpisodeError, StoreError
 from ..pipeline.atomic import atomic_dir
 from ..pipeline.hashing import sha256_json
