@@ -88,7 +88,7 @@ def abusive_client(port: int, stream: str, message_mb: float, limit_mb: float, s
     are built and puts its tally on `tallies` at the end."""
     from websockets.sync.client import connect
 
-    from hsa_pipeline.serving.server import pack
+    from hsa_pipeline.serving.wire import pack
 
     n = int(0.9 * limit_mb * 2**20)
     blob = b"\xc1" * n  # 0xc1: a byte msgpack never uses

@@ -21,7 +21,8 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from conftest import AS_THIS_PROCESS, REPO, TRAIN, needs_cpp_compiler, tiny_pipeline_params
 from hsa_pipeline.model.policy import Policy, TemporalEnsembler
 from hsa_pipeline.serving.client import RemotePolicy
-from hsa_pipeline.serving.server import Limits, PolicyServer, ServerThread, pack, policy_hash, unpack
+from hsa_pipeline.serving.server import Limits, PolicyServer, ServerThread, policy_hash
+from hsa_pipeline.serving.wire import pack, unpack
 from hsa_pipeline.training.loop import run_train
 from hsa_pipeline.world import TouchWorld
 
@@ -49,7 +50,7 @@ def policy(trained) -> Policy:
 
 def observations(n: int, seed: int = 3) -> list[dict]:
     """What the robot side sends: the touch world's images and qpos over a few steps."""
-    env = TouchWorld(P.world, P.aloha, P.robot, P.sensors, P.cameras, max_steps=50)
+    env = TouchWorld(P.world, P.robot, P.sensors, P.cameras, max_steps=50)
     obs, _ = env.reset(seed=seed)
     out = []
     for _ in range(n):
@@ -103,7 +104,7 @@ def test_the_touch_world_closed_loop_through_the_server_matches_in_process(train
     server = PolicyServer(policy, str(trained), ensemble_k=0.01)
     with ServerThread(server) as port:
         uri = f"ws://127.0.0.1:{port}"
-        env = TouchWorld(P.world, P.aloha, P.robot, P.sensors, P.cameras, max_steps=P.eval.max_steps)
+        env = TouchWorld(P.world, P.robot, P.sensors, P.cameras, max_steps=P.eval.max_steps)
         a = run_rollout(env, policy, seed=11, ensemble_k=0.01)
         b = run_rollout(env, RemotePolicy(uri), seed=11, ensemble_k=0.01)
         assert (a.success, a.failure, a.steps, a.phases_reached) == (b.success, b.failure, b.steps, b.phases_reached)
@@ -356,7 +357,7 @@ def test_connections_over_the_cap_are_refused_at_the_handshake(trained, policy):
 
 def test_binding_beyond_the_loopback_needs_a_key_or_insecure():
     from hsa_pipeline.errors import UserError
-    from hsa_pipeline.serving.server import check_bind, is_loopback
+    from hsa_pipeline.serving.access import check_bind, is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.3.2.1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("robot-pc")
@@ -406,7 +407,7 @@ def test_tls_serves_wss_and_a_plain_client_gets_nothing(trained, policy, tmp_pat
     from websockets.sync.client import connect
 
     from hsa_pipeline.errors import UserError
-    from hsa_pipeline.serving.server import tls_context
+    from hsa_pipeline.serving.access import tls_context
 
     cert, key = self_signed(tmp_path)
     obs = request(policy, observations(1)[0])

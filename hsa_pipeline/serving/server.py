@@ -37,15 +37,14 @@ across clients, so an answer never depends on who else asked. `--compile`
 compiles the encoder's vision tower and the ACT forward (auto: CUDA graphs on a GPU) on an
 empty observation before listening; compiled answers equal eager ones within float sums,
 not bit for bit (tested on a CPU; off by default until measured on a GPU).
+
+The wire format and the checks of what arrives are in wire.py; who may connect (API key,
+connection cap, bind address, TLS) in access.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
-import io
-import ipaddress
 import ssl
 import threading
 import time
@@ -53,10 +52,8 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import torch
 
@@ -65,13 +62,11 @@ from ..errors import UserError
 from ..model.policy import Policy, TemporalEnsembler
 from ..pipeline.hashing import sha256_named_files
 from ..pipeline.runtime import compile_mode
+from .access import admit, check_bind, is_loopback, tls_context
+from .wire import ObservationError, decode_image, pack, pixel_limit, unpack
 
 CONTROL_KEYS = ("reset", "ensemble")  # observation keys that are requests, not inputs
 COMPILE_CHOICES = ("off", "auto", "default", "reduce-overhead", "max-autotune")  # hsa serve --compile
-
-
-class ObservationError(UserError):
-    """An observation the policy cannot take; the message goes back to that client."""
 
 
 @dataclass(frozen=True)
@@ -82,48 +77,6 @@ class Limits:
     # its header, before its payload is read; None: PolicyServer.max_message_mb, from the policy's own frame sizes
     max_connections: int = 16  # the next handshake gets HTTP 503
     max_queue: int = 2  # unread messages buffered per connection; then the TCP window holds the sender
-
-
-# --------------------------------------------------------------------------- wire format
-def _encode(obj):
-    """msgpack hook: numpy arrays and scalars as openpi's msgpack_numpy writes them."""
-    if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in "biuf":
-        raise TypeError(f"cannot send an array of dtype {obj.dtype}")
-    if isinstance(obj, np.ndarray):
-        obj = np.ascontiguousarray(obj)
-        return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
-    if isinstance(obj, np.generic):
-        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
-    raise TypeError(f"cannot send {type(obj).__name__}")
-
-
-def _decode(obj: dict):
-    """msgpack hook, the inverse of _encode. Only plain numeric dtypes: an object dtype
-    would turn the sender's bytes into pointers."""
-    if b"__ndarray__" in obj or b"__npgeneric__" in obj:
-        dtype = np.dtype(obj[b"dtype"])
-        if dtype.kind not in "biuf":
-            raise ObservationError(f"arrays of dtype {dtype} are not accepted (numbers only)")
-        if b"__npgeneric__" in obj:
-            return dtype.type(obj[b"data"])
-        shape = tuple(int(n) for n in obj[b"shape"])
-        if len(obj[b"data"]) != dtype.itemsize * int(np.prod(shape)):
-            raise ObservationError(f"an array of shape {shape} and dtype {dtype} does not fit its {len(obj[b'data'])} bytes")
-        return np.frombuffer(obj[b"data"], dtype=dtype).reshape(shape)
-    return obj
-
-
-def pack(obj) -> bytes:
-    return msgpack.packb(obj, default=_encode)
-
-
-def unpack(data: bytes):
-    try:
-        return msgpack.unpackb(data, object_hook=_decode)
-    except ObservationError:
-        raise
-    except Exception as e:  # msgpack's own errors: not a message of this protocol
-        raise ObservationError(f"not a msgpack message ({type(e).__name__}: {e})") from None
 
 
 # --------------------------------------------------------------------------- the policy side
@@ -213,7 +166,7 @@ class PolicyServer:
                 raise ObservationError(f"stream '{s}' missing; the policy reads {', '.join(self.sizes)} and qpos")
             img = obs[s]
             if isinstance(img, bytes):
-                img = _decode_image(img, s, (h, w))
+                img = decode_image(img, s, (h, w))
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != (h, w, 3):
                 got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
                 raise ObservationError(f"stream '{s}': expected a uint8 image of shape ({h}, {w}, 3) (the recorded "
@@ -256,45 +209,6 @@ class PolicyServer:
         return chunk, {"wait_ms": 1e3 * (t0 - (asked or t0)), "encode_ms": 1e3 * (t1 - t0), "act_ms": 1e3 * (t2 - t1)}
 
 
-def _decode_image(data: bytes, stream: str, size: tuple[int, int]) -> np.ndarray:
-    """JPEG/PNG bytes -> (H, W, 3) uint8, refusing any other size from the header alone:
-    a small file can claim a huge frame (a 419 KB PNG of 12000x12000 pixels), and decoding it
-    first would cost hundreds of MB and seconds."""
-    from PIL import Image
-
-    h, w = size
-    try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-    except Image.DecompressionBombError as e:  # PIL's own guard, from the header too (pixel_limit)
-        raise ObservationError(f"stream '{stream}': expected an image of {w}x{h} pixels (the recorded size), "
-                               f"the bytes claim far more ({e}); nothing was decoded") from None
-    except Exception as e:  # PIL raises many kinds
-        raise ObservationError(f"stream '{stream}': bytes that do not decode as an image ({e})") from None
-    if image.size != (w, h):
-        raise ObservationError(f"stream '{stream}': expected an image of {w}x{h} pixels (the recorded size), "
-                               f"the bytes hold {image.size[0]}x{image.size[1]}; nothing was decoded")
-    try:
-        return np.asarray(image.convert("RGB"))
-    except Exception as e:
-        raise ObservationError(f"stream '{stream}': bytes that do not decode as an image ({e})") from None
-
-
-@contextlib.contextmanager
-def pixel_limit(sizes: dict[str, tuple[int, int]]):
-    """PIL's decompression-bomb limit from the largest frame the policy takes (a second
-    guard behind the header check; PIL warns at the limit and refuses at twice it), while
-    the server runs: the limit is process-wide, so a server run inside another program
-    puts the old one back when it stops."""
-    from PIL import Image
-
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max(h * w for h, w in sizes.values())
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
-
-
 # --------------------------------------------------------------------------- the websocket side
 def answer(server: PolicyServer, session: Session, message: bytes) -> bytes:
     """One binary message -> the packed answer: unpack, check, decode, infer, pack. Runs in a
@@ -326,55 +240,6 @@ async def _handle(server: PolicyServer, ws, log) -> None:
             log(f"serve: connection {ws.remote_address} closed ({e})")
 
 
-def _admit(api_key: str | None, open_connections: set, max_connections: int):
-    """websockets' process_request hook: refuse the handshake without the API key, or when
-    the server already holds `max_connections`."""
-    expected = f"Api-Key {api_key}" if api_key else None
-
-    def process_request(connection, request):
-        if expected is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "hsa serve: missing or wrong API key\n")
-        if len(open_connections) >= max_connections:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"hsa serve: {max_connections} connections open, the most it takes\n")
-        return None
-    return process_request
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine reaches (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
-def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
-    """Beyond the loopback without a key anyone on the network drives the robot's policy:
-    refused unless the caller says it is on purpose (`--insecure`)."""
-    if not is_loopback(host) and not api_key and not insecure:
-        raise UserError(f"binding {host} without an API key lets anyone on that network query the policy: set "
-                        "--api-key (or HSA_API_KEY), or pass --insecure if the network is yours alone")
-
-
-def tls_context(cert: str | Path | None, key: str | Path | None) -> ssl.SSLContext | None:
-    """A server TLS context from a PEM certificate (chain) and its private key, or None."""
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise UserError("TLS needs both --tls-cert and --tls-key (PEM files)")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as e:
-        raise UserError(f"{cert} / {key}: not a PEM certificate and its key ({e})") from None
-    return context
-
-
 def message_mb(server: PolicyServer, limits: Limits) -> float:
     """The largest message accepted, MiB: the configured one, else the policy's own bound."""
     return limits.max_message_mb if limits.max_message_mb is not None else server.max_message_mb
@@ -396,7 +261,7 @@ async def run_server(server: PolicyServer, host: str, port: int, api_key: str | 
             open_connections.discard(ws)
 
     with pixel_limit(server.sizes):
-        async with serve(handler, host, port, process_request=_admit(api_key, open_connections,
+        async with serve(handler, host, port, process_request=admit(api_key, open_connections,
                                                                      limits.max_connections),
                          compression=None, max_size=int(message_mb(server, limits) * 2**20),
                          max_queue=limits.max_queue, ssl=tls) as ws_server:
