@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import FEATURES, GEOMETRY, PREPARE, make_params, tiny_pipeline_params
-from hsa_pipeline.data.caches import ActionCodec, Caches
+from hsa_pipeline.data.caches import Caches
+from hsa_pipeline.data.codec import ActionCodec
 from hsa_pipeline.evaluation.reliance import PHASES, donor_rows, frame_phases, reading, touch_reliance
 
 

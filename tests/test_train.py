@@ -27,7 +27,8 @@ from conftest import (
     tiny_pipeline_params,
 )
 from hsa_pipeline.config import ActConfig, apply_overrides
-from hsa_pipeline.data.caches import ActionCodec, Batch, Caches, ChunkSamples, FrameBatches
+from hsa_pipeline.data.caches import Batch, Caches, ChunkSamples, FrameBatches
+from hsa_pipeline.data.codec import ActionCodec
 from hsa_pipeline.errors import TrainingDiverged
 from hsa_pipeline.model.act import ACTPolicy, ActShapes, act_losses
 from hsa_pipeline.model.policy import Policy, TemporalEnsembler

@@ -402,7 +402,7 @@ def test_expert_actions_drive_the_env_exactly():
 
 def test_user_errors_of_the_world_and_the_codec_are_one_line_errors():
     """The defect this guards: plain ValueErrors, printed with a traceback by the stages."""
-    from hsa_pipeline.data.caches import ActionCodec
+    from hsa_pipeline.data.codec import ActionCodec
     from hsa_pipeline.errors import ConfigError, UserError
 
     p = make_params()

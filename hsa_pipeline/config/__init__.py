@@ -6,17 +6,14 @@ May import: errors. Everything else imports it; `from hsa_pipeline.config import
 way in (this file re-exports the public names of its modules)."""
 
 from ..errors import ConfigError
+from .fields import DEVICE_DOC, DEVICE_RE, THREADS_DOC, param
 from .loading import RENAMED, load_params, params_from_dict
 from .overrides import apply_overrides, parse_override, preset_overrides
 from .reference import reference_markdown
+from .rig import ArmConfig, CameraConfig, Pose, RobotConfig, SensorConfig
 from .schema import (
-    DEVICE_DOC,
-    DEVICE_RE,
-    THREADS_DOC,
     ActConfig,
     AlohaConfig,
-    ArmConfig,
-    CameraConfig,
     ContactConfig,
     DataConfig,
     EvalConfig,
@@ -25,14 +22,10 @@ from .schema import (
     HsaConfig,
     LeRobotConfig,
     Params,
-    Pose,
-    RobotConfig,
-    SensorConfig,
     SynthConfig,
     TrainConfig,
     WorldConfig,
     is_weights_path,
-    param,
     to_dict,
 )
 

@@ -19,8 +19,10 @@ from typing import Any, Literal, Union
 import yaml
 
 from ..errors import ConfigError
+from .fields import DEVICE_DOC, DEVICE_RE
 from .overrides import apply_overrides
-from .schema import DEVICE_DOC, DEVICE_RE, Params, Pose
+from .rig import Pose
+from .schema import Params
 
 # Keys that were renamed: an old params.yaml gets the new name, not "unknown key".
 RENAMED = {"data.contact_threshold": "data.contact.enter (and data.contact.exit: contact now has hysteresis)"}

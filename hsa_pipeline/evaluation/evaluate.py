@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import AlohaConfig, CameraConfig, EvalConfig, RobotConfig, SensorConfig, WorldConfig
-from ..data.caches import ActionCodec, Caches, chunk_window
+from ..data.caches import Caches, chunk_window
+from ..data.codec import ActionCodec
 from ..errors import StoreError
 from ..model.policy import TemporalEnsembler, load_model
 from ..pipeline.atomic import atomic_dir, write_json

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.caches import ActionCodec, Caches
+from ..data.caches import Caches
+from ..data.codec import ActionCodec
 
 PHASES = ("before contact", "in contact", "after contact")
 NONE_BELOW, SOME_BELOW = 0.1, 0.5  # reliance thresholds of the plain-language reading

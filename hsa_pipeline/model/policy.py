@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import ActConfig, FeaturesConfig, HsaConfig
-from ..data.caches import ActionCodec, normalise_qpos
+from ..data.codec import ActionCodec, normalise_qpos
 from ..data.stores import read_policy_meta
 from ..errors import StoreError
 from ..features.encoder import Encoder

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from ..config import ActConfig, TrainConfig
-from ..data.caches import ActionCodec, Batch, Caches, ChunkSamples, FrameBatches
+from ..data.caches import Batch, Caches, ChunkSamples, FrameBatches
+from ..data.codec import ActionCodec
 from ..pipeline.distributed import Dist
 
 VAL_ROWS = 512  # validation uses at most this many evenly spaced held-out frames
