@@ -17,6 +17,7 @@ from hsa_pipeline.world.ik import ArmIK
 from hsa_pipeline.world.render import PAD_RGB, object_texture, tactile_image
 from hsa_pipeline.world.synth import record_episode, run_synth, scene_seed
 from hsa_pipeline.world.tasks import ArmTask, Tile
+from hsa_pipeline.world.truth import WorldTruth
 
 
 def world(p, **kw) -> TouchWorld:
@@ -492,17 +493,17 @@ def test_a_chunk_is_judged_by_the_tile_it_heads_for_even_when_it_stops_short(see
     env.reset(seed=seed)
     task = env.tasks[0]
     task.held = True  # carrying its probe (a hand-made state: only the arm's path matters here)
-    start = env.carry_xy(env.qpos[None])["tactile"][0]
+    start = WorldTruth(env).carry_xy(env.qpos[None])["tactile"][0]
     cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
     nearest_end_wrong = 0
     for j in cands:
         goal = (task.tiles[j].x, task.tiles[j].y)
         for fraction in (0.2, 0.5, 1.0):
             chunk = scripted_chunk(env, start, goal, fraction)
-            assert env.chunk_places(chunk) == [j], (j, fraction)
-            end = env.carry_xy(chunk[-1:])["tactile"][0]
+            assert WorldTruth(env).chunk_places(chunk) == [j], (j, fraction)
+            end = WorldTruth(env).carry_xy(chunk[-1:])["tactile"][0]
             nearest = cands[int(np.argmin([np.hypot(task.tiles[i].x - end[0], task.tiles[i].y - end[1]) for i in cands]))]
             nearest_end_wrong += nearest != j
         still = scripted_chunk(env, goal, goal, 1.0)  # over the tile already, holding
-        assert env.chunk_places(still) == [j]
+        assert WorldTruth(env).chunk_places(still) == [j]
     assert nearest_end_wrong > 0 or seed > 0  # the old rule's bias, on the first scene at least

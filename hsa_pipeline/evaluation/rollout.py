@@ -104,22 +104,25 @@ def drive(env, seed: int, start, record: bool = False, threads=None) -> RolloutR
 
 def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int, arm: int) -> dict:
     """match task, at the first step arm `arm` carries its probe (whatever the other arms
-    do): which tile its part of the predicted chunk heads for (TouchWorld.chunk_places)
+    do): which tile its part of the predicted chunk heads for (WorldTruth.chunk_places)
     against the true one, and whether the decision FOLLOWS TOUCH: with the tactile image
     of another candidate's class put in (the cameras unchanged), does the chunk turn to
     that candidate? (over the candidates that are neither the true tile nor the one
     already chosen; a policy that ignores touch scores 0, one that reads the felt class
     1). Guessing is right 1 in `candidates` per arm. Uses the world's truth, so it is an
     evaluation in the touch world only (never training)."""
+    from ..world.truth import WorldTruth
+
+    truth = WorldTruth(env)
     task = env.tasks[arm]
-    chosen = env.chunk_places(chunk)[arm]
+    chosen = truth.chunk_places(chunk)[arm]
     rng = np.random.default_rng([seed, 11, arm])  # the counterfactual's own draws: the rollout is unchanged
     follows = []
     for j, tile in enumerate(task.tiles):
         if tile.kind != "candidate" or j in (task.order[0], chosen):
             continue  # a tile the chunk heads for already cannot show that it follows
-        other = {**obs, task.sensor: env.felt_image(task, tile.cls, rng)}
-        follows.append(env.chunk_places(policy.predict_chunk(other, obs["qpos"]))[arm] == j)
+        other = {**obs, task.sensor: truth.felt_image(task, tile.cls, rng)}
+        follows.append(truth.chunk_places(policy.predict_chunk(other, obs["qpos"]))[arm] == j)
     return {"chosen": chosen, "true": task.order[0], "correct": chosen == task.order[0],
             "follows_touch": float(np.mean(follows)) if follows else None}
 

@@ -56,25 +56,6 @@ COLLISION_M = 0.03  # deeper than this is driving the sensor into the table
 HOLD_DEPTH = 0.5  # how deep a carried probe presses into the gel
 
 
-HEADING_MIN_MOVE_M = 0.01  # chunk_places: a carry path shorter than this goes nowhere (nearest to its end)
-HEADING_TIE_M = 0.005  # chunk_places: candidates this close to the ray tie (the one nearer the end wins)
-
-
-def heading(start: np.ndarray, end: np.ndarray, tiles: np.ndarray) -> int:
-    """Which of the (N, 2) `tiles` a path from `start` to `end` (table-plane points) heads
-    for: the tile nearest the ray from start through end (a tile behind the start: its
-    distance to the start), ties within HEADING_TIE_M to the one nearer the end; a path
-    shorter than HEADING_MIN_MOVE_M: the tile nearest its end."""
-    to_end = np.hypot(*(tiles - end).T)
-    d = end - start
-    if np.hypot(*d) < HEADING_MIN_MOVE_M:
-        return int(np.argmin(to_end))
-    t = np.clip((tiles - start) @ d / float(d @ d), 0.0, None)
-    ray = np.hypot(*(tiles - (start + t[:, None] * d)).T)
-    near = np.flatnonzero(ray <= ray.min() + HEADING_TIE_M)
-    return int(near[np.argmin(to_end[near])])
-
-
 class TouchWorld(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
@@ -175,40 +156,6 @@ class TouchWorld(gym.Env):
         terminated = success or failure is not None
         truncated = not terminated and self.t >= self.max_steps
         return self._observe(), float(success), terminated, truncated, self._info(timeout=truncated)
-
-    def carry_xy(self, qpos: np.ndarray) -> dict[str, np.ndarray]:
-        """(T, D) qpos -> {sensor: (T, 2)} where its arm carries a probe on the table plane:
-        the sensor itself (a pad pressing down), or the claw's centre (a pad in a claw)."""
-        q = np.asarray(qpos, dtype=float)
-        out = {}
-        for name, s in self.rig.sensors.items():
-            arm = self.rig.arms[s.arm]
-            flange = arm.flange_poses(arm.joints(q))
-            poses = tcp_poses(flange, s.T_flange_sensor) if s.in_claw else s.world_poses(flange, arm.gripper(q))
-            out[name] = poses[:, :2, 3]
-        return out
-
-    def chunk_places(self, chunk: np.ndarray) -> list[int | None]:
-        """match: per arm, the candidate tile an action chunk (k, D) heads for (None for an
-        arm not carrying): the one its carry path, from where the chunk starts to where it
-        ends, points at (`heading`). A chunk that stops short of its tile still points at
-        it, where "the candidate nearest the chunk's end" leaned toward the tiles nearest
-        the start (issue #41)."""
-        xy = self.carry_xy(np.asarray(chunk)[[0, -1]])
-        out = []
-        for task in self.tasks:
-            cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
-            if not task.held or not cands:
-                out.append(None)
-                continue
-            start, end = xy[task.sensor]
-            out.append(cands[heading(start, end, np.array([(task.tiles[i].x, task.tiles[i].y) for i in cands]))])
-        return out
-
-    def felt_image(self, task: ArmTask, cls: int, rng: np.random.Generator) -> np.ndarray:
-        """The tactile image this sensor would show now if it held a probe of class `cls`
-        (a counterfactual for the diagnostics; `rng` keeps the world's own draws untouched)."""
-        return tactile_image(cls, max(HOLD_DEPTH, self.depth[task.sensor]), self.cfg.tactile_size, rng)
 
     def _poses(self) -> tuple[dict, dict, dict]:
         q = self.qpos[None]
