@@ -15,14 +15,8 @@ from PIL import Image
 
 from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN, tiny_pipeline_params
 from hsa_pipeline.evaluation.alignment import contact_events, retrieval
-from hsa_pipeline.evaluation.evaluate import (
-    action_errors,
-    baselines,
-    chunk_targets,
-    joint_units,
-    replay,
-    run_evaluate,
-)
+from hsa_pipeline.evaluation.evaluate import run_evaluate
+from hsa_pipeline.evaluation.open_loop import action_errors, baselines, chunk_targets, joint_units, replay
 from hsa_pipeline.evaluation.rollout import wilson
 
 

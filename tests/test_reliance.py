@@ -224,7 +224,7 @@ def test_by_class_puts_each_class_at_one_place():
 
 
 def test_a_touch_blind_trained_policy_has_zero_tactile_reliance(work_dir):
-    from hsa_pipeline.evaluation.evaluate import load_trained
+    from hsa_pipeline.evaluation.open_loop import load_trained
     from hsa_pipeline.training.loop import run_train
 
     p = tiny_pipeline_params(["train.steps=4", "train.val_every=4", "act.blind=[tactile]", "hsa.enabled=false"])

@@ -651,7 +651,7 @@ def test_touch_map_weights_camera_tokens_by_their_match_with_the_touch():
 def test_with_hsa_the_touch_map_heads_are_the_hsa_heads(work_dir):
     """HSA on + act.touch_map: the loss trains the very heads the policy's map reads, and
     evaluate loads them back from the checkpoint."""
-    from hsa_pipeline.evaluation.evaluate import load_trained
+    from hsa_pipeline.evaluation.open_loop import load_trained
 
     p = tiny_pipeline_params(["act.touch_map=true", "act.vae=false", "hsa.positives=next_contact", "train.steps=4",
                               "train.val_every=4"])
@@ -670,7 +670,7 @@ def test_the_exported_policy_carries_its_hsa_heads_and_a_layout_version(work_dir
     """The defect this guards: evaluate read the HSA heads from train/run/checkpoints and,
     without one, silently measured cosine similarity and reported hsa_enabled: false."""
     from hsa_pipeline.errors import StoreError
-    from hsa_pipeline.evaluation.evaluate import load_trained
+    from hsa_pipeline.evaluation.open_loop import load_trained
 
     p = tiny_pipeline_params(["act.touch_map=false", "train.steps=4", "train.val_every=4"])
     train(p)

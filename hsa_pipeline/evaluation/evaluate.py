@@ -4,7 +4,8 @@ Closed loop (`eval.rollouts` > 0): the exported policy drives the touch world on
 no training episode used (rollout.py): success rate with its 95% interval, per-phase
 success, time to success, failure kinds, step timings, and two animated rollouts.
 
-Open loop, on the held-out (val) episodes, from the caches and the exported policy:
+Open loop, on the held-out (val) episodes, from the caches and the exported policy
+(open_loop.py):
 1. action error in joint units (degrees for arm joints, the gripper's own unit), first
    action and whole chunk, per joint and per horizon, for the policy and two baselines:
    hold the current qpos, and constant-velocity extrapolation;
@@ -13,12 +14,11 @@ Open loop, on the held-out (val) episodes, from the caches and the exported poli
    localisation, each with its chance, against both targets: where the sensor is while in
    contact (the published positive) and where its touch next changes (the recipe's)
    (alignment.py);
-outputs: metrics.json, plots/*.csv and a self-contained report.html.
+outputs: metrics.json, plots/*.csv, TensorBoard and a self-contained report.html (outputs.py).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -27,122 +27,14 @@ import torch
 from tqdm import tqdm
 
 from ..config import AlohaConfig, CameraConfig, EvalConfig, RobotConfig, SensorConfig, WorldConfig
-from ..data.caches import Caches, chunk_window
-from ..data.codec import ActionCodec
+from ..data.caches import Caches
 from ..errors import StoreError
-from ..model.policy import TemporalEnsembler, load_model
-from ..pipeline.atomic import atomic_dir, write_json
 from ..pipeline.runtime import ThreadTuner
-from .alignment import alignment, alignment_rows
-from .reliance import donor_rows, predict_chunks, touch_reliance
-from .rollout import RolloutResult, check_compatible, run_rollout, summarise, write_gif
-
-BATCH = 64
-
-
-# --------------------------------------------------------------------------- action metrics
-def joint_units(x: np.ndarray, angle_columns: list[int]) -> np.ndarray:
-    """(..., D) radians -> degrees on the arm-joint columns; other columns unchanged."""
-    out = np.array(x, dtype=float, copy=True)
-    if angle_columns:
-        out[..., angle_columns] = np.rad2deg(out[..., angle_columns])
-    return out
-
-
-def chunk_targets(action: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray, chunk: int, shift: int):
-    """Ground-truth chunks (R, k, D) and validity (R, k) for global rows, per episode bounds."""
-    R, D = len(rows), action.shape[1]
-    target = np.zeros((R, chunk, D))
-    valid = np.zeros((R, chunk), bool)
-    for i, (row, s, e) in enumerate(zip(rows, starts, ends, strict=True)):
-        a0, n = chunk_window(int(row), int(s), int(e), chunk, shift)
-        target[i, :n] = action[a0: a0 + n]
-        valid[i, :n] = True
-    return target, valid
-
-
-def baselines(qpos: np.ndarray, rows: np.ndarray, starts: np.ndarray, chunk: int) -> dict[str, np.ndarray]:
-    """hold: qpos[t] at every horizon; constant velocity: qpos[t] + (h + 1) * (qpos[t] - qpos[t-1])."""
-    q = qpos[rows]  # (R, D)
-    prev = qpos[np.maximum(rows - 1, starts)]
-    h = np.arange(1, chunk + 1)[None, :, None]
-    return {"hold": np.repeat(q[:, None], chunk, axis=1), "const_vel": q[:, None] + h * (q - prev)[:, None]}
-
-
-def action_errors(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict:
-    """pred/target (R, k, D) in joint units -> first-action and chunk L1 per joint and mean,
-    and L1 by horizon."""
-    err = np.abs(pred - target)  # (R, k, D)
-    v = valid[..., None]
-    per_joint_chunk = (err * v).sum((0, 1)) / np.maximum(v.sum((0, 1)), 1)
-    first = err[:, 0][valid[:, 0]]
-    per_joint_first = first.mean(0) if len(first) else np.full(err.shape[-1], np.nan)
-    horizon = (err.mean(-1) * valid).sum(0) / np.maximum(valid.sum(0), 1)
-    return {"first_l1": float(per_joint_first.mean()), "chunk_l1": float(per_joint_chunk.mean()),
-            "per_joint_first": per_joint_first.tolist(), "per_joint_chunk": per_joint_chunk.tolist(),
-            "horizon": horizon.tolist()}
-
-
-def replay(chunks: np.ndarray, k: float, ensemble: bool) -> np.ndarray:
-    """Executed actions (T, D) of an open-loop replay from per-step chunk predictions (T, c, D):
-    with ensembling, every step averages all chunks covering it; without, a new chunk is
-    taken every c steps and executed in full (ACT without ensembling)."""
-    T, c, _ = chunks.shape
-    if ensemble:
-        ens = TemporalEnsembler(c, k)
-        return np.stack([ens.step(chunks[t]) for t in range(T)])
-    return np.stack([chunks[t - t % c][t % c] for t in range(T)])
-
-
-# --------------------------------------------------------------------------- the stage
-def load_trained(train_dir: Path, device):
-    """The exported policy of a train stage's output and its HSA heads (None without HSA)."""
-    policy, hsa, meta = load_model(Path(train_dir) / "policy")
-    return policy.to(device), (hsa.to(device) if hsa is not None else None), meta
-
-
-def open_loop(cfg: EvalConfig, caches: Caches, rows: np.ndarray, train_dir: Path, device) -> tuple[dict, dict, dict]:
-    """Action errors against baselines, open-loop replay and alignment on held-out frames.
-    -> (metrics, per-model error results, the loaded policy and HSA heads)."""
-    policy, hsa, meta = load_trained(train_dir, device)
-    codec = ActionCodec.from_stats(caches.stats, meta["act"].get("relative_actions", False))
-    angles = caches.geometry_info.angle_columns
-    k, shift, offs = meta["act"]["chunk_size"], caches.manifest.action_shift, caches.manifest.offsets
-    eps = np.array([caches.episode_of(int(r)) for r in rows])
-    starts, ends = offs[eps], offs[eps + 1]
-
-    pred = codec.decode(predict_chunks(policy, caches, rows, device), caches.qpos_raw[rows])  # (R, k, D) raw units
-    target, valid = chunk_targets(caches.action_raw, starts, ends, rows, k, shift)
-    to_units = lambda x: joint_units(x, angles)  # noqa: E731
-    results = {"policy": action_errors(to_units(pred), to_units(target), valid)}
-    if caches.qpos_raw.shape[1] == caches.action_raw.shape[1]:  # baselines need actions in qpos space
-        for name, b in baselines(caches.qpos_raw, rows, starts, k).items():
-            results[name] = action_errors(to_units(b), to_units(target), valid)
-
-    replay_err = {"ensembled": [], "chunked": []}
-    for e in caches.manifest.split("val"):
-        sel = np.isin(rows, np.arange(offs[e], offs[e + 1]))
-        recorded = to_units(target[sel][:, 0])
-        for mode, ens in (("ensembled", True), ("chunked", False)):
-            executed = to_units(replay(pred[sel], cfg.ensemble_k, ens))
-            replay_err[mode].append(np.abs(executed - recorded)[valid[sel][:, 0]].mean())
-    align = alignment(caches, policy, hsa, rows, device, meta["hsa"]["positives"] if meta["hsa"] else None)
-    reliance = touch_reliance(policy, caches, rows, codec, valid, to_units, device, base=to_units(pred))
-    metrics = {
-        "chunk_l1": results["policy"]["chunk_l1"], "first_l1": results["policy"]["first_l1"],
-        **{f"{b}_chunk_l1": results[b]["chunk_l1"] for b in ("hold", "const_vel") if b in results},
-        **{f"{b}_first_l1": results[b]["first_l1"] for b in ("hold", "const_vel") if b in results},
-        "replay_l1_ensembled": float(np.mean(replay_err["ensembled"])),
-        "replay_l1_chunked": float(np.mean(replay_err["chunked"])),
-        "hsa_enabled": hsa is not None,
-        "alignment": align,
-        "touch_reliance": reliance,
-        "units": "degrees for arm joints, raw units for other columns",
-        "val_frames": int(len(rows)),
-    }
-    if "hold" in results:
-        metrics["chunk_l1_vs_hold"] = metrics["chunk_l1"] / max(metrics["hold_chunk_l1"], 1e-12)
-    return metrics, results, {"policy": policy, "hsa": hsa}
+from .alignment import alignment_rows
+from .open_loop import open_loop
+from .outputs import touch_summary, write_outputs
+from .reliance import donor_rows
+from .rollout import RolloutResult, check_compatible, run_rollout, summarise
 
 
 def closed_loop(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot: RobotConfig,
@@ -237,113 +129,3 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot:
     return metrics
 
 
-def touch_summary(metrics: dict) -> str:
-    """Does the policy act on touch? A few lines for the console and TensorBoard."""
-    lines = []
-    for phase, v in (metrics.get("touch_reliance") or {}).items():
-        if isinstance(v, dict) and v.get("frames") and "reliance" in v:
-            lines.append(f"touch reliance {phase}: {v['reliance']:.2f} (tactile swap moves the chunk "
-                         f"{v['tactile_swap']:.2f}, a camera swap up to {v['camera_swap']:.2f} deg): {v['reading']}")
-    decision = (metrics.get("closed_loop") or {}).get("decision") or {}
-    if decision.get("checked"):
-        follows = decision["follows_touch"]
-        lines.append(f"decision at each arm's pick-up: the right tile in {decision['accuracy']:.0%} of "
-                     f"{decision['checked']} pick-ups; turns to the tile a swapped touch names: "
-                     f"{'n/a' if follows is None else f'{follows:.0%}'}")
-    arms = (metrics.get("closed_loop") or {}).get("per_arm") or {}
-    for arm, v in arms.items() if len(arms) > 1 else ():
-        right = "n/a" if v["decision_right"] is None else f"{v['decision_right']:.0%}"
-        lines.append(f"arm {arm}: decision right {right}; picked up {v['picked_up']:.0%}, put down on a tile "
-                     f"{v['on_a_tile']:.0%}, on the right one {v['right_tile']:.0%} (ends with the other arm's failure)")
-    return "\n".join(lines)
-
-
-def tensorboard_scalars(metrics: dict) -> dict[str, float]:
-    """The evaluation's headline figures as TensorBoard scalars (tag -> value)."""
-    out = {}
-    closed = metrics.get("closed_loop") or {}
-    if closed:
-        out["eval/success_rate"] = closed["success_rate"]
-        if (closed.get("decision") or {}).get("checked"):
-            out["eval/decision_accuracy"] = closed["decision"]["accuracy"]
-            if closed["decision"]["follows_touch"] is not None:
-                out["eval/decision_follows_touch"] = closed["decision"]["follows_touch"]
-        for arm, v in (closed.get("per_arm") or {}).items():
-            if v["decision_right"] is not None:
-                out[f"eval/decision_right/{arm}"] = v["decision_right"]
-    for phase, v in (metrics.get("touch_reliance") or {}).items():
-        if isinstance(v, dict) and v.get("frames"):
-            tag = phase.replace(" ", "_")
-            for k in ("reliance", "tactile_swap", "tactile_blank"):
-                if v.get(k) is not None and math.isfinite(v[k]):
-                    out[f"touch/{k}/{tag}"] = v[k]
-    out["eval/chunk_l1"] = metrics["chunk_l1"]
-    return out
-
-
-def write_tensorboard(directory: Path, metrics: dict) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(directory))
-    for tag, value in tensorboard_scalars(metrics).items():
-        writer.add_scalar(tag, float(value), 0)
-    writer.add_text("touch", touch_summary(metrics), 0)
-    writer.close()
-
-
-# --------------------------------------------------------------------------- outputs
-def write_outputs(out: Path, metrics: dict, results: dict, caches: Caches, models: dict, rows, cfg: EvalConfig,
-                  examples: dict[str, RolloutResult], outcomes: list[RolloutResult], device) -> None:
-    from .report import render_report
-
-    names = list(results)
-    align = alignment_rows(metrics["alignment"])
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", _round(metrics))
-        plots = tmp / "plots"
-        plots.mkdir()
-        horizon = np.array([results[n]["horizon"] for n in names]).T
-        _csv(plots / "horizon.csv", ["horizon"] + names, [[h + 1, *row] for h, row in enumerate(horizon)])
-        per_joint = np.array([results[n]["per_joint_chunk"] for n in names]).T
-        joints = caches.geometry_info.column_names
-        _csv(plots / "per_joint.csv", ["joint"] + names, [[joints[j], *row] for j, row in enumerate(per_joint)])
-        _csv(plots / "retrieval.csv", ["query", "metric", "value", "chance"],
-             [[q, m, v[m], v.get(f"{m}_chance", v.get("loc_chance"))] for q, v in align
-              for m in ("top1", "top5", "loc_acc") if m in v])
-        (tmp / "rollouts").mkdir()  # one animated success and one failure, when there are rollouts
-        if "closed_loop" in metrics:
-            phase = metrics["closed_loop"]["phase_success"]
-            _csv(plots / "phases.csv", ["phase", "success"], [[k, float(v)] for k, v in phase.items()])
-            _csv(tmp / "rollouts" / "outcomes.csv", OUTCOME_COLUMNS, [outcome_row(i, r) for i, r in enumerate(outcomes)])
-            for kind, r in examples.items():
-                write_gif(r.frames, tmp / "rollouts" / f"{kind}.gif")
-        write_tensorboard(tmp / "tb", metrics)
-        render_report(tmp / "report.html", metrics, results, caches, models, rows, cfg, examples, device)
-
-
-OUTCOME_COLUMNS = ["scene", "seed", "success", "failure", "phases_reached", "steps", "decision_correct",
-                   "follows_touch"]
-
-
-def outcome_row(scene: int, r: RolloutResult) -> list:
-    """One rollout as a row of rollouts/outcomes.csv (what paired comparisons read)."""
-    checked = [d for d in r.decisions if d is not None]
-    every_arm = bool(r.decisions) and len(checked) == len(r.decisions)  # decision_correct: all arms, each at its pick-up
-    follows = [d["follows_touch"] for d in checked if d["follows_touch"] is not None]
-    return [scene, r.seed, int(r.success), (r.failure or "").replace(",", ";"), r.phases_reached, r.steps,
-            int(all(d["correct"] for d in checked)) if every_arm else "", float(np.mean(follows)) if follows else ""]
-
-
-def _csv(path: Path, header: list[str], rows: list[list]) -> None:
-    lines = [",".join(header)] + [",".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in r) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _round(x):
-    if isinstance(x, float):
-        return round(x, 6) if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _round(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_round(v) for v in x]
-    return x
