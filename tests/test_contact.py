@@ -203,7 +203,7 @@ def test_the_claw_squeezes_at_any_height_and_its_positives_follow_the_probe(tmp_
         ep = record_episode(env, scene_seed("train", 3, i))
         assert ep["success"]
         task = env.tasks[0]
-        worlds.append((ep, task.tiles[task.probe], task.tiles[task.order[0]]))
+        worlds.append((ep, task.tiles[task.probe], task.tiles[task.targets[0]]))
         write_episode(tmp_path / "eps" / f"episode_{i}.hdf5", ep["qpos"], ep["action"], ep["images"], ep["tactile"])
     run_prepare(p.data, p.act.chunk_size, tmp_path / "prepare")
     run_geometry(p.robot, p.sensors, p.cameras, p.geometry, tmp_path / "prepare", tmp_path / "g.zarr")

@@ -216,7 +216,7 @@ def test_paired_difference_is_the_mean_difference_with_its_interval():
 
 
 def test_evaluation_holds_only_the_rows_it_reads_and_reads_what_the_whole_arrays_hold(cached_dir, monkeypatch):
-    """Caches.hold_rows: the same grids as the whole in-memory arrays (the independent
+    """Caches.load_rows: the same grids as the whole in-memory arrays (the independent
     truth: FeatureStore.load), by int, slice and array; a row not held is an error."""
     monkeypatch.chdir(cached_dir)  # the manifest names episodes relative to the pipeline's folder
     from hsa_pipeline.data.caches import Caches
@@ -228,7 +228,7 @@ def test_evaluation_holds_only_the_rows_it_reads_and_reads_what_the_whole_arrays
     held = Caches(*paths, memory_budget_gb=0)
     rows = held.rows("val")
     wanted = np.union1d(rows, donor_rows(held, rows))
-    nbytes = held.hold_rows(wanted)
+    nbytes = held.load_rows(wanted)
     assert nbytes == len(wanted) * len(held.streams) * held.grid * held.grid * held.width * 2
     assert len(wanted) < held.manifest.n_frames  # fewer rows than the dataset
     for s in held.streams:
@@ -244,7 +244,7 @@ def test_evaluation_holds_only_the_rows_it_reads_and_reads_what_the_whole_arrays
 
     tracemalloc.start()
     try:
-        assert held.hold_rows(wanted, memory_budget_gb=(nbytes - 1) / 2**30) == 0
+        assert held.load_rows(wanted, memory_budget_gb=(nbytes - 1) / 2**30) == 0
         for s in held.streams:
             held.tokens[s][rows[:4]]
         peak = tracemalloc.get_traced_memory()[1]

@@ -124,7 +124,7 @@ def test_decision_check_scores_the_expert_right_and_blind_to_touch(order):
         checked = None
         while checked is None and env.t < 60:
             chunk = policy.predict_chunk(None, obs["qpos"])
-            checked = decision_check(env, policy, obs, chunk, seed, 0) if env.tasks[0].held else None
+            checked = decision_check(env, policy, obs, chunk, seed, 0) if env.tasks[0].carrying else None
             obs, *_ = env.step(chunk[0])
         assert checked is not None, "the expert picks the probe up"
         assert checked["correct"] and checked["chosen"] == checked["true"]
@@ -148,9 +148,9 @@ class _ExpertSendingOneArmAstray:
 
         if self.env.t == 0:
             task = self.env.tasks[self.astray]
-            true = task.order[0]
-            task.order = [next(i for i, t in enumerate(task.tiles) if t.kind == "candidate" and i != true)]
-            self.plan, task.order = plan(self.env), [true]
+            true = task.targets[0]
+            task.targets = [next(i for i, t in enumerate(task.tiles) if t.kind == "candidate" and i != true)]
+            self.plan, task.targets = plan(self.env), [true]
         t = min(self.env.t + 1, len(self.plan) - 1)
         return self.plan[np.minimum(np.arange(t, t + self.chunk_size), len(self.plan) - 1)]
 
@@ -218,7 +218,7 @@ def test_by_class_puts_each_class_at_one_place():
         task = env.tasks[0]
         cands = [t for t in task.tiles if t.kind == "candidate"]
         assert [t.cls for t in cands] == [0, 1, 2]
-        match = task.tiles[task.order[0]]
+        match = task.tiles[task.targets[0]]
         place.setdefault(match.cls, set()).add(cands.index(match))
     assert all(len(v) == 1 for v in place.values()) and len(place) > 1
 

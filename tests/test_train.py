@@ -452,9 +452,9 @@ def test_cuda_caches_held_on_the_host_give_the_batches_held_on_the_gpu(work_dir,
     monkeypatch.setattr(sampling, "GPU_CACHE_SHARE", 0.0)  # nothing fits: the host holds them
     host_caches = caches_for()
     on_host = sampling.TrainingData(host_caches, p.act, p.train, Dist(0, 1, gpu))
-    assert (on_gpu.hold, on_host.hold) == (gpu, torch.device("cpu"))
+    assert (on_gpu.cache_device, on_host.cache_device) == (gpu, torch.device("cpu"))
     assert on_gpu.caches.tokens is None and host_caches.tokens is not None  # the GPU's copy replaces the host's
-    assert "each batch copied to cuda:0" in on_host.held() and on_gpu.held() == "on cuda:0"
+    assert "each batch copied to cuda:0" in on_host.carrying() and on_gpu.carrying() == "on cuda:0"
     for _ in range(3):  # the same generator seed: the same rows, the same batches, bit for bit
         a, b = on_gpu.next_batch(), on_host.next_batch()
         for f in ("row", "qpos", "actions", "is_pad"):

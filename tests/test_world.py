@@ -42,10 +42,10 @@ def hand_made(env: TouchWorld, task: str) -> ArmTask:
     if task == "match":
         tiles = [Tile(-0.15, -0.5, 0, "candidate"), Tile(0.0, -0.5, 1, "candidate"), Tile(0.15, -0.5, 2, "candidate"),
                  Tile(0.0, -0.3, 1, "probe")]
-        t = ArmTask("arm", "tactile", tiles, order=[1], probe=3)
+        t = ArmTask("arm", "tactile", tiles, targets=[1], probe=3)
     else:
         tiles = [Tile(-0.1, -0.4, 0, "target"), Tile(0.1, -0.4, 1, "target"), Tile(0.0, -0.3, 2, "distractor")]
-        t = ArmTask("arm", "tactile", tiles, order=[0, 1])
+        t = ArmTask("arm", "tactile", tiles, targets=[0, 1])
     env.tasks = [t]
     return t
 
@@ -73,16 +73,16 @@ def test_match_picks_up_carries_and_succeeds_on_the_matching_tile():
     env = world(p)
     task = hand_made(env, "match")
     obs, info = go(env, 0.0, -0.3, 0.05)
-    assert not task.held and info["phases_reached"] == 0 and env.felt_class(task) == -1
+    assert not task.carrying and info["phases_reached"] == 0 and env.felt_class(task) == -1
     obs, info = go(env, 0.0, -0.3, -0.004)  # press the probe: it sticks to the gel
-    assert task.held and info["phase"] == "picked up" and env.felt_class(task) == 1
+    assert task.carrying and info["phase"] == "picked up" and env.felt_class(task) == 1
     obs, info = go(env, 0.0, -0.3, 0.08)  # lift: still felt, the probe is gone from the table
-    assert task.held and env.felt_class(task) == 1 and env.depth["tactile"] == 0
+    assert task.carrying and env.felt_class(task) == 1 and env.depth["tactile"] == 0
     blank = tactile_image(None, 0.0, p.world.tactile_size, np.random.default_rng(0)).astype(float)
     assert np.abs(obs["tactile"].astype(float) - blank).mean() > 3  # the imprint while carrying
     go(env, 0.0, -0.5, 0.05)
     obs, info = go(env, 0.0, -0.5, -0.004)  # put it down on the tile of its class
-    assert info["success"] and info["failure"] is None and task.placed_on == 1 and not task.held
+    assert info["success"] and info["failure"] is None and task.placed_on == 1 and not task.carrying
 
 
 @pytest.mark.parametrize("where, failure", [((0.15, -0.5), "wrong tile"), ((0.3, -0.4), "put down off the tiles")])
@@ -180,15 +180,15 @@ def test_the_claw_feels_by_squeezing_carries_and_puts_down():
     claw_to(env, 0.0, -0.3, 0.15, CLAW_OPEN)
     claw_to(env, 0.0, -0.3, GRASP_Z_M, CLAW_OPEN)
     obs, info = claw_to(env, 0.0, -0.3, GRASP_Z_M, CLAW_SQUEEZE)
-    assert task.held and info["phase"] == "picked up" and env.felt_class(task) == 1
+    assert task.carrying and info["phase"] == "picked up" and env.felt_class(task) == 1
     assert env.qpos[6] == pytest.approx(PROBE_COMMAND) and env.command[6] == pytest.approx(CLAW_SQUEEZE)
     blank = tactile_image(None, 0.0, env.cfg.tactile_size, np.random.default_rng(0)).astype(float)
     assert np.abs(obs["tactile"].astype(float) - blank).mean() > 3  # the imprint of its class
     obs, info = claw_to(env, 0.0, -0.5, 0.12, CLAW_SQUEEZE)  # carried high over the table: still felt
-    assert task.held and env.felt_class(task) == 1 and task.carried[2] > 0.05
+    assert task.carrying and env.felt_class(task) == 1 and task.carried[2] > 0.05
     claw_to(env, 0.0, -0.5, GRASP_Z_M + 0.002, CLAW_SQUEEZE)
     _, info = claw_to(env, 0.0, -0.5, GRASP_Z_M + 0.002, CLAW_OPEN)  # let go over the tile of its class
-    assert info["success"] and task.placed_on == 1 and not task.held and env.felt_class(task) == -1
+    assert info["success"] and task.placed_on == 1 and not task.carrying and env.felt_class(task) == -1
 
 
 @pytest.mark.parametrize("where, failure", [((0.15, -0.5), "wrong tile"), ((0.3, -0.4), "put down off the tiles")])
@@ -222,10 +222,10 @@ def test_a_closed_claw_lowered_onto_the_probe_collides_and_does_not_hold_it(heig
     claw_to(env, 0.0, -0.3, 0.15, closed)
     _, info = claw_to(env, 0.0, -0.3, height, closed)
     if height > 0.05:  # still above the block: nothing happens yet
-        assert info["failure"] is None and not task.held
+        assert info["failure"] is None and not task.carrying
         _, info = claw_to(env, 0.0, -0.3, GRASP_Z_M, closed)
     assert info["failure"] == "collision with the probe"
-    assert not task.held and env.depth["tactile"] == 0 and env.felt_class(task) == -1
+    assert not task.carrying and env.depth["tactile"] == 0 and env.felt_class(task) == -1
 
 
 @pytest.mark.parametrize("preset", ["claw", "bimanual"])
@@ -492,7 +492,7 @@ def test_a_chunk_is_judged_by_the_tile_it_heads_for_even_when_it_stops_short(see
     env = world(p)
     env.reset(seed=seed)
     task = env.tasks[0]
-    task.held = True  # carrying its probe (a hand-made state: only the arm's path matters here)
+    task.carrying = True  # carrying its probe (a hand-made state: only the arm's path matters here)
     start = WorldTruth(env).carry_xy(env.qpos[None])["tactile"][0]
     cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
     nearest_end_wrong = 0

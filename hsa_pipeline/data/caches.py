@@ -89,7 +89,7 @@ class RowTokens:
         local = self.local[rows]
         if (local < 0).any():
             raise StoreError(f"{self.stream}: frame {int(np.asarray(rows).flat[np.argmax(np.ravel(local) < 0)])} "
-                             "is not among the rows held (Caches.hold_rows)")
+                             "is not among the rows held (Caches.load_rows)")
         return self.data[local]
 
 
@@ -153,7 +153,7 @@ class Caches:
         self.tokens = {s: store.load(s) for s in self.streams} if self.in_memory else None
         self.cache_bytes = nbytes
 
-    def hold_rows(self, rows: np.ndarray, memory_budget_gb: float = float("inf")) -> int:
+    def load_rows(self, rows: np.ndarray, memory_budget_gb: float = float("inf")) -> int:
         """Hold the token grids of `rows` only (evaluation: the validation frames and their
         swap donors), indexed by global row as the whole arrays are; memory grows with the
         rows asked for, not the dataset. Over `memory_budget_gb`, hold none: each index reads
@@ -269,17 +269,17 @@ class ChunkSamples(Dataset):
 class FrameBatches:
     """Batches of the sample contract above, gathered by tensor indexing from caches held
     as tensors (no per-sample Python, no host-side float16 -> float32 conversion): what
-    training uses when the caches fit `train.memory_budget_gb`. The tables live on `hold`:
-    the training device when they fit there (a GPU: `cache_device`), else the host, each
+    training uses when the caches fit `train.memory_budget_gb`. The tables live on `cache_device`:
+    the training device when they fit there (a GPU: training/sampling.cache_device), else the host, each
     batch then gathered there and copied over. ChunkSamples is the per-sample reference
     (and the streaming path); tests check that both give the same batches."""
 
     def __init__(self, caches: Caches, chunk_size: int, codec: ActionCodec, device: torch.device,
-                 hold: torch.device | None = None):
+                 cache_device: torch.device | None = None):
         if caches.tokens is None:
             raise ValueError("FrameBatches needs the caches in memory (Caches(..., memory_budget_gb) too small)")
-        self.device, self.hold = device, hold or device
-        t = lambda a, dtype=None: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.hold)  # noqa: E731
+        self.device, self.cache_device = device, cache_device or device
+        t = lambda a, dtype=None: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.cache_device)  # noqa: E731
         m = caches.manifest
         rows = np.arange(m.n_frames)
         ep = np.searchsorted(m.offsets, rows, side="right") - 1
@@ -300,7 +300,7 @@ class FrameBatches:
         self.contact = {k: t(v) for k, v in caches.contact.items()}
 
     def batch(self, rows: torch.Tensor) -> Batch:
-        """rows (B,) global frame indices on `hold` -> the sample contract, batched, on the device."""
+        """rows (B,) global frame indices on `cache_device` -> the sample contract, batched, on the device."""
         is_pad = self.is_pad[rows]  # (B, k)
         ref = self.qpos_raw[rows][:, None] if self.relative else self.mean  # (B, 1, Da) or (Da,)
         actions = (self.action[self.action_index[rows]] - ref) / self.std  # (B, k, Da)
@@ -315,7 +315,7 @@ class FrameBatches:
             weight={k: v[rows] for k, v in self.weight.items()},
             contact={k: v[rows] for k, v in self.contact.items()},
         )
-        if self.hold != self.device:  # held on the host: copied as float16, half the bytes of float32
+        if self.cache_device != self.device:  # held on the host: copied as float16, half the bytes of float32
             batch = batch.to(self.device)
         return batch.float_tokens()
 

@@ -101,7 +101,7 @@ def run_evaluate(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot:
     rows = caches.rows("val")
     # only the validation frames and the frames the touch-reliance swaps read, held when
     # they fit eval.memory_budget_gb, else read per batch: memory is bounded either way
-    held = caches.hold_rows(np.union1d(rows, donor_rows(caches, rows)), cfg.memory_budget_gb)
+    held = caches.load_rows(np.union1d(rows, donor_rows(caches, rows)), cfg.memory_budget_gb)
     print(f"evaluate: {held / 2**20:.0f} MiB of validation token grids held in RAM" if held else
           f"evaluate: the validation token grids exceed eval.memory_budget_gb ({cfg.memory_budget_gb} GB): "
           "read from the feature store per batch")

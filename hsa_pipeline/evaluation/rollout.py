@@ -119,11 +119,11 @@ def decision_check(env, policy, obs: dict, chunk: np.ndarray, seed: int, arm: in
     rng = np.random.default_rng([seed, 11, arm])  # the counterfactual's own draws: the rollout is unchanged
     follows = []
     for j, tile in enumerate(task.tiles):
-        if tile.kind != "candidate" or j in (task.order[0], chosen):
+        if tile.kind != "candidate" or j in (task.targets[0], chosen):
             continue  # a tile the chunk heads for already cannot show that it follows
         other = {**obs, task.sensor: truth.felt_image(task, tile.cls, rng)}
         follows.append(truth.chunk_places(policy.predict_chunk(other, obs["qpos"]))[arm] == j)
-    return {"chosen": chosen, "true": task.order[0], "correct": chosen == task.order[0],
+    return {"chosen": chosen, "true": task.targets[0], "correct": chosen == task.targets[0],
             "follows_touch": float(np.mean(follows)) if follows else None}
 
 
@@ -140,8 +140,8 @@ def arm_outcomes(env) -> list[dict]:
     arm's own pick-up, whatever the other does)."""
     if not env.touch_decisions:
         return []
-    return [{"arm": t.arm, "picked_up": t.held or t.placed is not None, "on_a_tile": t.placed_on is not None,
-             "right_tile": t.placed_on is not None and t.placed_on == t.order[0]} for t in env.tasks]
+    return [{"arm": t.arm, "picked_up": t.carrying or t.placed is not None, "on_a_tile": t.placed_on is not None,
+             "right_tile": t.placed_on is not None and t.placed_on == t.targets[0]} for t in env.tasks]
 
 
 def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False, threads=None) -> RolloutResult:
@@ -164,7 +164,7 @@ def run_rollout(env, policy, seed: int, ensemble_k: float, record: bool = False,
             ms["act"].append(1e3 * (time.perf_counter() - t1))
             if env.touch_decisions:
                 for a, task in enumerate(env.tasks):
-                    if task.held and a not in checked:
+                    if task.carrying and a not in checked:
                         checked[a] = decision_check(env, policy, obs, chunk, seed, a)
             return action
         return choose

@@ -280,7 +280,7 @@ def start_run(act: ActConfig, hsa: HsaConfig, cfg: TrainConfig, prepare_dir: Pat
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if step == 0:
             log_box_images(log.writer, caches, data.val_rows if len(data.val_rows) else data.train_rows)
-        print(f"train: {len(data.train_rows)} train / {len(data.val_rows)} val frames, caches {data.held()} "
+        print(f"train: {len(data.train_rows)} train / {len(data.val_rows)} val frames, caches {data.where_caches()} "
               f"({caches.cache_bytes / 2**20:.0f} MiB), "
               f"device {dist.device}, {torch.get_num_threads()} CPU thread(s), "
               f"{sum(q.numel() for q in params) / 1e6:.2f}M trainable parameters"

@@ -38,12 +38,12 @@ class TrainingData:
         self.val = ChunkSamples(caches, val_rows, act.chunk_size, codec)
         self.frames = None
         if caches.in_memory:
-            hold = cache_device(FrameBatches.nbytes(caches), dist.device)
-            self.frames = FrameBatches(caches, act.chunk_size, codec, dist.device, hold)
-            if hold.type == "cuda":
+            where = cache_device(FrameBatches.nbytes(caches), dist.device)
+            self.frames = FrameBatches(caches, act.chunk_size, codec, dist.device, where)
+            if where.type == "cuda":
                 caches.tokens = None  # the GPU holds them now: a host copy would double the RAM
-        self.hold = self.frames.hold if self.frames is not None else dist.device
-        self._rows = torch.as_tensor(self.train_rows, device=self.hold)
+        self.cache_device = self.frames.cache_device if self.frames is not None else dist.device
+        self._rows = torch.as_tensor(self.train_rows, device=self.cache_device)
         self._loader = None
         if self.frames is None and cfg.workers > 0:  # streaming from Zarr: decode in workers
             self._loader = iter(torch.utils.data.DataLoader(
@@ -51,12 +51,12 @@ class TrainingData:
                 sampler=_InfiniteSampler(len(self.samples), self.gen, cfg.batch_size, dist.rank, dist.world),
                 collate_fn=Batch.collate))
 
-    def held(self) -> str:
+    def where_caches(self) -> str:
         """Where the caches are, in words (train's first line)."""
         if self.frames is None:
             return "streamed from Zarr"
-        if self.hold == self.device:
-            return "in memory" if self.hold.type == "cpu" else f"on {self.hold}"
+        if self.cache_device == self.device:
+            return "in memory" if self.cache_device.type == "cpu" else f"on {self.cache_device}"
         return (f"in host memory, each batch copied to {self.device} (they would take more than "
                 f"{GPU_CACHE_SHARE:.0%} of its free memory)")
 
@@ -66,9 +66,9 @@ class TrainingData:
         B = self.cfg.batch_size
         idx = torch.randint(len(self.train_rows), (B * self.world,), generator=self.gen)[self.rank * B: (self.rank + 1) * B]
         if self.frames is not None:
-            if self.hold.type == "cuda":  # pinned, so the copy below does not make the host wait for the GPU
+            if self.cache_device.type == "cuda":  # pinned, so the copy below does not make the host wait for the GPU
                 idx = idx.pin_memory()
-            return self.frames.batch(self._rows[idx.to(self.hold, non_blocking=True)])
+            return self.frames.batch(self._rows[idx.to(self.cache_device, non_blocking=True)])
         return Batch.collate([self.samples[int(i)] for i in idx]).to(self.device)
 
     def val_batches(self):
@@ -76,7 +76,7 @@ class TrainingData:
         for start in range(0, len(self.val_rows), B):
             rows = self.val_rows[start: start + B]
             if self.frames is not None:
-                yield self.frames.batch(torch.as_tensor(rows, device=self.hold))
+                yield self.frames.batch(torch.as_tensor(rows, device=self.cache_device))
             else:
                 yield Batch.collate([self.val[i] for i in range(start, start + len(rows))]).to(self.device)
 

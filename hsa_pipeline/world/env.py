@@ -64,13 +64,13 @@ class TouchWorld(gym.Env):
         self.cfg, self.max_steps, self.render_mode = world, max_steps, render_mode
         self.rig = Rig(robot, sensors, cameras)
         self.width = self.rig.qpos_width()
-        # every arm that carries a sensor works on its own part of the table
-        self.workers = [(a, next(s for s in self.rig.sensors if self.rig.sensors[s].arm == a))
-                        for a in self.rig.arms if any(s.arm == a for s in self.rig.sensors.values())]
-        if not self.workers:
+        # every arm that carries a sensor works on its own part of the table: (arm, its sensor)
+        self.sensing_arms = [(a, next(s for s in self.rig.sensors if self.rig.sensors[s].arm == a))
+                             for a in self.rig.arms if any(s.arm == a for s in self.rig.sensors.values())]
+        if not self.sensing_arms:
             raise ConfigError("sensors: the touch world needs a tactile sensor on an arm (sensors.<name>.arm); "
                               "none is configured")
-        for arm, sensor in self.workers:
+        for arm, sensor in self.sensing_arms:
             if self.rig.sensors[sensor].in_claw and world.task != "match":
                 raise ConfigError(f"world.task: '{world.task}' presses tiles with a pad facing down, but "
                                   f"sensors.{sensor} sits in a claw (finger_offset); the claw plays world.task: match")
@@ -115,23 +115,23 @@ class TouchWorld(gym.Env):
         (the demo uses it to show every class equally often)."""
         super().reset(seed=seed)
         rng = self.np_random
-        keys = (options or {}).get("key_classes") or [None] * len(self.workers)
+        keys = (options or {}).get("key_classes") or [None] * len(self.sensing_arms)
         self.tasks = [sample_task(self.cfg, arm, sensor, self.rig.arms[arm].base, rng, key,
                                   claw=self.rig.sensors[sensor].in_claw)
-                      for (arm, sensor), key in zip(self.workers, keys, strict=True)]
+                      for (arm, sensor), key in zip(self.sensing_arms, keys, strict=True)]
         self.qpos = self.home()
         self.command = self.qpos.copy()  # what the last action asked for (a claw's opening may differ)
         self.t = 0
         self.failure: str | None = None
-        self._pressing = {s: False for _, s in self.workers}
-        self._around = {s: False for _, s in self.workers}  # a claw: the standing probe between its fingers
+        self._pressing = {s: False for _, s in self.sensing_arms}
+        self._around = {s: False for _, s in self.sensing_arms}  # a claw: the standing probe between its fingers
         self._backgrounds: dict[str, Image.Image] = {}
         self._update_contact()
         return self._observe(), self._info()
 
     def home(self) -> np.ndarray:
         """The start pose: each sensor 20 cm above the table in front of its arm, pointing down."""
-        return home_qpos(self.rig, self.workers, self.width)
+        return home_qpos(self.rig, self.sensing_arms, self.width)
 
     def step(self, action):
         action = np.asarray(action, dtype=float)
@@ -200,7 +200,7 @@ class TouchWorld(gym.Env):
         tcp = self.claw_centre(task)
         gi = self.rig.arms[task.arm].cfg.gripper_index
         probe = task.tiles[task.probe] if task.probe is not None else None
-        standing = probe is not None and not task.held and task.placed is None
+        standing = probe is not None and not task.carrying and task.placed is None
         inside = standing and between_fingers(tcp, (probe.x, probe.y))
         if inside and not self._around[task.sensor] and claw_width(self.qpos[gi]) < PROBE_SIDE_M:
             # fingers narrower than the block came onto it (from above, or sideways): a real
@@ -208,17 +208,17 @@ class TouchWorld(gym.Env):
             task.failure = task.failure or "collision with the probe"
             inside = False
         self._around[task.sensor] = inside
-        around = task.held or inside
+        around = task.carrying or inside
         depth = squeeze_depth(self.command[gi]) if around else 0.0  # the fingers stop at the block: the rest squeezes
         if depth > 0:  # the probe stops the fingers: the claw measures the probe's width
             self.qpos[gi] = max(self.qpos[gi], PROBE_COMMAND)
         self.depth[task.sensor] = depth
         task.touching = task.probe if depth > 0 else None
         x, y, z = tcp[:3, 3]
-        if not task.held and depth >= HOLD_SQUEEZE and task.failure is None and task.success_step is None:
-            task.held, task.grasp_dz = True, float(z)  # closed on the probe standing on the table
+        if not task.carrying and depth >= HOLD_SQUEEZE and task.failure is None and task.success_step is None:
+            task.carrying, task.grasp_dz = True, float(z)  # closed on the probe standing on the table
             self._backgrounds.clear()  # it leaves the table
-        if task.held:
+        if task.carrying:
             bottom = float(z) - task.grasp_dz
             task.carried = (float(x), float(y), bottom)
             if bottom < -COLLISION_M:
@@ -245,13 +245,13 @@ class TouchWorld(gym.Env):
             obs[name] = self._camera_image(name, cam, camera_pose[name][0], flange, sensor_pose)
         for task in self.tasks:
             cls = self.felt_class(task)
-            depth = max(HOLD_DEPTH, self.depth[task.sensor]) if task.held else self.depth[task.sensor]
+            depth = max(HOLD_DEPTH, self.depth[task.sensor]) if task.carrying else self.depth[task.sensor]
             obs[task.sensor] = tactile_image(cls if cls >= 0 else None, depth, self.cfg.tactile_size, self.np_random)
         return obs
 
     def felt_class(self, task: ArmTask) -> int:
         """The class the sensor feels now: the carried probe's, or the pressed tile's; -1 for none."""
-        if task.held:
+        if task.carrying:
             return task.tiles[task.probe].cls
         if task.touching is not None and self.depth[task.sensor] > 0:
             return task.tiles[task.touching].cls
@@ -264,11 +264,11 @@ class TouchWorld(gym.Env):
         canvas = Canvas(cam, T_world_cam, table_background(cam, T_world_cam))
         for task in self.tasks:
             for i, tile in enumerate(task.tiles):
-                if i == task.probe and (task.held or task.placed is not None or task.claw):
+                if i == task.probe and (task.carrying or task.placed is not None or task.claw):
                     continue
                 tex = self.probe_tex if i == task.probe else self.textures[tile.cls]
                 canvas.quad(square_corners(tile.x, tile.y), tex)
-            if task.claw and not task.held and task.placed is None:  # the probe block, standing
+            if task.claw and not task.carrying and task.placed is None:  # the probe block, standing
                 probe = task.tiles[task.probe]
                 canvas.solid(block_faces(probe.x, probe.y, 0.0), self.probe_tex, PROBE_SIDE_RGB)
             if task.placed is not None:  # the probe where it was put down
@@ -292,7 +292,7 @@ class TouchWorld(gym.Env):
             if task.claw:
                 self._draw_claw(canvas, task, pad)
                 continue
-            if task.held:  # the probe's grey cap around the pad
+            if task.carrying:  # the probe's grey cap around the pad
                 canvas.quad(pose[:3, 3] + 1.5 * (pad - pose[:3, 3]), self.probe_tex)
             if task.touching is not None and self.depth[task.sensor] > 0:
                 tex = self.probe_tex if task.touching == task.probe else self.textures[task.tiles[task.touching].cls]
@@ -307,7 +307,7 @@ class TouchWorld(gym.Env):
         tcp = self.claw_centre(task)
         across = tcp[:3, 1] * ((pad.mean(0) - tcp[:3, 3]) @ tcp[:3, 1])  # tcp -> pad centre, along the closing axis
         canvas.quad(pad - 2 * across, None, fill=ARM_RGB, outline=(120, 120, 125))  # the finger without a pad
-        if task.held and task.carried is not None:
+        if task.carrying and task.carried is not None:
             canvas.solid(block_faces(*task.carried), self.probe_tex, PROBE_SIDE_RGB)
         if task.touching is not None and self.depth[task.sensor] > 0:
             canvas.quad(pad, self.probe_tex, outline=(20, 20, 20))

@@ -34,8 +34,8 @@ def _min_jerk(n: int) -> np.ndarray:
 def _touch_sequence(task: ArmTask, cfg) -> list[int]:
     """The tiles the expert presses, in order."""
     if cfg.task == "match":
-        return [task.probe, task.order[0]]  # pick the probe up, put it down on its match
-    return list(task.order)
+        return [task.probe, task.targets[0]]  # pick the probe up, put it down on its match
+    return list(task.targets)
 
 
 def _segments(task: ArmTask, tile, touch: int) -> list[tuple[np.ndarray, float, str]]:

@@ -44,11 +44,11 @@ class ArmIK:
         return self.q.copy()
 
 
-def home_qpos(rig: Rig, workers: list[tuple[str, str]], width: int) -> np.ndarray:
-    """The qpos with every sensor-carrying arm (`workers`: (arm, sensor) pairs) at its home
+def home_qpos(rig: Rig, sensing_arms: list[tuple[str, str]], width: int) -> np.ndarray:
+    """The qpos with every sensor-carrying arm (`sensing_arms`: (arm, sensor) pairs) at its home
     waypoint, others at zero."""
     q = np.zeros(width)
-    for arm_name, sensor_name in workers:
+    for arm_name, sensor_name in sensing_arms:
         arm = rig.arms[arm_name]
         home = (arm.base @ np.array([*HOME_LOCAL, 0.0, 1.0]))[:3] * [1, 1, 0] + [0, 0, HOME_M]
         ik = ArmIK(rig, arm_name, sensor_name)

@@ -78,7 +78,7 @@ def run_synth(cfg: SynthConfig, world: WorldConfig, robot: RobotConfig, sensors:
     env = TouchWorld(world, robot, sensors, cameras, max_steps=10**6)
     with atomic_dir(out) as tmp:
         for i in tqdm(range(cfg.episodes), desc="synth: recording the expert", unit="ep"):
-            ep = record_episode(env, scene_seed("train", cfg.seed, i), key_classes(world, cfg.seed, i, len(env.workers)))
+            ep = record_episode(env, scene_seed("train", cfg.seed, i), key_classes(world, cfg.seed, i, len(env.sensing_arms)))
             if not ep["success"]:
                 raise RuntimeError(f"synth: the scripted expert failed scene {i} ({ep['failure']}); a bug in the "
                                    f"world or its expert, or a rig the expert cannot reach")

@@ -54,12 +54,12 @@ class ArmTask:
     arm: str
     sensor: str
     tiles: list[Tile]
-    order: list[int]  # press: target tiles in pressing order; match: [the matching candidate]
+    targets: list[int]  # the tiles to reach, in order: press: each target left to right; match: [its match]
     probe: int | None = None  # match: index of the probe in tiles
     claw: bool = False  # the pad is in a claw: touch by squeezing (claw.py), not by pressing down
     # progress
-    held: bool = False  # match: the probe is on the gel (pressing pad) or in the claw
-    carried: tuple[float, float, float] | None = None  # claw: the held probe's (x, y, bottom z)
+    carrying: bool = False  # match: the probe is on the gel (pressing pad) or in the claw
+    carried: tuple[float, float, float] | None = None  # claw: the carried probe's (x, y, bottom z)
     grasp_dz: float = 0.0  # claw: the claw centre's height above the probe's bottom when it closed
     placed: tuple[float, float] | None = None  # match: where the probe was put down
     placed_on: int | None = None  # the tile it was put down on (None: the table)
@@ -71,7 +71,7 @@ class ArmTask:
     def tile_at(self, x: float, y: float) -> int | None:
         """The tile whose square contains (x, y) (the probe only while on the table)."""
         for i, t in enumerate(self.tiles):
-            if i == self.probe and (self.held or self.placed is not None):
+            if i == self.probe and (self.carrying or self.placed is not None):
                 continue
             if abs(x - t.x) < TILE_M / 2 and abs(y - t.y) < TILE_M / 2:
                 return i
@@ -127,27 +127,27 @@ def on_press(task: ArmTask, cfg: WorldConfig, tile: int | None, xy: tuple[float,
     if task.failure or task.success_step is not None:
         return
     if cfg.task == "match":
-        if not task.held and tile is not None and tile == task.probe:
-            task.held = True  # picked up on the gel
-        elif task.held:
+        if not task.carrying and tile is not None and tile == task.probe:
+            task.carrying = True  # picked up on the gel
+        elif task.carrying:
             put_down(task, tile, xy, step)
         return
     if tile is None:
         return  # pressing the bare table is harmless
     task.presses.append(tile)
-    expected = task.order[len(task.presses) - 1]
+    expected = task.targets[len(task.presses) - 1]
     if tile != expected:
         task.failure = "wrong tile"
-    elif len(task.presses) == len(task.order):
+    elif len(task.presses) == len(task.targets):
         task.success_step = step
 
 
 def put_down(task: ArmTask, tile: int | None, xy: tuple[float, float], step: int) -> None:
     """match: the carried probe is put down at `xy`, on `tile` (None: the table)."""
-    task.held, task.carried, task.placed, task.placed_on = False, None, xy, tile
+    task.carrying, task.carried, task.placed, task.placed_on = False, None, xy, tile
     if tile is None:
         task.failure = "put down off the tiles"
-    elif tile == task.order[0]:
+    elif tile == task.targets[0]:
         task.success_step = step
     else:
         task.failure = "wrong tile"
@@ -163,9 +163,9 @@ def phases(cfg: WorldConfig) -> list[str]:
 def phase_reached(task: ArmTask, cfg: WorldConfig) -> int:
     """How many of `phases(cfg)` this arm has reached."""
     if cfg.task == "match":
-        return int(task.held or task.placed is not None) + int(task.placed is not None) + int(task.success_step is not None)
+        return int(task.carrying or task.placed is not None) + int(task.placed is not None) + int(task.success_step is not None)
     good = 0
-    for tile, expected in zip(task.presses, task.order, strict=False):
+    for tile, expected in zip(task.presses, task.targets, strict=False):
         if tile != expected:
             break
         good += 1

@@ -61,7 +61,7 @@ class WorldTruth:
         out = []
         for task in self.env.tasks:
             cands = [i for i, t in enumerate(task.tiles) if t.kind == "candidate"]
-            if not task.held or not cands:
+            if not task.carrying or not cands:
                 out.append(None)
                 continue
             start, end = xy[task.sensor]
