@@ -212,7 +212,7 @@ def test_the_claw_squeezes_at_any_height_and_its_positives_follow_the_probe(tmp_
     T_cam = np.linalg.inv(top.world_poses({}, 1)[0])
     for i, (ep, probe, goal) in enumerate(worlds):
         rows = slice(manifest.offsets[i], manifest.offsets[i + 1])
-        felt = ep["felt"]["tactile"] >= 0
+        felt = ep["felt_class"]["tactile"] >= 0
         assert store.contact[rows, 0].tolist() == felt.tolist()
         height = store.sensor_pose[rows, 0, 2, 3]
         assert height[felt].max() > height.min() + 0.05  # it touches in mid-air too: not a lowest-height rule

@@ -294,7 +294,7 @@ def test_prepare_on_the_demo_marks_contact_frames(demo_dir, tmp_path):
     assert len(m["episodes"]) == 4 and m["cameras"]["top"]["shape"] == [192, 256]
     contact = json.loads((tmp_path / "out/contact.json").read_text())["tactile"]
     env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=10**6)
-    truth = record_episode(env, scene_seed("train", 0, 0))["felt"]["tactile"] >= 0  # what the world says is felt
+    truth = record_episode(env, scene_seed("train", 0, 0))["felt_class"]["tactile"] >= 0  # what the world says is felt
     np.testing.assert_array_equal(np.array(contact["episode_0"]["contact"], bool), truth)
 
 

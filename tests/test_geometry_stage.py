@@ -133,10 +133,10 @@ def test_next_contact_boxes_show_the_tile_the_expert_puts_the_probe_on():
         ep = record_episode(env, scene_seed("train", 5, i))
         task = env.tasks[0]
         goal = task.tiles[task.targets[0]]
-        geo = rig.episode_geometry(ep["qpos"], touch={"tactile": ep["felt"]["tactile"] >= 0})
+        geo = rig.episode_geometry(ep["qpos"], touch={"tactile": ep["felt_class"]["tactile"] >= 0})
         top: Camera = rig.cameras["top"]
         uv = top.project((np.linalg.inv(geo.camera_pose["top"][0]) @ [goal.x, goal.y, 0.0, 1.0])[None, :3])[0]
-        carried = np.flatnonzero(ep["felt"]["tactile"] == task.tiles[task.probe].cls)
+        carried = np.flatnonzero(ep["felt_class"]["tactile"] == task.tiles[task.probe].cls)
         assert len(carried) > 5
         nb = geo.next_boxes["top"]["tactile"]
         assert nb.visible[carried].all()

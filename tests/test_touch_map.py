@@ -30,8 +30,8 @@ def bimanual_model(query: str = "per_sensor", map_tokens: bool = False) -> ACTPo
 def marks(model: ACTPolicy, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each camera's adapter outputs with the touch maps' marks added (what the transformer sees)."""
     adapted = model.stream_tokens(tokens)
-    felt = model.felt(adapted)
-    return {s: model.marked(s, adapted[s], felt) for s in ("top", "left_wrist", "right_wrist")}
+    touch = model.touch_embeddings(adapted)
+    return {s: model.marked(s, adapted[s], touch) for s in ("top", "left_wrist", "right_wrist")}
 
 
 @torch.no_grad()
@@ -83,11 +83,11 @@ def test_map_tokens_read_each_map_at_every_patch_token_computed_by_hand():
     assert model.map_token_pairs == [(0, "left_wrist"), (0, "top"), (1, "right_wrist"), (1, "top")]
     tokens = {s: torch.randn(2, 4, 4, 8) for s in STREAMS}
     adapted = model.stream_tokens(tokens)
-    felt = model.felt(adapted)
-    got = model.map_tokens(adapted, felt)  # (B, 4, H)
+    touch = model.touch_embeddings(adapted)
+    got = model.map_tokens(adapted, touch)  # (B, 4, H)
     assert got.shape == (2, 4, 16)
     for j, (i, cam) in enumerate(model.map_token_pairs):
-        q = model.touch_query(felt[i]).numpy()
+        q = model.touch_query(touch[i]).numpy()
         k = model.touch_key(adapted[cam]).numpy()
         score = np.einsum("bp,bnp->bn", q, k) * np.exp(model.touch_scale.item())
         w = np.exp(score - score.max(1, keepdims=True))
@@ -157,10 +157,10 @@ def test_hsa_trains_each_map_with_the_query_the_policy_reads(tmp_path, monkeypat
     with torch.no_grad():
         module(batch, 0, use_latent=False, diagnostics=False)
         adapted = module.policy.stream_tokens(batch.tokens)
-        felt = module.policy.felt(adapted)
+        touch = module.policy.touch_embeddings(adapted)
     assert len(seen) == 2  # one HSA term per sensor
     for i in range(2):
-        torch.testing.assert_close(seen[i], module.policy.touch_query(felt[i]))
+        torch.testing.assert_close(seen[i], module.policy.touch_query(touch[i]))
 
 
 def bimanual_overrides() -> list[str]:

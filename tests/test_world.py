@@ -235,7 +235,7 @@ def test_the_scripted_expert_solves_30_seeded_claw_scenes(preset):
     results = [record_episode(env, scene_seed("eval", 0, i)) for i in range(30)]
     assert [r["failure"] for r in results if not r["success"]] == []
     for r in results:  # each pad feels exactly one class, its own probe's, from the grasp to the release
-        for sensor, felt in r["felt"].items():
+        for sensor, felt in r["felt_class"].items():
             touched = np.flatnonzero(felt >= 0)
             assert len(set(felt[touched])) == 1 and np.all(np.diff(touched) == 1), sensor
 
@@ -318,7 +318,7 @@ def test_drawn_sensor_pad_lies_inside_the_geometry_box(recorded):
     for ep in eps:
         geo = rig.episode_geometry(ep["qpos"], margin_px=1.0)  # 1 px for polygon rasterisation
         for cam in ("top", "wrist"):
-            for t in np.nonzero(ep["felt"]["tactile"] < 0)[0]:
+            for t in np.nonzero(ep["felt_class"]["tactile"] < 0)[0]:
                 img = ep["images"][cam][t].astype(int)
                 ys, xs = np.nonzero((np.abs(img - PAD_RGB) <= 6).all(axis=-1))
                 b = geo.boxes[cam]["tactile"].box[t]
@@ -333,10 +333,10 @@ def test_pad_shows_the_pressed_texture_while_pressing():
     env = world(p, max_steps=10**6)
     ep = record_episode(env, scene_seed("train", 0, 0))
     geo = demo_rig(p).episode_geometry(ep["qpos"], margin_px=0.0)
-    t = int(np.nonzero(ep["felt"]["tactile"] >= 0)[0][1])
+    t = int(np.nonzero(ep["felt_class"]["tactile"] >= 0)[0][1])
     b = geo.boxes["wrist"]["tactile"].box[t].astype(int)
     inside = ep["images"]["wrist"][t][b[1] + 4: b[3] - 4, b[0] + 4: b[2] - 4].reshape(-1, 3).mean(0)
-    tex = object_texture(int(ep["felt"]["tactile"][t])).reshape(-1, 3).mean(0)
+    tex = object_texture(int(ep["felt_class"]["tactile"][t])).reshape(-1, 3).mean(0)
     assert np.abs(inside - tex).max() < 25 and np.abs(inside - PAD_RGB).max() > 25
 
 
@@ -366,8 +366,8 @@ def test_the_match_tasks_class_is_felt_never_seen(recorded):
     patch = (slice(int(v) - 3, int(v) + 4), slice(int(u) - 3, int(u) + 4))
     assert np.abs(a[patch].astype(float) - b[patch]).mean() < 4  # camera noise only
     for ep in eps:
-        carried = ep["felt"]["tactile"] >= 0
-        assert carried.sum() >= 10 and len(set(ep["felt"]["tactile"][carried])) == 1
+        carried = ep["felt_class"]["tactile"] >= 0
+        assert carried.sum() >= 10 and len(set(ep["felt_class"]["tactile"][carried])) == 1
 
 
 def test_bimanual_rig_gives_each_arm_its_own_task(tmp_path):
@@ -375,11 +375,11 @@ def test_bimanual_rig_gives_each_arm_its_own_task(tmp_path):
     env = world(p, max_steps=10**6)
     ep = record_episode(env, scene_seed("train", 0, 0), [0, 1])
     assert ep["success"] and ep["qpos"].shape[1] == 14 and set(ep["tactile"]) == {"tactile_left", "tactile_right"}
-    assert set(ep["felt"]["tactile_left"]) == {-1, 0} and set(ep["felt"]["tactile_right"]) == {-1, 1}
+    assert set(ep["felt_class"]["tactile_left"]) == {-1, 0} and set(ep["felt_class"]["tactile_right"]) == {-1, 1}
     geo = demo_rig(p).episode_geometry(ep["qpos"], margin_px=1.0)
     for side in ("left", "right"):
         sensor, cam = f"tactile_{side}", f"{side}_wrist"
-        for t in np.nonzero(ep["felt"][sensor] < 0)[0][::3]:
+        for t in np.nonzero(ep["felt_class"][sensor] < 0)[0][::3]:
             ys, xs = np.nonzero((np.abs(ep["images"][cam][t].astype(int) - PAD_RGB) <= 6).all(-1))
             b = geo.boxes[cam][sensor].box[t]
             assert len(xs) > 100 and ((xs >= b[0]) & (xs < b[2]) & (ys >= b[1]) & (ys < b[3])).all()

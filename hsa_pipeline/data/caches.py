@@ -34,9 +34,10 @@ from .stores import FeatureStore, GeometryInfo, GeometryStore, check_rows
 
 
 @dataclass(frozen=True)
-class HsaPair:
-    """The streams of one tactile sensor: HSA aligns its touch with them, and its touch map
-    marks them (the cameras that can see where IT is going)."""
+class SensorCameras:
+    """One tactile sensor and the cameras that can see where IT is going: HSA aligns its
+    touch with them, and its touch map marks them. A (camera, sensor) pair's key names its
+    boxes in a `Batch`."""
 
     sensor: str  # tactile stream = sensor name
     wrist: str | None  # the (first) wrist camera on the same arm
@@ -48,6 +49,7 @@ class HsaPair:
         return ([self.wrist] if self.wrist else []) + list(self.third_persons)
 
     def key(self, camera: str) -> str:
+        """The (camera, sensor) pair's key in a Batch's box, visible and weight dicts."""
         return f"{camera}/{self.sensor}"
 
 
@@ -59,19 +61,19 @@ def chunk_window(row: int, start: int, end: int, chunk: int, shift: int) -> tupl
     return a0, min(chunk, end - a0)
 
 
-def hsa_pairs(manifest: Manifest, geometry: GeometryInfo) -> list[HsaPair]:
+def sensor_cameras(manifest: Manifest, geometry: GeometryInfo) -> list[SensorCameras]:
     """For each tactile sensor: the wrist camera on its arm and every third-person camera."""
     cams = manifest.info.cameras
     camera_mounts, sensor_arms = geometry.camera_mounts, geometry.sensor_arms
     third_persons = tuple(c for c, v in cams.items() if v.role == "third_person")
-    pairs = []
+    groups = []
     for sensor in manifest.info.tactile:
         if sensor not in geometry.sensors:
             continue
         arm = sensor_arms.get(sensor)
         wrist = next((c for c, v in cams.items() if v.role == "wrist" and camera_mounts.get(c) == arm), None)
-        pairs.append(HsaPair(sensor, wrist, third_persons))
-    return pairs
+        groups.append(SensorCameras(sensor, wrist, third_persons))
+    return groups
 
 
 class RowTokens:
@@ -128,7 +130,7 @@ class Caches:
                             "features": store.fingerprint}
         self.streams: dict[str, str] = store.info.streams
         self.grid, self.width = store.info.grid, store.info.width
-        self.pairs = hsa_pairs(self.manifest, geo.info)
+        self.sensor_cameras = sensor_cameras(self.manifest, geo.info)
         N = self.manifest.n_frames
         # each tactile sensor in contact, as the geometry stage decided it (from its touch)
         self.contact = {s: geo.contact[:, geo.sensors.index(s)] for s in self.manifest.info.tactile
@@ -172,7 +174,7 @@ class Caches:
         positives 'now' = where the sensor is; 'next_contact' = where its touch next changes."""
         pre = "next_" if positives == "next_contact" else ""
         box, visible, weight = {}, {}, {}
-        for p in self.pairs:
+        for p in self.sensor_cameras:
             s = self._geo.sensors.index(p.sensor)
             for cam in p.cameras:
                 mapping = GridMapping(**self._mapping[cam])
@@ -198,7 +200,7 @@ class Caches:
 @dataclass(frozen=True)
 class Batch:
     """The training contract between the data and the model: B samples. Per-sensor keys
-    are 'camera/sensor' (HsaPair.key); `contact` is keyed by sensor. Normalised = z-scored
+    are 'camera/sensor' (SensorCameras.key); `contact` is keyed by sensor. Normalised = z-scored
     with the prepare stage's stats (ActionCodec for actions)."""
 
     row: torch.Tensor  # (B,) global frame index (row of every store)

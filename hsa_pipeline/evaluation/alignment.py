@@ -79,24 +79,24 @@ def alignment(caches: Caches, policy: ACTPolicy, hsa: HSALoss | None, rows: np.n
     for target, meaning in TARGETS.items():
         boxes, visible, _ = caches.token_boxes(target)
         views = {"measures": meaning}
-        for pair in caches.pairs:
-            if pair.sensor in blind:
+        for group in caches.sensor_cameras:
+            if group.sensor in blind:
                 continue
             if target == "now":
-                events_of = caches.contact[pair.sensor]  # a contact run is one event
-                eligible = caches.contact[pair.sensor]
+                events_of = caches.contact[group.sensor]  # a contact run is one event
+                eligible = caches.contact[group.sensor]
             else:
-                events_of = caches.next_row[pair.sensor]  # frames heading for one change share it
-                eligible = caches.next_row[pair.sensor] >= 0
-            for cam in (c for c in pair.cameras if c not in blind):
-                key = pair.key(cam)
+                events_of = caches.next_row[group.sensor]  # frames heading for one change share it
+                eligible = caches.next_row[group.sensor] >= 0
+            for cam in (c for c in group.cameras if c not in blind):
+                key = group.key(cam)
                 use = rows[visible[key][rows] & eligible[rows] & boxes[key][rows].any((1, 2))]
                 if len(use) < 2:
                     continue
                 events = (contact_events(use, events_of, caches.episode_of) if target == "now"
                           else np.unique(events_of[use], return_inverse=True)[1])
-                role = "wrist" if cam == pair.wrist else "tp" if len(pair.third_persons) == 1 else f"tp_{cam}"
-                views[f"{pair.sensor}_to_{role}"] = align_view(caches, policy, hsa, pair.sensor, cam, use,
+                role = "wrist" if cam == group.wrist else "tp" if len(group.third_persons) == 1 else f"tp_{cam}"
+                views[f"{group.sensor}_to_{role}"] = align_view(caches, policy, hsa, group.sensor, cam, use,
                                                                boxes[key], events, device)
         out[target] = views
     return out

@@ -86,10 +86,10 @@ def _charts(results: dict, align: list[tuple[str, dict]], joint_names: list[str]
 @torch.no_grad()
 def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple[str, list[str]]]:
     """A few contact frames: each camera image with its box and the similarity heat map."""
-    if n == 0 or not caches.pairs:
+    if n == 0 or not caches.sensor_cameras:
         return []
-    pair = caches.pairs[0]
-    contact = caches.contact[pair.sensor][rows]
+    group = caches.sensor_cameras[0]
+    contact = caches.contact[group.sensor][rows]
     picks = rows[contact] if contact.any() else rows
     picks = picks[np.linspace(0, len(picks) - 1, min(n, len(picks))).round().astype(int)]
     out = []
@@ -99,18 +99,18 @@ def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple
         t = int(row - caches.manifest.offsets[e])
         imgs = []
         with caches.manifest.open(info) as ep:
-            tac = torch.from_numpy(caches.tokens[pair.sensor][row:row + 1].astype(np.float32)).to(device)
-            t_ad = policy.adapters[pair.sensor](tac).mean(1)
+            tac = torch.from_numpy(caches.tokens[group.sensor][row:row + 1].astype(np.float32)).to(device)
+            t_ad = policy.adapters[group.sensor](tac).mean(1)
             q = hsa.head_tactile(t_ad) if hsa else torch.nn.functional.normalize(t_ad, dim=-1)
-            imgs.append(_img_png(ep.frame(pair.sensor, t)))
-            for cam in pair.cameras:
+            imgs.append(_img_png(ep.frame(group.sensor, t)))
+            for cam in group.cameras:
                 frame = ep.frame(cam, t)
                 tok = torch.from_numpy(caches.tokens[cam][row:row + 1].astype(np.float32)).to(device)
                 ad = policy.adapters[cam](tok)
                 emb = hsa.head_vision(ad) if hsa else torch.nn.functional.normalize(ad, dim=-1)
                 sim = (emb[0] @ q[0]).reshape(caches.grid, caches.grid).cpu().numpy()
                 imgs.append(_img_png(_overlay(frame, sim, caches.feature_info.mapping[cam],
-                                              caches.sensor_boxes_px(cam, pair.sensor)[row])))
+                                              caches.sensor_boxes_px(cam, group.sensor)[row])))
         out.append((f"episode {info.id}, frame {t}", imgs))
     return out
 

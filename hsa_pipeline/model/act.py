@@ -138,41 +138,41 @@ class ACTPolicy(nn.Module):
         blind = set(self.cfg.blind)
         return {s: self.adapters[s](torch.zeros_like(tokens[s]) if s in blind else tokens[s]) for s in self.shapes.streams}
 
-    def felt(self, adapted: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def touch_embeddings(self, adapted: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """What each touch map's sensors feel: (B, H) per map, the mean of its tactile tokens."""
         return [torch.stack([adapted[s].mean(1) for s in query]).mean(0) for query, _ in self.maps]
 
-    def touch_weights(self, felt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def touch_weights(self, touch: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """How well each camera token matches what is felt: the cosine of the two heads'
         embeddings (HSA's heads when HSA is on) over a learned temperature, softmax over the
-        camera's tokens. felt (B, H), tokens (B, N, H) -> (B, N), each row sums to 1."""
-        q = self.touch_query(felt)  # (B, P) unit length
+        camera's tokens. touch (B, H), tokens (B, N, H) -> (B, N), each row sums to 1."""
+        q = self.touch_query(touch)  # (B, P) unit length
         k = self.touch_key(tokens)  # (B, N, P) unit length
         return (torch.einsum("bp,bnp->bn", q, k) * self.touch_scale.exp()).softmax(-1)
 
-    def touch_map_bias(self, felt: torch.Tensor, tokens: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
+    def touch_map_bias(self, touch: torch.Tensor, tokens: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
         """Explicit grounding of touch in sight: each camera token gets the map's learned
         vector `mark` (H,) times its touch weight times the token count (a uniform map adds
         the vector once everywhere, a peaked one marks a place). -> (B, N, H)."""
-        weight = self.touch_weights(felt, tokens) * tokens.shape[1]  # (B, N), mean 1
+        weight = self.touch_weights(touch, tokens) * tokens.shape[1]  # (B, N), mean 1
         return weight[..., None] * mark
 
-    def marked(self, stream: str, grid: torch.Tensor, felt: list[torch.Tensor]) -> torch.Tensor:
+    def marked(self, stream: str, grid: torch.Tensor, touch: list[torch.Tensor]) -> torch.Tensor:
         """A camera's adapter outputs (B, N, H) plus the mark of every touch map that reads it
         (each computed on the unmarked tokens)."""
         out = grid
         for i, (_, cameras) in enumerate(self.maps):
             if stream in cameras:
-                out = out + self.touch_map_bias(felt[i], grid, self.touch_emb[i])
+                out = out + self.touch_map_bias(touch[i], grid, self.touch_emb[i])
         return out
 
-    def map_tokens(self, adapted: dict[str, torch.Tensor], felt: list[torch.Tensor]) -> torch.Tensor:
+    def map_tokens(self, adapted: dict[str, torch.Tensor], touch: list[torch.Tensor]) -> torch.Tensor:
         """act.touch_map_tokens: each (map, camera it marks) as one token, a learned linear
         read of the map's weight at EVERY patch token (mean 1, as in touch_map_bias). The
         pooled grid blurs neighbouring places together; this read does not, and it can
         learn which part of a shared camera is its own arm's (a map that also peaks on the
         other arm's tile of the same look). -> (B, maps x cameras, H)."""
-        maps = [self.touch_weights(felt[i], adapted[cam]) * adapted[cam].shape[1]
+        maps = [self.touch_weights(touch[i], adapted[cam]) * adapted[cam].shape[1]
                 for i, cam in self.map_token_pairs]  # (B, G*G) each
         return self.map_token_in(torch.stack(maps, 1)) + self.map_token_emb
 
@@ -202,13 +202,13 @@ class ACTPolicy(nn.Module):
             latent = None
         adapted = adapted if adapted is not None else self.stream_tokens(tokens)
         seq = [self.latent_in(z)[:, None] + self.special_pos[0], self.qpos_in(qpos)[:, None] + self.special_pos[1]]
-        felt = self.felt(adapted)  # one (B, H) per touch map
+        touch = self.touch_embeddings(adapted)  # one (B, H) per touch map
         for i, s in enumerate(self.shapes.streams):
-            grid = self.marked(s, adapted[s], felt)  # (B, G*G, H): the maps at full resolution, then pooled
+            grid = self.marked(s, adapted[s], touch)  # (B, G*G, H): the maps at full resolution, then pooled
             pooled = pool_tokens(grid, self.shapes.grid, self.pool[s])  # (B, (G / pool)^2, H)
             seq.append(pooled + self.grid_pos[str(self.pool[s])] + self.stream_emb[i])
         if self.use_map_tokens:
-            seq.append(self.map_tokens(adapted, felt))  # (B, maps x cameras, H)
+            seq.append(self.map_tokens(adapted, touch))  # (B, maps x cameras, H)
         x = torch.cat(seq, 1)  # (B, 2 + all streams' tokens, H)
         queries = self.queries.expand(B, -1, -1)
         if self.cfg.checkpoint_layers and torch.is_grad_enabled():

@@ -58,7 +58,7 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
 
         # The same columns with HSA on and off (empty when off), so `dvc plots diff` compares runs.
-        prefixes = [module.prefix(p) for p in module.pairs]
+        prefixes = [module.prefix(p) for p in module.sensor_cameras]
         train_cols = ["step", "total", "l1", "kl", "hsa", *[p + c for p in prefixes for c in HSA_TRAIN_COLUMNS],
                       "kappa", "lr", "grad_norm", "samples_per_s"]
         val_cols = ["step", "l1", "l1_prior", "kl", "hsa", *[p + c for p in prefixes for c in HSA_VAL_COLUMNS]]

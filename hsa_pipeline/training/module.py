@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ActConfig, HsaConfig
-from ..data.caches import Batch, Caches, HsaPair
+from ..data.caches import Batch, Caches, SensorCameras
 from ..errors import ConfigError
 from ..model.act import ACTPolicy, ActShapes, act_losses
 from ..model.hsa import HsaInputs, HSALoss, hsa_loss_for
@@ -19,10 +19,10 @@ from ..model.hsa import HsaInputs, HSALoss, hsa_loss_for
 class TrainModule(nn.Module):
     """Policy + HSA loss: one forward computes every loss term (this is what DDP wraps)."""
 
-    def __init__(self, policy: ACTPolicy, hsa: HSALoss | None, pairs: list[HsaPair], act: ActConfig,
+    def __init__(self, policy: ACTPolicy, hsa: HSALoss | None, sensor_cameras: list[SensorCameras], act: ActConfig,
                  hsa_cfg: HsaConfig):
         super().__init__()
-        self.policy, self.hsa, self.pairs = policy, hsa, pairs
+        self.policy, self.hsa, self.sensor_cameras = policy, hsa, sensor_cameras
         self.kl_weight, self.hsa_cfg = act.kl_weight, hsa_cfg
 
     def global_valid_count(self, is_pad: torch.Tensor) -> torch.Tensor | None:
@@ -37,8 +37,8 @@ class TrainModule(nn.Module):
         dist.all_reduce(count)
         return count / dist.get_world_size()
 
-    def prefix(self, pair: HsaPair) -> str:
-        return "" if len(self.pairs) == 1 else f"{pair.sensor}/"
+    def prefix(self, group: SensorCameras) -> str:
+        return "" if len(self.sensor_cameras) == 1 else f"{group.sensor}/"
 
     def forward(self, batch: Batch, step: torch.Tensor | int = 0, use_latent: bool = True, diagnostics: bool = True):
         """-> total loss, its terms (tensors), HSA diagnostics (floats; {} unless asked), predictions."""
@@ -49,10 +49,10 @@ class TrainModule(nn.Module):
         stats: dict[str, float] = {}
         if self.hsa is not None:
             hsa_total = pred.new_zeros(())
-            for pair in self.pairs:
-                loss, s = self.hsa(self.hsa_inputs(batch, adapted, pair), step, diagnostics)
+            for group in self.sensor_cameras:
+                loss, s = self.hsa(self.hsa_inputs(batch, adapted, group), step, diagnostics)
                 hsa_total = hsa_total + loss
-                stats.update({self.prefix(pair) + k: v for k, v in s.items()})
+                stats.update({self.prefix(group) + k: v for k, v in s.items()})
             if diagnostics:
                 stats["kappa"] = float(self.hsa.kappa(step))
             terms["hsa"] = hsa_total
@@ -60,16 +60,16 @@ class TrainModule(nn.Module):
         terms["total"] = total
         return total, terms, stats, pred
 
-    def hsa_inputs(self, batch: Batch, adapted: dict, pair: HsaPair) -> HsaInputs:
+    def hsa_inputs(self, batch: Batch, adapted: dict, group: SensorCameras) -> HsaInputs:
         B, device = batch.qpos.shape[0], batch.qpos.device
-        valid = (batch.contact[pair.sensor] if self.hsa_cfg.require_contact
+        valid = (batch.contact[group.sensor] if self.hsa_cfg.require_contact
                  else torch.ones(B, dtype=torch.bool, device=device))  # made there: no copy from the host
-        x = HsaInputs(tactile=adapted[pair.sensor], wrist=adapted[pair.wrist],
-                      wrist_box=batch.box[pair.key(pair.wrist)].flatten(1),
-                      valid=valid, wrist_visible=batch.visible[pair.key(pair.wrist)], sensor=pair.sensor)
-        if pair.third_persons:  # every third-person camera (its touch map marks each of them)
-            keys = [pair.key(c) for c in pair.third_persons]
-            x.tp = [adapted[c] for c in pair.third_persons]
+        x = HsaInputs(tactile=adapted[group.sensor], wrist=adapted[group.wrist],
+                      wrist_box=batch.box[group.key(group.wrist)].flatten(1),
+                      valid=valid, wrist_visible=batch.visible[group.key(group.wrist)], sensor=group.sensor)
+        if group.third_persons:  # every third-person camera (its touch map marks each of them)
+            keys = [group.key(c) for c in group.third_persons]
+            x.tp = [adapted[c] for c in group.third_persons]
             x.tp_box = [batch.box[k].flatten(1) for k in keys]
             x.tp_alpha = [batch.weight[k] * batch.visible[k] for k in keys]
         return x
@@ -79,26 +79,26 @@ def build(act: ActConfig, hsa: HsaConfig, total_steps: int, caches: Caches, devi
     shapes = ActShapes(qpos_dim=caches.qpos.shape[1], action_dim=caches.action_raw.shape[1],
                        streams=list(caches.streams), grid=caches.grid, token_dim=caches.width,
                        tactile=[s for s, role in caches.streams.items() if role == "tactile"],
-                       touch_cameras={p.sensor: p.cameras for p in caches.pairs})
+                       touch_cameras={p.sensor: p.cameras for p in caches.sensor_cameras})
     if shapes.grid % act.grid_pool:
         raise ConfigError(f"act.grid_pool: {act.grid_pool} does not divide the {shapes.grid}x{shapes.grid} feature grid")
     if hsa.enabled:
-        check_hsa_pairs(caches)
+        check_sensor_cameras(caches)
     if act.touch_map:
         check_touch_maps(act, shapes, caches)
     policy = ACTPolicy(act, shapes)
     loss = hsa_loss_for(policy, hsa, total_steps) if hsa.enabled else None
-    return TrainModule(policy, loss, caches.pairs, act, hsa).to(device)
+    return TrainModule(policy, loss, caches.sensor_cameras, act, hsa).to(device)
 
 
-def check_hsa_pairs(caches: Caches) -> None:
+def check_sensor_cameras(caches: Caches) -> None:
     """With HSA on, every tactile sensor must have something to align with: a geometry
     entry and a wrist camera on its arm (the loss's positive). Otherwise the loss would be
     a silent zero for it."""
     tactile = list(caches.manifest.info.tactile)
     if not tactile:
         raise ConfigError("hsa.enabled: true, but the episodes have no tactile stream; set hsa.enabled: false")
-    paired = {p.sensor: p for p in caches.pairs}
+    paired = {p.sensor: p for p in caches.sensor_cameras}
     for sensor in tactile:
         if sensor not in paired:
             raise ConfigError(f"hsa.enabled: true, but tactile sensor '{sensor}' is not in the geometry store "

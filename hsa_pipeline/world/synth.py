@@ -42,29 +42,29 @@ def key_classes(cfg: WorldConfig, seed: int, index: int, n_arms: int) -> list[in
 
 def record_episode(env, seed: int, classes: list[int] | None = None) -> dict:
     """Run the scripted expert in `env` on scene `seed`: qpos (T, D), action (T, D), the
-    images and tactile images per stream (T, H, W, 3), and the truth: `felt` (sensor ->
+    images and tactile images per stream (T, H, W, 3), and the truth: `felt_class` (sensor ->
     (T,) class the sensor feels, -1 for none) and whether the expert succeeded."""
     from .expert import ScriptedExpert
 
     obs, info = env.reset(seed=seed, options={"key_classes": classes})
     expert = ScriptedExpert(env)
     expert.reset()
-    frames, actions, felt = [], [], {t.sensor: [] for t in env.tasks}
+    frames, actions, felt_class = [], [], {t.sensor: [] for t in env.tasks}
     for _ in range(expert.length):
         frames.append(obs)
         for task in env.tasks:
-            felt[task.sensor].append(env.felt_class(task))
+            felt_class[task.sensor].append(env.felt_class(task))
         action = expert.act()
         actions.append(action)
         obs, _, terminated, truncated, info = env.step(action)
     frames.append(obs)  # the final frame holds still: its action is to stay
     for task in env.tasks:
-        felt[task.sensor].append(env.felt_class(task))
+        felt_class[task.sensor].append(env.felt_class(task))
     actions.append(env.qpos.copy())
     return {"qpos": np.stack([f["qpos"] for f in frames]).astype(np.float64), "action": np.stack(actions),
             "images": {c: np.stack([f[c] for f in frames]) for c in env.rig.cameras},
             "tactile": {s: np.stack([f[s] for f in frames]) for s in env.rig.sensors},
-            "felt": {s: np.array(v) for s, v in felt.items()}, "success": bool(info["success"]),
+            "felt_class": {s: np.array(v) for s, v in felt_class.items()}, "success": bool(info["success"]),
             "failure": info["failure"]}
 
 
