@@ -79,8 +79,8 @@ def count_step(batch: int, optimizer: str) -> OpCounter:
         with counter.named("forward: losses + HSA"):
             losses = act_losses(pred, actions, is_pad, latent)
             x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
-                          valid=torch.ones(batch, dtype=torch.bool), tp=adapted["top"], tp_box=box,
-                          tp_alpha=torch.ones(batch))
+                          valid=torch.ones(batch, dtype=torch.bool), third_person=adapted["top"], third_person_box=box,
+                          third_person_alpha=torch.ones(batch))
             loss = losses["l1"] + 10 * losses["kl"] + hsa(x, 0, False)[0]
         with counter.named("backward"):
             opt.zero_grad(set_to_none=True)

@@ -108,8 +108,9 @@ def run_side(side: str, steps: int, grid_pool: int, device: str, batch: int, che
                 pred, latent, adapted = policy(qpos, {s: g.float() for s, g in grids.items()}, actions, is_pad)
                 losses = act_losses(pred, actions, is_pad, latent)
                 x = HsaInputs(tactile=adapted["tactile"], wrist=adapted["left_wrist"], wrist_box=box,
-                              valid=torch.ones(B, dtype=torch.bool, device=dev), tp=adapted["top"], tp_box=box,
-                              tp_alpha=torch.ones(B, device=dev))
+                              valid=torch.ones(B, dtype=torch.bool, device=dev),
+                              third_person=adapted["top"], third_person_box=box,
+                              third_person_alpha=torch.ones(B, device=dev))
                 return losses["l1"] + 10 * losses["kl"] + hsa(x, 0, False)[0]  # no diagnostics, as on most steps
 
         fwd = torch.compile(forward_loss, mode=compile_mode) if compile_mode else forward_loss

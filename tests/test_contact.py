@@ -182,6 +182,8 @@ def test_exit_above_enter_is_refused():
         make_params(["data.contact.exit=0.05"])
     with pytest.raises(ConfigError, match="data.contact_threshold: renamed; use data.contact.enter"):
         make_params(["data.contact_threshold=0.02"])
+    with pytest.raises(ConfigError, match="hsa.tp_weight: renamed; use hsa.third_person_weight"):
+        make_params(["hsa.tp_weight=0.5"])
 
 
 # --------------------------------------------------------------------------- the claw

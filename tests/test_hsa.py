@@ -62,7 +62,7 @@ def test_explicit_negatives_with_mask_match_the_loop():
 
 def test_full_loss_with_in_image_negatives_matches_the_loop():
     torch.manual_seed(0)
-    cfg = HsaConfig(proj_dim=8, temperature=0.1, tp_weight=0.0)
+    cfg = HsaConfig(proj_dim=8, temperature=0.1, third_person_weight=0.0)
     hsa = HSALoss(12, cfg).double()
     B, N = 4, 9
     x = HsaInputs(tactile=torch.randn(B, 3, 12, dtype=torch.float64), wrist=torch.randn(B, N, 12, dtype=torch.float64),
@@ -101,20 +101,21 @@ def test_stable_in_fp32_and_bf16_at_kappa_001():
 
 def test_empty_box_and_no_negative_are_masked_not_nan():
     torch.manual_seed(0)
-    hsa = HSALoss(8, HsaConfig(proj_dim=4, tp_weight=1.0))
+    hsa = HSALoss(8, HsaConfig(proj_dim=4, third_person_weight=1.0))
     B, N = 3, 4
     box = torch.zeros(B, N, dtype=torch.bool)
     box[0, 1] = True  # only sample 0 has a box
     x = HsaInputs(tactile=torch.randn(B, 2, 8), wrist=torch.randn(B, N, 8), wrist_box=box,
-                  valid=torch.ones(B, dtype=torch.bool), tp=torch.randn(B, N, 8), tp_box=torch.ones(B, N, dtype=torch.bool),
-                  tp_alpha=torch.tensor([1.0, 0.0, 0.5]))
+                  valid=torch.ones(B, dtype=torch.bool),
+                  third_person=torch.randn(B, N, 8), third_person_box=torch.ones(B, N, dtype=torch.bool),
+                  third_person_alpha=torch.tensor([1.0, 0.0, 0.5]))
     loss, stats = hsa(x)
     assert torch.isfinite(loss)
     assert stats["n_w"] == 1.0  # samples 1 and 2 are masked (empty box)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in hsa.parameters() if p.grad is not None)
     # one sample, no in-batch partner, no in-image negatives: nothing to contrast -> masked
-    single = HSALoss(8, HsaConfig(proj_dim=4, in_image_negatives=False, tp_weight=0))
+    single = HSALoss(8, HsaConfig(proj_dim=4, in_image_negatives=False, third_person_weight=0))
     l1, s1 = single(HsaInputs(tactile=torch.randn(1, 2, 8), wrist=torch.randn(1, N, 8),
                               wrist_box=torch.ones(1, N, dtype=torch.bool), valid=torch.ones(1, dtype=torch.bool)))
     assert float(l1.detach()) == 0.0 and s1["n_w"] == 0.0
@@ -123,11 +124,12 @@ def test_empty_box_and_no_negative_are_masked_not_nan():
 def test_diagnostics_off_gives_the_same_loss_and_no_stats():
     """The trainer skips diagnostics (host syncs) on non-logging steps; the loss must not change."""
     torch.manual_seed(0)
-    hsa = HSALoss(8, HsaConfig(proj_dim=4, tp_weight=0.5))
+    hsa = HSALoss(8, HsaConfig(proj_dim=4, third_person_weight=0.5))
     B, N = 5, 6
     x = HsaInputs(tactile=torch.randn(B, 2, 8), wrist=torch.randn(B, N, 8), wrist_box=torch.rand(B, N) > 0.5,
-                  valid=torch.ones(B, dtype=torch.bool), tp=torch.randn(B, N, 8), tp_box=torch.rand(B, N) > 0.5,
-                  tp_alpha=torch.rand(B))
+                  valid=torch.ones(B, dtype=torch.bool),
+                  third_person=torch.randn(B, N, 8), third_person_box=torch.rand(B, N) > 0.5,
+                  third_person_alpha=torch.rand(B))
     with_stats, stats = hsa(x)
     without, none = hsa(x, diagnostics=False)
     assert float(with_stats.detach()) == float(without.detach())
@@ -149,7 +151,7 @@ def test_mean_and_sum_reduce_exactly_the_usable_samples():
     x.wrist_box[:, 0] = True
     for reduction in ("mean", "sum"):
         torch.manual_seed(1)
-        hsa = HSALoss(8, HsaConfig(proj_dim=4, reduction=reduction, tp_weight=0, temperature=0.1)).double()
+        hsa = HSALoss(8, HsaConfig(proj_dim=4, reduction=reduction, third_person_weight=0, temperature=0.1)).double()
         got = float(hsa(x)[0].detach())
         ref = _one_view_reference(hsa, x, 0.1)
         assert got == pytest.approx(ref.sum() / (5 if reduction == "mean" else 1), rel=1e-6)
@@ -176,7 +178,7 @@ def test_symmetric_mode_counts_and_zeroes_the_same_samples():
     """The lone valid sample of a batch has in-image negatives (a forward loss) but no reverse
     candidate: it must be left out of the loss AND of the count, as the loop says."""
     torch.manual_seed(0)
-    hsa = HSALoss(8, HsaConfig(proj_dim=4, symmetric=True, tp_weight=0, temperature=0.1)).double()
+    hsa = HSALoss(8, HsaConfig(proj_dim=4, symmetric=True, third_person_weight=0, temperature=0.1)).double()
     for valid in ([1, 0, 0, 0], [1, 1, 0, 1]):
         x = HsaInputs(tactile=torch.randn(4, 2, 8, dtype=torch.float64), wrist=torch.randn(4, 5, 8, dtype=torch.float64),
                       wrist_box=torch.rand(4, 5) > 0.5, valid=torch.tensor(valid, dtype=torch.bool))
@@ -250,7 +252,7 @@ def test_memory_bank_matches_a_fifo_of_the_kept_rows():
 
 def test_bank_and_symmetric_options_run_and_add_candidates():
     torch.manual_seed(0)
-    cfg = HsaConfig(proj_dim=8, bank_size=32, bank_topk=5, symmetric=True, tp_weight=0)
+    cfg = HsaConfig(proj_dim=8, bank_size=32, bank_topk=5, symmetric=True, third_person_weight=0)
     hsa = HSALoss(8, cfg)
     x = HsaInputs(tactile=torch.randn(4, 2, 8), wrist=torch.randn(4, 6, 8), wrist_box=torch.eye(4, 6, dtype=torch.bool),
                   valid=torch.ones(4, dtype=torch.bool))
@@ -268,7 +270,7 @@ def test_each_sensor_has_its_own_memory_bank():
     pad's first step sees its in-image and in-batch candidates alone (chance as without
     a bank), and its second step its own banked positives."""
     torch.manual_seed(0)
-    cfg = HsaConfig(proj_dim=8, bank_size=32, bank_topk=5, tp_weight=0)
+    cfg = HsaConfig(proj_dim=8, bank_size=32, bank_topk=5, third_person_weight=0)
     hsa = HSALoss(8, cfg, sensors=["tactile_left", "tactile_right"])
 
     def x(sensor):
@@ -306,7 +308,7 @@ def make_toy(B, N, D, rng, separable: bool):
 def test_learns_a_separable_toy_and_stays_at_chance_on_noise(separable):
     torch.manual_seed(0)
     rng = torch.Generator().manual_seed(0)
-    hsa = HSALoss(16, HsaConfig(proj_dim=16, temperature=0.1, tp_weight=0))
+    hsa = HSALoss(16, HsaConfig(proj_dim=16, temperature=0.1, third_person_weight=0))
     opt = torch.optim.Adam(hsa.parameters(), lr=3e-3)
     losses, chance, top1 = [], [], []
     for step in range(500):

@@ -25,29 +25,30 @@ from .rig import Pose
 from .schema import Params
 
 # Keys that were renamed: an old params.yaml gets the new name, not "unknown key".
-RENAMED = {"data.contact_threshold": "data.contact.enter (and data.contact.exit: contact now has hysteresis)"}
+RENAMED = {"data.contact_threshold": "data.contact.enter (and data.contact.exit: contact now has hysteresis)",
+           "hsa.tp_weight": "hsa.third_person_weight"}
 
 
-def type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
+def type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if dataclasses.is_dataclass(tp):
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if dataclasses.is_dataclass(hint):
         return "a mapping"
     if origin in (list,):
         return "a list"
     if origin in (dict,):
         return "a mapping"
     if origin in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, recursively; raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the annotation `hint`, recursively; raise ConfigError naming `key`."""
+    origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
+        args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
         errors = []
@@ -58,40 +59,40 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, a, key)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {type_name(hint)}, got {value!r}")
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{key}: expected {type_name(hint)}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
+        (item,) = typing.get_args(hint)
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        _, item = typing.get_args(tp)
+        _, item = typing.get_args(hint)
         return {str(k): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
+    if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
-    if tp is int:
+    if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
-    if tp is float:
+    if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
-    if tp is str:
+    if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
-    raise TypeError(f"unsupported config type {tp} at {key}")  # a bug in this file, not user input
+    raise TypeError(f"unsupported config type {hint} at {key}")  # a bug in this file, not user input
 
 
 def _check_range(value: Any, meta: dict, key: str) -> None:

@@ -31,20 +31,20 @@ def reference_markdown() -> str:
         hints = typing.get_type_hints(cls)
         rows, nested = [], []
         for f in dataclasses.fields(cls):
-            tp, key, doc = hints[f.name], f"{prefix}{f.name}", f.metadata.get("doc", "")
-            args = typing.get_args(tp)
-            if dataclasses.is_dataclass(tp):
+            hint, key, doc = hints[f.name], f"{prefix}{f.name}", f.metadata.get("doc", "")
+            args = typing.get_args(hint)
+            if dataclasses.is_dataclass(hint):
                 if doc:  # e.g. a pose: say which frame it is in, then its fields
-                    rows.append((key, tp.__name__.lower(), default_text(f) if f.default_factory is dataclasses.MISSING
+                    rows.append((key, hint.__name__.lower(), default_text(f) if f.default_factory is dataclasses.MISSING
                                  else "", doc))
-                nested.append((tp, key + "."))
+                nested.append((hint, key + "."))
                 continue
-            if typing.get_origin(tp) is dict and args and dataclasses.is_dataclass(args[1]):
+            if typing.get_origin(hint) is dict and args and dataclasses.is_dataclass(args[1]):
                 rows.append((key, "mapping", default_text(f) if f.default_factory is dataclasses.MISSING else "", doc))
                 nested.append((args[1], key + ".<name>."))
                 continue
             checks = ", ".join(f"{k} {f.metadata[k]}" for k in ("gt", "ge", "lt", "le") if k in f.metadata)
-            rows.append((key, type_name(tp), default_text(f), doc + (f" ({checks})" if checks else "")))
+            rows.append((key, type_name(hint), default_text(f), doc + (f" ({checks})" if checks else "")))
         if rows:
             lines.extend([f"## {prefix.rstrip('.') or 'top level'}", "", " ".join((cls.__doc__ or "").split()), "",
                           "| key | type | default | meaning |", "|---|---|---|---|"])

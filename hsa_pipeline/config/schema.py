@@ -218,7 +218,7 @@ class HsaConfig:
 
     enabled: bool = param(True, "add the HSA loss; false = plain ACT on the same tokens")
     weight: float = param(1.0, "w_HSA in L = L1 + kl_weight*KL + w_HSA*L_HSA", ge=0.0)
-    tp_weight: float = param(1.0, "scale of the third-person term (times visibility alpha)", ge=0.0)
+    third_person_weight: float = param(1.0, "scale of the third-person term (times visibility alpha)", ge=0.0)
     proj_dim: int = param(64, "projection head output size", ge=1)
     temperature: float = param(0.07, "kappa (initial value when learnable)", gt=0.0)
     temperature_mode: Literal["fixed", "learnable", "anneal"] = param(

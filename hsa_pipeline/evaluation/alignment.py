@@ -95,7 +95,8 @@ def alignment(caches: Caches, policy: ACTPolicy, hsa: HSALoss | None, rows: np.n
                     continue
                 events = (contact_events(use, events_of, caches.episode_of) if target == "now"
                           else np.unique(events_of[use], return_inverse=True)[1])
-                role = "wrist" if cam == group.wrist else "tp" if len(group.third_persons) == 1 else f"tp_{cam}"
+                role = ("wrist" if cam == group.wrist else "third_person" if len(group.third_persons) == 1
+                        else f"third_person_{cam}")
                 views[f"{group.sensor}_to_{role}"] = align_view(caches, policy, hsa, group.sensor, cam, use,
                                                                boxes[key], events, device)
         out[target] = views

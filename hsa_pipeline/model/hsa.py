@@ -42,9 +42,9 @@ class HsaInputs:
     wrist_visible: torch.Tensor | None = None  # (B,) bool; None = visible
     # third-person tokens (B, Np, D), boxes (B, Np) bool and visibility (B,) in [0, 1] (0 = not
     # visible): one tensor each, or a list with one per third-person camera
-    tp: torch.Tensor | list[torch.Tensor] | None = None
-    tp_box: torch.Tensor | list[torch.Tensor] | None = None
-    tp_alpha: torch.Tensor | list[torch.Tensor] | None = None
+    third_person: torch.Tensor | list[torch.Tensor] | None = None
+    third_person_box: torch.Tensor | list[torch.Tensor] | None = None
+    third_person_alpha: torch.Tensor | list[torch.Tensor] | None = None
     negatives: torch.Tensor | None = None  # (B, K, D) explicit extra negatives (raw tokens)
     negatives_mask: torch.Tensor | None = None  # (B, K) bool, True = use
     sensor: str = ""  # whose touch this is: each tactile sensor has its own memory bank
@@ -237,15 +237,15 @@ class HSALoss(nn.Module):
         total = self._reduce(loss_w, usable_w)
         stats = {f"{k}_w": v for k, v in stats_w.items()}
         views = third_person_views(x, len(q), q.device)
-        if views and self.cfg.tp_weight > 0:
-            tp_total, tp_stats = q.new_zeros(()), []
+        if views and self.cfg.third_person_weight > 0:
+            third_person_total, third_person_stats = q.new_zeros(()), []
             for tokens, box, alpha in views:
-                loss_tp, usable_tp, stats_tp, _ = self._view(q, tokens, box, x.valid & (alpha > 0), kappa, None, None,
+                loss_third, usable_third, stats_third, _ = self._view(q, tokens, box, x.valid & (alpha > 0), kappa, None, None,
                                                              diagnostics)
-                tp_total = tp_total + self._reduce(loss_tp * alpha, usable_tp)
-                tp_stats.append(stats_tp)
-            total = total + self.cfg.tp_weight * tp_total / len(views)
-            stats.update({f"{k}_tp": v for k, v in _mean_stats(tp_stats).items()})
+                third_person_total = third_person_total + self._reduce(loss_third * alpha, usable_third)
+                third_person_stats.append(stats_third)
+            total = total + self.cfg.third_person_weight * third_person_total / len(views)
+            stats.update({f"{k}_tp": v for k, v in _mean_stats(third_person_stats).items()})
         if bank is not None and self.training:
             bank.push(pos_w.detach(), usable_w)
         return total, stats
@@ -259,11 +259,11 @@ class HSALoss(nn.Module):
 
 def third_person_views(x: HsaInputs, batch: int, device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(tokens, box, alpha) of every third-person camera in `x` (alpha 1 where not given)."""
-    if x.tp is None:
+    if x.third_person is None:
         return []
     as_list = lambda v: v if isinstance(v, (list, tuple)) else [v]  # noqa: E731
-    tokens, boxes = as_list(x.tp), as_list(x.tp_box)
-    alphas = as_list(x.tp_alpha) if x.tp_alpha is not None else [None] * len(tokens)
+    tokens, boxes = as_list(x.third_person), as_list(x.third_person_box)
+    alphas = as_list(x.third_person_alpha) if x.third_person_alpha is not None else [None] * len(tokens)
     return [(t, b, a.float() if a is not None else torch.ones(batch, device=device))
             for t, b, a in zip(tokens, boxes, alphas, strict=True)]
 

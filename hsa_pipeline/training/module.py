@@ -69,9 +69,9 @@ class TrainModule(nn.Module):
                       valid=valid, wrist_visible=batch.visible[group.key(group.wrist)], sensor=group.sensor)
         if group.third_persons:  # every third-person camera (its touch map marks each of them)
             keys = [group.key(c) for c in group.third_persons]
-            x.tp = [adapted[c] for c in group.third_persons]
-            x.tp_box = [batch.box[k].flatten(1) for k in keys]
-            x.tp_alpha = [batch.weight[k] * batch.visible[k] for k in keys]
+            x.third_person = [adapted[c] for c in group.third_persons]
+            x.third_person_box = [batch.box[k].flatten(1) for k in keys]
+            x.third_person_alpha = [batch.weight[k] * batch.visible[k] for k in keys]
         return x
 
 
