@@ -128,7 +128,8 @@ def test_map_tokens_without_a_touch_map_are_refused():
 
 def test_hsa_trains_each_map_with_the_query_the_policy_reads(tmp_path, monkeypatch):
     """On the bimanual rig with HSA on: each sensor's HSA query is the head of ITS mean
-    tactile token, the same vector its touch map uses; the heads are the same modules."""
+    tactile token, the same vector its touch map uses, and the HSA loss alone moves the
+    heads the touch maps read (its gradient reaches both)."""
     from conftest import TINY_TRAIN, build_caches
     from hsa_pipeline.data.caches import Caches
     from hsa_pipeline.model import hsa as hsa_module
@@ -140,7 +141,6 @@ def test_hsa_trains_each_map_with_the_query_the_policy_reads(tmp_path, monkeypat
     caches = Caches("outputs/prepare", "outputs/geometry.zarr", "outputs/features.zarr", 1.0, "next_contact")
     module = build(p.act, p.hsa, 4, caches, torch.device("cpu"))
     assert module.policy.shapes.touch_cameras == CAMERAS
-    assert module.hsa.head_tactile is module.policy.touch_query
     seen = []
     real = hsa_module.HSALoss.forward
 
@@ -161,6 +161,14 @@ def test_hsa_trains_each_map_with_the_query_the_policy_reads(tmp_path, monkeypat
     assert len(seen) == 2  # one HSA term per sensor
     for i in range(2):
         torch.testing.assert_close(seen[i], module.policy.touch_query(touch[i]))
+    module.train()
+    module.zero_grad()
+    adapted = module.policy.stream_tokens(batch.tokens)
+    hsa_alone = sum(real(module.hsa, module.hsa_inputs(batch, adapted, g), 0, False)[0] for g in module.sensor_cameras)
+    hsa_alone.backward()
+    for head in (module.policy.touch_query, module.policy.touch_key):  # what touch_weights reads
+        grads = [w.grad for w in head.parameters()]
+        assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
 
 
 def bimanual_overrides() -> list[str]:
