@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 
 import pytest
+import yaml
 
 from conftest import REPO
 from hsa_pipeline.pipeline.closure import import_graph
@@ -202,3 +203,42 @@ def test_the_truth_rule_finds_a_forbidden_import_in_a_copy(tmp_path, module, lin
     with open(tmp_path / module, "a") as f:
         f.write("\n\n" + line)
     assert len(truth_imports(tmp_path)) == 1, module
+
+
+def test_every_default_a_docs_table_quotes_is_the_codes():
+    """Issue #44: docs/hsa-loss.md quoted defaults the code had changed. Every table whose
+    header is `| key | default | ...` (docs/params.md aside: it is generated) must quote
+    each key's default as the typed config has it."""
+    import dataclasses
+
+    from hsa_pipeline.config import Params
+
+    def default(dotted: str):
+        cls, value = Params, None
+        for name in dotted.split("."):
+            f = {f.name: f for f in dataclasses.fields(cls)}[name]
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            cls = type(value)
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+    quoted = 0
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        if doc.name == "params.md":
+            continue
+        in_table = False
+        for line in doc.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+            if cells[:2] == ["key", "default"]:
+                in_table = True
+                continue
+            if not cells:
+                in_table = False
+            if not in_table or set(cells[0]) <= set("-"):
+                continue
+            keys = [k.strip(" `") for k in cells[0].split(",")]
+            values = [v.strip(" `") for v in cells[1].split(",")]
+            assert len(keys) == len(values), (doc.name, line)
+            for key, value in zip(keys, values, strict=True):
+                assert value == default(key), f"{doc.name}: {key} quoted as {value}, the code's default is {default(key)}"
+                quoted += 1
+    assert quoted >= 12  # the HSA knobs at least
