@@ -242,3 +242,17 @@ def test_every_default_a_docs_table_quotes_is_the_codes():
                 assert value == default(key), f"{doc.name}: {key} quoted as {value}, the code's default is {default(key)}"
                 quoted += 1
     assert quoted >= 12  # the HSA knobs at least
+
+
+def test_the_guides_stage_table_lists_each_stages_declared_params():
+    """docs/guide.md's stage table, column "params it declares", against each stage's PARAMS."""
+    import importlib
+
+    rows = [line for line in (REPO / "docs" / "guide.md").read_text().splitlines()
+            if line.startswith("| `") and line.count("|") == 5]
+    table = {}
+    for line in rows:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        table[cells[0].strip("`")] = [] if cells[3] == "-" else [p.strip(" `") for p in cells[3].split(",")]
+    stages = ["code", "synth", "prepare", "geometry", "features", "train", "evaluate"]
+    assert {s: table.get(s) for s in stages} == {s: importlib.import_module(f"stages.{s}").PARAMS for s in stages}
