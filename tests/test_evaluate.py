@@ -121,7 +121,11 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     assert (EVAL / "plots" / "phases.csv").read_text().startswith("phase,success\npicked up,")
     page = (EVAL / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 + 2 * 3  # 3 charts + 2 frames x (tactile, wrist, top)
-    assert "Closed loop in the touch world" in page and "data:image/gif;base64," in page
+    assert "Closed loop in the simulator" in page and "data:image/gif;base64," in page
+    # figures a reader can read: named with units, counts as integers, no raw metrics keys
+    assert "action error over the predicted chunk" in page and "chunk_l1_vs_hold" not in page
+    assert f"<td>held-out frames scored</td><td>{saved['val_frames']:,}</td><td>frames</td>" in page
+    assert f"<td>rollouts</td><td>{saved['closed_loop']['rollouts']}</td>" in page
     assert not re.search(r"(src|href)\s*=\s*['\"](?!data:)", page), "the report must not load anything external"
     assert "<script" not in page and "http" not in page
     # does the policy act on touch? (tests/test_reliance.py checks the figures themselves)
@@ -256,3 +260,10 @@ def test_evaluation_holds_only_the_rows_it_reads_and_reads_what_the_whole_arrays
         np.testing.assert_array_equal(held.tokens[s][picks], whole.tokens[s][picks])
         np.testing.assert_array_equal(held.tokens[s][int(rows[3])], whole.tokens[s][int(rows[3])])
         np.testing.assert_array_equal(held.tokens[s][2:5], whole.tokens[s][2:5])
+
+
+def test_report_figures_print_counts_as_integers_and_the_rest_to_three_decimals():
+    from hsa_pipeline.evaluation.report import figure
+
+    assert [figure(x) for x in (540.0, 12345, 3, 0.125, 0.0, 1.4447, None, True, "a<b")] == \
+        ["540", "12,345", "3", "0.125", "0.000", "1.445", "None", "True", "a&lt;b"]

@@ -64,19 +64,20 @@ def _charts(results: dict, align: list[tuple[str, dict]], joint_names: list[str]
     charts.append(("Chunk error per joint", _fig_png(fig)))
 
     if align:
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * 3 * len(align)), 3.2))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * 3 * len(align)), 4.2))
         labels, vals, chances = [], [], []
         for q, v in align:
             for m in ("top1", "top5", "loc_acc"):
                 if m in v:
-                    labels.append(f"{q}\n{m}")
+                    labels.append(f"{q}: {m}")
                     vals.append(v[m])
                     chances.append(v.get(f"{m}_chance", v["loc_chance"]))
         x = np.arange(len(labels))
         ax.bar(x - 0.2, vals, 0.4, label="model")
         ax.bar(x + 0.2, chances, 0.4, label="chance")
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")  # long labels: slanted, never overlapping
         ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction of frames")
         ax.set_title("tactile -> vision alignment vs chance")
         ax.legend()
         charts.append(("Alignment", _fig_png(fig)))
@@ -148,7 +149,7 @@ def _closed_loop_html(summary: dict, examples: dict) -> str:
             *[(f"ms per step: {k}", f"{v:.1f}") for k, v in summary["ms_per_step"].items() if v is not None],
             ("policy step ms (encode + ACT + ensembling), p50 / p99",
              f"{summary['policy_step_ms']['p50']:.1f} / {summary['policy_step_ms']['p99']:.1f}")]
-    table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{figure(v)}</td></tr>" for k, v in rows)
     from .rollout import write_gif
 
     gifs = ""
@@ -156,10 +157,10 @@ def _closed_loop_html(summary: dict, examples: dict) -> str:
         buf = io.BytesIO()
         write_gif(r.frames, buf)
         what = "succeeded" if r.success else f"failed: {r.failure}"
-        gifs += (f"<div class='frame'><p>rollout of scene seed {r.seed}, {what} after {r.steps} steps "
+        gifs += (f"<div class='rollout'><p>rollout of scene seed {r.seed}, {what} after {r.steps} steps "
                  f"(cameras and touch)</p><img src='data:image/gif;base64,{base64.b64encode(buf.getvalue()).decode()}'/>"
                  "</div>")
-    return f"<h2>Closed loop in the touch world</h2><table>{table}</table>{gifs}"
+    return f"<h2>Closed loop in the simulator</h2><table>{table}</table>{gifs}"
 
 
 def _touch_html(metrics: dict) -> str:
@@ -203,18 +204,37 @@ def _touch_html(metrics: dict) -> str:
     return f"<h2>Does the policy act on touch?</h2>{text}<table><tr>{head}</tr>{rows}</table>" if rows else ""
 
 
+# The open-loop figures a reader sees, in this order: metrics.json key -> (name, unit).
+OPEN_LOOP_FIGURES = {
+    "chunk_l1": ("action error over the predicted chunk (mean |predicted - recorded|)", "joint units"),
+    "first_l1": ("action error of the chunk's first action", "joint units"),
+    "hold_chunk_l1": ("baseline: hold the current joint state, over the chunk", "joint units"),
+    "const_vel_chunk_l1": ("baseline: constant velocity, over the chunk", "joint units"),
+    "chunk_l1_vs_hold": ("policy's chunk error / the hold baseline's", "ratio"),
+    "replay_l1_ensembled": ("open-loop replay along each episode, temporally ensembled", "joint units"),
+    "replay_l1_chunked": ("open-loop replay along each episode, chunk by chunk", "joint units"),
+    "val_frames": ("held-out frames scored", "frames"),
+}
+
+
+def figure(value) -> str:
+    """A number as a reader wants it: counts as integers, other numbers to 3 decimals."""
+    if isinstance(value, bool) or value is None:
+        return html.escape(str(value))
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
+        return f"{int(value):,}"
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
 def render_report(path: Path, metrics: dict, results: dict, caches, models: dict, rows, cfg, examples: dict,
                   device) -> None:
     policy, hsa, align = models["policy"], models["hsa"], alignment_rows(metrics["alignment"])
     trained_on = metrics["alignment"].get("trained_on")
 
-    def fmt(v):
-        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
-
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{fmt(v)}</td></tr>" for k, v in metrics.items()
-                    if not isinstance(v, (dict, list)))
+    table = "".join(f"<tr><td>{name}</td><td>{figure(metrics[key])}</td><td>{unit}</td></tr>"
+                    for key, (name, unit) in OPEN_LOOP_FIGURES.items() if key in metrics)
     align_rows = "".join(
-        f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{fmt(v.get(m, float('nan')))}</td>" for m in
+        f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{figure(v.get(m, float('nan')))}</td>" for m in
                                                    ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance", "n"))
         + "</tr>" for q, v in align)
     charts = "".join(f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,{b}'/>"
@@ -226,12 +246,15 @@ def render_report(path: Path, metrics: dict, results: dict, caches, models: dict
     closed = _closed_loop_html(metrics["closed_loop"], examples) if "closed_loop" in metrics else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hsa-pipeline evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td{{padding:2px 8px;border-bottom:1px solid #ddd}}
-img{{margin:4px;image-rendering:pixelated;max-width:100%}}.frame img{{height:160px}}</style></head><body>
+img{{margin:4px;image-rendering:pixelated;max-width:100%}}.frame img{{height:160px}}
+.rollout img{{width:100%;height:auto}}</style></head><body>
 <h1>Evaluation</h1>
 <p>HSA {'on' if metrics['hsa_enabled'] else 'off'}; {metrics['val_frames']} held-out frames. Errors in {metrics['units']}.</p>
 {closed}
 {_touch_html(metrics)}
-<h2>Open loop on held-out episodes</h2><table>{table}</table>
+<h2>Open loop on held-out episodes</h2>
+<p>Joint units: {html.escape(str(metrics['units']))}.</p>
+<table><tr><th>figure</th><th>value</th><th>unit</th></tr>{table}</table>
 <h2>Alignment (tactile query vs vision candidates)</h2>
 <p>Against two targets: <b>now</b>, the sensor's own box on frames in contact (the published HSA's positive),
 and <b>next_contact</b>, the box of where its touch next changes (the recipe's positive). This policy's HSA
