@@ -126,6 +126,16 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     assert "action error over the predicted chunk" in page and "chunk_l1_vs_hold" not in page
     assert f"<td>held-out frames scored</td><td>{saved['val_frames']:,}</td><td>frames</td>" in page
     assert f"<td>rollouts</td><td>{saved['closed_loop']['rollouts']}</td>" in page
+    # the frames show the box of the positives this policy trained on (the default: next contact)
+    assert saved["alignment"]["trained_on"] == "next_contact" and "box in red: where its touch next changes" in page
+    from hsa_pipeline.data.caches import Caches
+    from hsa_pipeline.data.stores import GeometryStore
+
+    caches, geo = Caches(PREPARE, GEOMETRY, FEATURES, memory_budget_gb=0), GeometryStore(GEOMETRY)
+    for cam in ("top", "wrist"):
+        drawn = caches.sensor_boxes_px(cam, "tactile", "next_contact")
+        assert np.array_equal(drawn, geo.cam[cam]["next_box"][:, 0])
+        assert not np.array_equal(drawn, caches.sensor_boxes_px(cam, "tactile"))
     assert not re.search(r"(src|href)\s*=\s*['\"](?!data:)", page), "the report must not load anything external"
     assert "<script" not in page and "http" not in page
     # does the policy act on touch? (tests/test_reliance.py checks the figures themselves)

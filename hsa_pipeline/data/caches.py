@@ -140,7 +140,8 @@ class Caches:
         self._geo, self._mapping = geo, store.info.mapping
         # what the HSA loss trains on: the sensor's box now, or where its touch next changes
         self.box, self.visible, self.weight = self.token_boxes(positives)
-        self.boxes_px = {c: geo.cam[c]["box"] for c in geo.cameras}
+        self.boxes_px = {c: geo.cam[c]["box"] for c in geo.cameras}  # where each sensor is
+        self.next_boxes_px = {c: geo.cam[c]["next_box"] for c in geo.cameras}  # where its touch next changes
         # qpos / actions for every frame, normalised, in memory (small)
         q, a = [], []
         for e in self.manifest.episodes:
@@ -187,9 +188,11 @@ class Caches:
     def episode_of(self, row: int) -> int:
         return self.manifest.episode_of(row)
 
-    def sensor_boxes_px(self, camera: str, sensor: str) -> np.ndarray:
-        """(N, 4) pixel box of `sensor` in `camera` for every frame (the store's column of that sensor)."""
-        return self.boxes_px[camera][:, self.geometry_info.sensors.index(sensor)]
+    def sensor_boxes_px(self, camera: str, sensor: str, positives: str = "now") -> np.ndarray:
+        """(N, 4) pixel box of `sensor` in `camera` for every frame: where it is ('now'), or
+        where its touch next changes ('next_contact', HSA's positives of that name)."""
+        boxes = self.next_boxes_px if positives == "next_contact" else self.boxes_px
+        return boxes[camera][:, self.geometry_info.sensors.index(sensor)]
 
     def rows(self, split: str) -> np.ndarray:
         """All global frame indices of the episodes in a split."""

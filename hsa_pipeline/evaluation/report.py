@@ -85,8 +85,10 @@ def _charts(results: dict, align: list[tuple[str, dict]], joint_names: list[str]
 
 
 @torch.no_grad()
-def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple[str, list[str]]]:
-    """A few contact frames: each camera image with its box and the similarity heat map."""
+def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device, positives: str) -> list[tuple[str, list[str]]]:
+    """A few contact frames: each camera image with the box of the positives the policy's
+    HSA trained on (`positives`: where the sensor is, or where its touch next changes) and
+    the similarity heat map."""
     if n == 0 or not caches.sensor_cameras:
         return []
     group = caches.sensor_cameras[0]
@@ -111,7 +113,7 @@ def _frames(caches, policy, hsa, rows: np.ndarray, n: int, device) -> list[tuple
                 emb = hsa.head_vision(ad) if hsa else torch.nn.functional.normalize(ad, dim=-1)
                 sim = (emb[0] @ q[0]).reshape(caches.grid, caches.grid).cpu().numpy()
                 imgs.append(_img_png(_overlay(frame, sim, caches.feature_info.mapping[cam],
-                                              caches.sensor_boxes_px(cam, group.sensor)[row])))
+                                              caches.sensor_boxes_px(cam, group.sensor, positives)[row])))
         out.append((f"episode {info.id}, frame {t}", imgs))
     return out
 
@@ -239,10 +241,12 @@ def render_report(path: Path, metrics: dict, results: dict, caches, models: dict
         + "</tr>" for q, v in align)
     charts = "".join(f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,{b}'/>"
                      for t, b in _charts(results, align, caches.geometry_info.column_names))
-    frames = "".join(f"<div class='frame'><p>{html.escape(title)}: tactile, wrist, third-person (box in red, "
-                     f"similarity to the tactile embedding as heat)</p>"
-                     + "".join(f"<img src='data:image/png;base64,{b}'/>" for b in imgs) + "</div>"
-                     for title, imgs in _frames(caches, policy, hsa, rows, cfg.report_frames, device))
+    positives = trained_on if trained_on in ("now", "next_contact") else "now"
+    box_is = "where its touch next changes" if positives == "next_contact" else "where the sensor is"
+    frames = "".join(f"<div class='frame'><p>{html.escape(title)}: tactile, wrist, third-person (box in red: "
+                     f"{box_is}, the positive this policy's HSA trained on; similarity to the tactile embedding "
+                     f"as heat)</p>" + "".join(f"<img src='data:image/png;base64,{b}'/>" for b in imgs) + "</div>"
+                     for title, imgs in _frames(caches, policy, hsa, rows, cfg.report_frames, device, positives))
     closed = _closed_loop_html(metrics["closed_loop"], examples) if "closed_loop" in metrics else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hsa-pipeline evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td{{padding:2px 8px;border-bottom:1px solid #ddd}}
