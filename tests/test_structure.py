@@ -256,3 +256,10 @@ def test_the_guides_stage_table_lists_each_stages_declared_params():
         table[cells[0].strip("`")] = [] if cells[3] == "-" else [p.strip(" `") for p in cells[3].split(",")]
     stages = ["code", "synth", "prepare", "geometry", "features", "train", "evaluate"]
     assert {s: table.get(s) for s in stages} == {s: importlib.import_module(f"stages.{s}").PARAMS for s in stages}
+
+
+def test_every_module_of_the_library_is_under_400_lines():
+    """Issue #44: one concern per module; a module past 400 lines is split by concern."""
+    long = {str(p.relative_to(REPO)): n for p in sorted((REPO / "hsa_pipeline").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) >= 400}
+    assert long == {}
