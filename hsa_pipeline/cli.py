@@ -126,7 +126,7 @@ def rollout(scene: int = typer.Option(0, help="scene index j: the j-th rollout s
                                                  "through openpi-client instead of --policy"),
             api_key: Optional[str] = typer.Option(None, "--api-key", envvar="HSA_API_KEY", help="the server's API key"),
             params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-    """Run one scene of the touch world closed loop and write an animated GIF of it."""
+    """Run one scene of the simulator (world.kind: the touch world or gym-aloha) closed loop and write an animated GIF."""
     with _user_errors("rollout"):
         p = load_params(params, set_)
         numerics.enter(p.numerics)  # the evaluate stage's arithmetic, before numpy and torch load

@@ -203,3 +203,16 @@ def test_two_scripted_demonstrations_through_every_stage(tmp_path, monkeypatch):
     assert closed["failures"] == {"timeout": 2}  # 6 steps: nothing is reached so soon
     assert closed["guess_rate"] is None and closed["decision"]["checked"] == 0
     assert (tmp_path / EVAL / "rollouts" / "failure.gif").stat().st_size > 0
+
+
+def test_hsa_rollout_drives_gym_aloha_with_the_scripted_expert(tmp_path):
+    """`hsa rollout --expert` with world.kind aloha: the expert solves an evaluation scene
+    in the evaluation's own environment, and the animation is written."""
+    from PIL import Image
+
+    from hsa_pipeline.evaluation.rollout import rollout_animation
+
+    p = make_params(small_aloha("insertion") + ["eval.max_steps=400"], base=[])
+    r = rollout_animation(p, None, scene=0, out=tmp_path / "rollout.gif", expert=True)
+    assert r.success and r.phases_reached == SUCCESS_REWARD and r.seed == scene_seed("eval", 0, 0)
+    assert len(r.frames) == r.steps + 1 and Image.open(tmp_path / "rollout.gif").n_frames > r.steps // 2  # still frames merge

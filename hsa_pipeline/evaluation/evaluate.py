@@ -34,7 +34,7 @@ from .alignment import alignment_rows
 from .open_loop import open_loop
 from .outputs import touch_summary, write_outputs
 from .reliance import donor_rows
-from .rollout import RolloutResult, check_compatible, run_rollout, summarise
+from .rollout import RolloutResult, check_compatible, run_rollout, simulator, summarise
 
 
 def closed_loop(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot: RobotConfig,
@@ -70,24 +70,6 @@ def closed_loop(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot: 
     # guessing the tile succeeds 1 in candidates for each arm, and the scene needs every arm
     summary["guess_rate"] = (1 / world.candidates) ** len(env.tasks) if env.touch_decisions else None
     return summary, examples, results
-
-
-def simulator(world: WorldConfig, aloha: AlohaConfig, robot: RobotConfig, sensors: dict[str, SensorConfig],
-              cameras: dict[str, CameraConfig], max_steps: int):
-    """The closed-loop environment of `world.kind`, its scene seeds (disjoint from the
-    demonstrations') and the names of its phases: -> (env, scene_seed, phase names)."""
-    if world.kind == "aloha":
-        from ..aloha.env import AlohaEnv
-        from ..aloha.record import scene_seed
-
-        env = AlohaEnv(aloha, max_steps)
-        return env, scene_seed, env.phase_names
-    from ..world import TouchWorld
-    from ..world.synth import scene_seed
-    from ..world.tasks import phases
-
-    env = TouchWorld(world, robot, sensors, cameras, max_steps=max_steps)
-    return env, scene_seed, phases(world)
 
 
 def run_evaluate(cfg: EvalConfig, world: WorldConfig, aloha: AlohaConfig, robot: RobotConfig,

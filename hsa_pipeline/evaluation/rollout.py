@@ -249,6 +249,19 @@ def run_expert(env, seed: int, record: bool = True) -> RolloutResult:
     return drive(env, seed, start, record)
 
 
+def run_aloha_expert(env, seed: int, record: bool = True) -> RolloutResult:
+    """gym-aloha's scripted expert (its joint targets for the scene) driving the evaluation's
+    environment, recorded like a policy rollout (it holds its last target past its plan)."""
+    from ..aloha.expert import ScriptedAlohaExpert
+    from ..aloha.sim import object_pose
+
+    def start():
+        targets = ScriptedAlohaExpert(env.cfg.task, env.cfg.episode_steps).joint_targets(object_pose(env.cfg.task, seed))
+        return lambda obs, ms: targets[min(env.t, len(targets) - 1)]
+
+    return drive(env, seed, start, record)
+
+
 def policy_driver(policy_dir, server: str | None = None, api_key: str | None = None):
     """What drives a rollout: the exported policy in this process, or (`server`, a ws://
     address of `hsa serve`) the served one through openpi's client."""
@@ -263,19 +276,35 @@ def policy_driver(policy_dir, server: str | None = None, api_key: str | None = N
     return Policy.load(Path(policy_dir), device="cpu")
 
 
-def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False, server: str | None = None,
-                      api_key: str | None = None) -> RolloutResult:
-    """`hsa rollout`: scene `scene` of the evaluate stage's rollouts (eval.seed), driven by
-    the policy in `policy_dir` or at `server` (or the scripted expert), written as an
-    animated GIF."""
-    from pathlib import Path
+def simulator(world, aloha, robot, sensors, cameras, max_steps: int):
+    """The closed-loop environment of `world.kind`, its scene seeds (disjoint from the
+    demonstrations') and the names of its phases: -> (env, scene_seed, phase names)."""
+    if world.kind == "aloha":
+        from ..aloha.env import AlohaEnv
+        from ..aloha.record import scene_seed
 
+        env = AlohaEnv(aloha, max_steps)
+        return env, scene_seed, env.phase_names
     from ..world import TouchWorld
     from ..world.synth import scene_seed
+    from ..world.tasks import phases
 
-    env = TouchWorld(p.world, p.robot, p.sensors, p.cameras, max_steps=p.eval.max_steps)
+    env = TouchWorld(world, robot, sensors, cameras, max_steps=max_steps)
+    return env, scene_seed, phases(world)
+
+
+def rollout_animation(p, policy_dir, scene: int, out, expert: bool = False, server: str | None = None,
+                      api_key: str | None = None) -> RolloutResult:
+    """`hsa rollout`: scene `scene` of the evaluate stage's rollouts (eval.seed) in the
+    simulator `world.kind` names, driven by the policy in `policy_dir` or at `server` (or
+    the scripted expert), written as an animated GIF."""
+    from pathlib import Path
+
+    env, scene_seed, _ = simulator(p.world, p.aloha, p.robot, p.sensors, p.cameras, p.eval.max_steps)
     seed = scene_seed("eval", p.eval.seed, scene)
-    if expert:
+    if expert and p.world.kind == "aloha":
+        result = run_aloha_expert(env, seed)
+    elif expert:
         result = run_expert(env, seed)
     else:
         policy = policy_driver(policy_dir, server, api_key)
