@@ -216,3 +216,18 @@ def test_hsa_rollout_drives_gym_aloha_with_the_scripted_expert(tmp_path):
     r = rollout_animation(p, None, scene=0, out=tmp_path / "rollout.gif", expert=True)
     assert r.success and r.phases_reached == SUCCESS_REWARD and r.seed == scene_seed("eval", 0, 0)
     assert len(r.frames) == r.steps + 1 and Image.open(tmp_path / "rollout.gif").n_frames > r.steps // 2  # still frames merge
+
+
+def test_no_gl_context_is_one_line_that_says_what_to_install(monkeypatch):
+    from hsa_pipeline.aloha.sim import headless_gl
+    from hsa_pipeline.errors import ConfigError
+
+    def no_display(*_):
+        raise RuntimeError("cannot initialize EGL display\nmore detail")
+
+    monkeypatch.setattr(mujoco, "GLContext", no_display)
+    with pytest.raises(ConfigError) as e:
+        headless_gl.__wrapped__()
+    message = str(e.value)
+    assert "\n" not in message and "cannot initialize EGL display" in message
+    assert "apt-get install libegl1 libgl1-mesa-dri" in message and "MUJOCO_GL=osmesa" in message
