@@ -701,14 +701,14 @@ def test_hsa_on_with_a_sensor_it_cannot_align_is_an_error_not_a_zero_loss(work_d
 
     p = tiny_pipeline_params()
     c = caches_for(p)
-    c.pairs = [dataclasses.replace(pair, wrist=None) for pair in c.pairs]
+    c.sensor_cameras = [dataclasses.replace(group, wrist=None) for group in c.sensor_cameras]
     with pytest.raises(ConfigError, match="tactile sensor 'tactile' has no wrist camera on its arm"):
         build(p.act, p.hsa, 4, c, torch.device("cpu"))
-    c.pairs = []
+    c.sensor_cameras = []
     with pytest.raises(ConfigError, match="tactile sensor 'tactile' is not in the geometry store"):
         build(p.act, p.hsa, 4, c, torch.device("cpu"))
     off = tiny_pipeline_params(["hsa.enabled=false", "act.touch_map=false"])
-    assert build(off.act, off.hsa, 4, c, torch.device("cpu")).hsa is None  # without HSA (or a map) it needs no pairs
+    assert build(off.act, off.hsa, 4, c, torch.device("cpu")).hsa is None  # without HSA (or a map) it needs no sensor's cameras
     mapped = tiny_pipeline_params(["hsa.enabled=false"])  # a touch map needs to know each sensor's cameras
     with pytest.raises(ConfigError, match="act.touch_map: tactile sensor 'tactile' is not in the geometry store"):
         build(mapped.act, mapped.hsa, 4, c, torch.device("cpu"))
