@@ -128,3 +128,20 @@ def work_dir(cached_dir, tmp_path, monkeypatch) -> Path:
     shutil.copytree(cached_dir, dst, symlinks=True)
     monkeypatch.chdir(dst)
     return dst
+
+
+def pytest_unconfigure(config):
+    """roboticstoolbox keeps robots in functools caches on its classes (`BaseRobot.ets`);
+    their ETS objects outlive its nanobind extension at interpreter exit, which then
+    prints ~60 "nanobind: leaked instance" lines after pytest's summary (read as a
+    failure). Clearing those caches first lets the run end with the summary."""
+    import gc
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("roboticstoolbox"):
+            for cls in [v for v in vars(module).values() if isinstance(v, type)]:
+                for attr in list(vars(cls).values()):
+                    if hasattr(attr, "cache_clear"):
+                        attr.cache_clear()
+    gc.collect()
