@@ -40,17 +40,21 @@ PEG_LIFT_M = 0.0142  # the peg's gripper this much higher than the socket's (the
 
 
 def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (w, x, y, z) quaternions."""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return np.array([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw])
+    """Product of (w, x, y, z) quaternions (MuJoCo's)."""
+    import mujoco
+
+    out = np.zeros(4)
+    mujoco.mju_mulQuat(out, np.asarray(a, float), np.asarray(b, float))
+    return out
 
 
 def quat_axis_angle(axis, degrees: float) -> np.ndarray:
-    """(w, x, y, z) of a rotation by `degrees` about the unit `axis`."""
-    half = np.deg2rad(degrees) / 2
-    return np.array([np.cos(half), *(np.sin(half) * np.asarray(axis, float))])
+    """(w, x, y, z) of a rotation by `degrees` about the unit `axis` (MuJoCo's)."""
+    import mujoco
+
+    out = np.zeros(4)
+    mujoco.mju_axisAngle2Quat(out, np.asarray(axis, float), np.deg2rad(degrees))
+    return out
 
 
 @dataclass

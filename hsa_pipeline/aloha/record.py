@@ -18,13 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import AlohaConfig
+from ..pipeline.scenes import scene_seed
 from .expert import ScriptedAlohaExpert
 from .sim import SUCCESS_REWARD, joint_env, object_pose, reset_joint_env
-
-
-def scene_seed(split: str, seed: int, index: int) -> int:
-    """Demonstrations get even seeds, evaluation scenes odd ones: never the same scene."""
-    return 2 * (seed * 1_000_003 + index) + (1 if split == "eval" else 0)
 
 
 @dataclass

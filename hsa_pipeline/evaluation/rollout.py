@@ -279,14 +279,14 @@ def policy_driver(policy_dir, server: str | None = None, api_key: str | None = N
 def simulator(world, aloha, robot, sensors, cameras, max_steps: int):
     """The closed-loop environment of `world.kind`, its scene seeds (disjoint from the
     demonstrations') and the names of its phases: -> (env, scene_seed, phase names)."""
+    from ..pipeline.scenes import scene_seed
+
     if world.kind == "aloha":
         from ..aloha.env import AlohaEnv
-        from ..aloha.record import scene_seed
 
         env = AlohaEnv(aloha, max_steps)
         return env, scene_seed, env.phase_names
     from ..world import TouchWorld
-    from ..world.synth import scene_seed
     from ..world.tasks import phases
 
     env = TouchWorld(world, robot, sensors, cameras, max_steps=max_steps)

@@ -16,11 +16,7 @@ from tqdm import tqdm
 
 from ..config import CameraConfig, RobotConfig, SensorConfig, SynthConfig, WorldConfig
 from ..data.episodes import write_episode
-
-
-def scene_seed(split: str, seed: int, index: int) -> int:
-    """Training scenes get even seeds, evaluation scenes odd ones: never the same scene."""
-    return 2 * (seed * 1_000_003 + index) + (1 if split == "eval" else 0)
+from ..pipeline.scenes import scene_seed
 
 
 def key_classes(cfg: WorldConfig, seed: int, index: int, n_arms: int) -> list[int]:
