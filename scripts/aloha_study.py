@@ -27,9 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
+import yaml  # noqa: E402
 from hsa_study import SHARED, build_dataset, stage, write_params  # noqa: E402
 
-from hsa_pipeline.config import preset_overrides  # noqa: E402
+from hsa_pipeline.config import apply_overrides, params_from_dict, preset_overrides  # noqa: E402
 from hsa_pipeline.evaluation.rollout import wilson  # noqa: E402
 from hsa_pipeline.pipeline.paths import EVAL  # noqa: E402
 
@@ -113,7 +114,10 @@ def main() -> None:
     args = ap.parse_args()
     out, steps = args.out.resolve(), sorted(args.steps)
     base = [o for p in args.preset for o in preset_overrides(p)] + args.set + [f"eval.rollouts={args.rollouts}"]
-    task = next(o.split("=", 1)[1].strip('"') for o in base if o.startswith("aloha.task="))
+    p = params_from_dict(apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), base))
+    if p.world.kind != "aloha":
+        raise SystemExit(f"aloha_study: the presets give world.kind {p.world.kind!r}; pass presets/aloha-sim/<task>.yaml")
+    task = p.aloha.task
     t0 = time.perf_counter()
     shared = build_dataset(out / "shared", base)
     times = {"dataset (synth, prepare, geometry, features)": time.perf_counter() - t0}
