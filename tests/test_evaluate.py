@@ -8,6 +8,7 @@ import html
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,13 +88,29 @@ def test_contact_events_and_retrieval_chance():
     assert swapped["top1"] == 0.0 and swapped["top5"] == 1.0  # top-5 of 4 candidates holds everything
 
 
-def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_dir):
+@pytest.fixture(scope="module")
+def evaluated(cached_dir, tmp_path_factory):
+    """The tiny demo trained 6 steps and evaluated (3 rollouts of 12 steps), once for this
+    module's tests of what evaluate writes: -> (its working directory, params, metrics)."""
+    import shutil
+
     from hsa_pipeline.training.loop import run_train
 
+    work = tmp_path_factory.mktemp("evaluated") / "work"
+    shutil.copytree(cached_dir, work, symlinks=True)
     p = tiny_pipeline_params(["train.steps=6", "train.val_every=6", "eval.report_frames=2", "eval.rollouts=3",
                               "eval.max_steps=12"])
-    run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, TRAIN)
-    m = run_evaluate(p.eval, p.world, p.aloha, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        run_train(p.act, p.hsa, p.train, PREPARE, GEOMETRY, FEATURES, TRAIN)
+        m = run_evaluate(p.eval, p.world, p.aloha, p.robot, p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN,
+                         EVAL)
+    return work, p, m
+
+
+def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(evaluated, monkeypatch):
+    work, p, m = evaluated
+    monkeypatch.chdir(work)
     saved = json.loads((EVAL / "metrics.json").read_text())
     for key in ("chunk_l1", "hold_chunk_l1", "const_vel_chunk_l1", "replay_l1_ensembled", "replay_l1_chunked"):
         assert isinstance(saved[key], float) and saved[key] >= 0, key
@@ -126,6 +143,12 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
     assert "action error over the predicted chunk" in page and "chunk_l1_vs_hold" not in page
     assert f"<td>held-out frames scored</td><td>{saved['val_frames']:,}</td><td>frames</td>" in page
     assert f"<td>rollouts</td><td>{saved['closed_loop']['rollouts']}</td>" in page
+    from hsa_pipeline.evaluation.alignment import alignment_rows
+
+    for q, v in alignment_rows(saved["alignment"]):  # fractions to 3 decimals (1.0 is no count), frames as a count
+        fractions = (v[m] for m in ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance"))
+        assert (f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{x:.3f}</td>" for x in fractions)
+                + f"<td>{int(v['n'])}</td></tr>") in page, q
     # the frames show the box of the positives this policy trained on (the default: next contact)
     assert saved["alignment"]["trained_on"] == "next_contact" and "box in red: where its touch next changes" in page
     from hsa_pipeline.data.caches import Caches
@@ -157,6 +180,42 @@ def test_evaluate_stage_writes_metrics_plots_and_a_self_contained_report(work_di
                             p.sensors, p.cameras, PREPARE, GEOMETRY, FEATURES, TRAIN, EVAL.parent / "eval-streamed")
     for key in ("chunk_l1", "replay_l1_ensembled", "alignment", "touch_reliance"):
         assert streamed[key] == m[key], key
+
+
+def test_the_report_reads_well_in_a_real_browser(evaluated, tmp_path):
+    """Issue #44: the report opened in headless Chromium at a desktop window's width (1280
+    px), as a reader meets it: nothing scrolls sideways, every image decodes, the charts
+    are shown at their own size (never squeezed below 90%), the rollout animations at
+    least 600 px wide and the frames 160 px high; the screenshot is a real PNG of the page."""
+    report_screenshot = _script("report_screenshot")
+    if report_screenshot.browser() is None:
+        pytest.skip("needs Chromium (Debian: apt-get install chromium; .ci/run installs it where it can)")
+    work = evaluated[0]
+    shot = tmp_path / "report.png"
+    got = report_screenshot.screenshot(work / EVAL / "report.html", shot, width=1280)
+    assert got["window_width"] == 1280 and got["page_width"] <= 1280, got
+    images = got["images"]
+    assert images and all(i["decoded"] for i in images), [i for i in images if not i["decoded"]]
+    charts = [i for i in images if i["section"] in ("Action error by horizon", "Chunk error per joint", "Alignment")]
+    rollouts = [i for i in images if i["kind"] == "rollout"]
+    frames = [i for i in images if i["kind"] == "frame"]
+    assert len(charts) == 3 and len(rollouts) >= 1 and len(frames) == 2 * 3, images
+    assert all(c["shown"][0] >= 0.9 * c["natural"][0] for c in charts), charts
+    assert all(r["shown"][0] >= 600 for r in rollouts), rollouts
+    assert all(f["shown"][1] == 160 for f in frames), frames
+    assert max(got["tables"]) <= 1280
+    png = Image.open(shot)
+    assert png.format == "PNG" and png.size == (1280, got["page_height"])
+
+
+def _script(name: str):
+    """A module of scripts/ (not a package), imported by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_wilson_interval_matches_known_values():
@@ -276,4 +335,4 @@ def test_report_figures_print_counts_as_integers_and_the_rest_to_three_decimals(
     from hsa_pipeline.evaluation.report import figure
 
     assert [figure(x) for x in (540.0, 12345, 3, 0.125, 0.0, 1.4447, None, True, "a<b")] == \
-        ["540", "12,345", "3", "0.125", "0.000", "1.445", "None", "True", "a&lt;b"]
+        ["540", "12,345", "3", "0.125", "0.000", "1.445", "n/a", "True", "a&lt;b"]

@@ -63,23 +63,23 @@ def _charts(results: dict, align: list[tuple[str, dict]], joint_names: list[str]
     ax.legend()
     charts.append(("Chunk error per joint", _fig_png(fig)))
 
-    if align:
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * 3 * len(align)), 4.2))
+    if align:  # horizontal bars: every label reads level, however many (sensor, camera) pairs there are
         labels, vals, chances = [], [], []
         for q, v in align:
-            for m in ("top1", "top5", "loc_acc"):
+            for m, name in ALIGNMENT_FIGURES.items():
                 if m in v:
-                    labels.append(f"{q}: {m}")
+                    labels.append(f"{q.replace('_to_', ' -> ').replace('_', ' ')}: {name}")
                     vals.append(v[m])
                     chances.append(v.get(f"{m}_chance", v["loc_chance"]))
-        x = np.arange(len(labels))
-        ax.bar(x - 0.2, vals, 0.4, label="model")
-        ax.bar(x + 0.2, chances, 0.4, label="chance")
-        ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")  # long labels: slanted, never overlapping
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("fraction of frames")
+        y = np.arange(len(labels))[::-1]  # the first row on top, as in the table above
+        fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.32 * len(labels)))
+        ax.barh(y + 0.2, vals, 0.4, label="model")
+        ax.barh(y - 0.2, chances, 0.4, label="chance")
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("fraction of frames")
         ax.set_title("tactile -> vision alignment vs chance")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         charts.append(("Alignment", _fig_png(fig)))
     return charts
 
@@ -148,7 +148,8 @@ def _closed_loop_html(summary: dict, examples: dict) -> str:
             *[(f"reached: {k}", f"{v:.0%}") for k, v in summary["phase_success"].items()],
             ("time to success (steps, median)", summary["time_to_success_steps"]["median"]),
             *[(f"failure: {k}", v) for k, v in summary["failures"].items()],
-            *[(f"ms per step: {k}", f"{v:.1f}") for k, v in summary["ms_per_step"].items() if v is not None],
+            *[(f"ms per step: {k.replace('_', ' ')}", f"{v:.1f}") for k, v in summary["ms_per_step"].items()
+              if v is not None],
             ("policy step ms (encode + ACT + ensembling), p50 / p99",
              f"{summary['policy_step_ms']['p50']:.1f} / {summary['policy_step_ms']['p99']:.1f}")]
     table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{figure(v)}</td></tr>" for k, v in rows)
@@ -206,6 +207,9 @@ def _touch_html(metrics: dict) -> str:
     return f"<h2>Does the policy act on touch?</h2>{text}<table><tr>{head}</tr>{rows}</table>" if rows else ""
 
 
+# The alignment figures, metrics.json key -> the name a reader sees (each a fraction of frames).
+ALIGNMENT_FIGURES = {"top1": "top-1", "top5": "top-5", "loc_acc": "localisation"}
+
 # The open-loop figures a reader sees, in this order: metrics.json key -> (name, unit).
 OPEN_LOOP_FIGURES = {
     "chunk_l1": ("action error over the predicted chunk (mean |predicted - recorded|)", "joint units"),
@@ -220,8 +224,11 @@ OPEN_LOOP_FIGURES = {
 
 
 def figure(value) -> str:
-    """A number as a reader wants it: counts as integers, other numbers to 3 decimals."""
-    if isinstance(value, bool) or value is None:
+    """A number as a reader wants it: counts as integers, other numbers to 3 decimals, a
+    figure that does not exist (no success to time) as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
         return html.escape(str(value))
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
         return f"{int(value):,}"
@@ -235,10 +242,10 @@ def render_report(path: Path, metrics: dict, results: dict, caches, models: dict
 
     table = "".join(f"<tr><td>{name}</td><td>{figure(metrics[key])}</td><td>{unit}</td></tr>"
                     for key, (name, unit) in OPEN_LOOP_FIGURES.items() if key in metrics)
-    align_rows = "".join(
-        f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{figure(v.get(m, float('nan')))}</td>" for m in
-                                                   ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance", "n"))
-        + "</tr>" for q, v in align)
+    align_rows = "".join(  # fractions to 3 decimals (1.000 is a fraction, not a count), then the frame count
+        f"<tr><td>{html.escape(q)}</td>" + "".join(f"<td>{v.get(m, float('nan')):.3f}</td>" for m in
+                                                   ("top1", "top1_chance", "top5", "top5_chance", "loc_acc", "loc_chance"))
+        + f"<td>{figure(v['n'])}</td></tr>" for q, v in align)
     charts = "".join(f"<h3>{html.escape(t)}</h3><img src='data:image/png;base64,{b}'/>"
                      for t, b in _charts(results, align, caches.geometry_info.column_names))
     positives = trained_on if trained_on in ("now", "next_contact") else "now"
