@@ -110,6 +110,21 @@ def test_limit_violations_warn_and_are_recorded(past_the_limit, tmp_path, capsys
     assert "warning:" in capsys.readouterr().err
 
 
+def test_limit_warnings_past_the_first_episodes_are_summed_per_joint(past_the_limit, tmp_path, capsys, monkeypatch):
+    """The ALOHA study printed 83 warnings for 50 episodes: past the first episodes' lines,
+    one line per joint sums them (here with one line shown, of the two episodes' 2 frames each)."""
+    from hsa_pipeline.geometry import compute
+
+    monkeypatch.setattr(compute, "SHOWN_VIOLATIONS", 1)
+    d, prepared = past_the_limit
+    summary = geometry(make_params([f"data.episodes_dir={d}", "synth.enabled=false"]), prepared, tmp_path / "w.zarr")
+    assert len(summary["limit_violations"]) == 2  # the store keeps every episode's line
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and "episode_0.hdf5: arm 'arm' joint 3: 2 frames" in warnings[0], warnings
+    assert warnings[1].startswith("warning: arm 'arm' joint 3: outside the limits in 2 episodes (4 frames in all, "
+                                  "worst 10.0 deg past the limit)"), warnings
+
+
 def test_limit_violations_fail_in_error_mode_and_leave_no_store(past_the_limit, tmp_path):
     d, prepared = past_the_limit
     strict = make_params([f"data.episodes_dir={d}", "synth.enabled=false", "robot.arms.arm.on_limit_violation=error"])

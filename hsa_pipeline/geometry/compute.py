@@ -43,6 +43,22 @@ from .rig import Rig
 
 CHUNK_ROWS = 65536
 
+# Joint-limit warnings printed one per episode before they are summed per joint: a dataset
+# whose every episode passes a limit (a robot model's limits narrower than the rig's) would
+# otherwise print a screenful.
+SHOWN_VIOLATIONS = 3
+
+
+def limit_totals(violations: list) -> list[str]:
+    """One line per (arm, joint) over every episode's kinematics.LimitViolation."""
+    lines = []
+    for arm, joint in sorted({(v.arm, v.joint) for v in violations}):
+        mine = [v for v in violations if (v.arm, v.joint) == (arm, joint)]
+        lines.append(f"arm '{arm}' joint {joint + 1}: outside the limits in {len(mine)} episodes "
+                     f"({sum(v.frames for v in mine)} frames in all, worst {max(v.worst_deg for v in mine):.1f} deg "
+                     "past the limit)")
+    return lines
+
 
 def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> None:
     chunks = (min(chunk_rows, max(1, data.shape[0])), *data.shape[1:])
@@ -100,7 +116,7 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
                    "visible": np.zeros((N, S), bool), "weight": np.zeros((N, S), np.float32),
                    "next_box": np.zeros((N, S, 4), np.float32), "next_visible": np.zeros((N, S), bool),
                    "next_weight": np.zeros((N, S), np.float32)} for c in camera_names}
-    violations = []
+    violations, by_joint = [], []  # every episode's line (kept in the store), and the violations themselves
     width = rig.qpos_width()
     for ep, start in tqdm(list(zip(manifest.episodes, manifest.offsets[:-1], strict=True)), desc="geometry", unit="ep"):
         path = manifest.path(ep)
@@ -115,8 +131,10 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
             msg = f"{path}: {v}"
             if rig.arms[v.arm].cfg.on_limit_violation == "error":
                 raise EpisodeError(msg + f" (robot.arms.{v.arm}.on_limit_violation: error)")
-            tqdm.write("warning: " + msg, file=sys.stderr)
+            if len(violations) < SHOWN_VIOLATIONS:
+                tqdm.write("warning: " + msg, file=sys.stderr)
             violations.append(msg)
+            by_joint.append(v)
         rows = slice(int(start), int(start) + ep.length)
         for s, name in enumerate(sensor_names):
             pose[rows, s] = geo.sensor_pose[name]
@@ -133,6 +151,10 @@ def run_geometry(robot: RobotConfig, sensors: dict[str, SensorConfig], cameras: 
                 per_cam[c]["next_box"][rows, s] = ahead.box
                 per_cam[c]["next_visible"][rows, s] = ahead.visible
                 per_cam[c]["next_weight"][rows, s] = ahead.weight
+    if len(violations) > SHOWN_VIOLATIONS:
+        for line in limit_totals(by_joint):
+            print(f"warning: {line} (the first {SHOWN_VIOLATIONS} episodes above; every episode's line in the "
+                  "geometry store's limit_violations)", file=sys.stderr)
     summary = {
         "sensors": sensor_names, "cameras": camera_names,
         "camera_sizes": {c: [rig.cameras[c].width, rig.cameras[c].height] for c in camera_names},
