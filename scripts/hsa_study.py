@@ -18,7 +18,7 @@ variant's success MINUS HSA off on the same scenes and seeds (paired, with its i
 
     python scripts/hsa_study.py --out outputs/study [--seeds 0 1 2] [--rollouts 100] \
         [--variants hsa-on hsa-off touch-blind] [--episodes 40 80 160 320] \
-        [--preset presets/touch-world/claw.yaml] [--set world.task=match ...]
+        [--preset presets/touch-world/claw.yaml] [--steps 1500] [--set world.task=match ...]
 
 Every variant runs the real stages (`python -m stages.<name>`) in its own directory under
 --out; each dataset and its caches are built once, in --out/shared-e<N>. Every run's
@@ -57,6 +57,7 @@ VARIANTS = {  # overrides of each variant; TACTILE stands for the list of every 
     "hsa-off": ["hsa.enabled=false"],
     "touch-blind": ["hsa.enabled=false", "act.blind=TACTILE"],
 }
+STUDY_STEPS = 1500  # every run's training steps unless --steps says otherwise: what every study was measured at
 BASELINE = "hsa-off"  # the paired differences are "variant minus this"
 SHARED = ["data", str(PREPARE), str(GEOMETRY), str(FEATURES)]
 
@@ -121,12 +122,16 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, nargs="+", default=[None],
                     help="dataset sizes (a learning curve); default: params.yaml's synth.episodes")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses train.threads CPU threads)")
+    ap.add_argument("--steps", type=int, default=STUDY_STEPS,
+                    help=f"training steps of every run (default {STUDY_STEPS}, as every study in docs/studies.md; "
+                         "params.yaml's demo trains fewer to stay under 10 minutes)")
     ap.add_argument("--preset", action="append", default=[], type=Path,
                     help="an overlay of params for every run, e.g. presets/touch-world/bimanual.yaml")
     ap.add_argument("--set", action="append", default=[], help="override for every run, e.g. world.candidate_order=by_class")
     args = ap.parse_args()
     out = args.out.resolve()
-    base = [o for p in args.preset for o in preset_overrides(p)] + args.set + [f"eval.rollouts={args.rollouts}"]
+    base = ([o for p in args.preset for o in preset_overrides(p)] + [f"train.steps={args.steps}"] + args.set
+            + [f"eval.rollouts={args.rollouts}"])
     t0 = time.perf_counter()
 
     jobs = []
