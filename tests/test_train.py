@@ -865,11 +865,13 @@ def test_the_compiled_step_follows_the_eager_loss_curve(work_dir, device, monkey
     assert f"compiling the step (torch.compile mode {mode}" in out and "training eager instead" not in out
     eager, fast = curves["false"], curves[mode]
     assert [r["step"] for r in fast] == [r["step"] for r in eager] and len(eager) == 20
-    # float differences grow as training goes (measured on a CPU: equal to 6 digits for 150
-    # steps, 1e-3 apart at step 200): the first half close, the whole curve near
-    tight, loose = (1e-4, 1e-2) if device == "cpu" else (2e-2, 5e-2)
+    # float differences grow as training goes, from a step that depends on the CPU (inductor
+    # writes code for the CPU it runs on). Measured: an AMD Zen 4 equal to 6 digits for 150
+    # steps, 1e-3 apart at step 200; a Zen 3 equal for 70 steps, 1e-3 at step 80, 3.5e-2 at
+    # 180. So: the first 50 steps close, the whole curve near
+    tight, loose = (1e-4, 1e-1) if device == "cpu" else (2e-2, 5e-2)
     for a, b in zip(eager, fast, strict=True):
-        tol = tight if int(a["step"]) <= 100 else loose
+        tol = tight if int(a["step"]) <= (50 if device == "cpu" else 100) else loose
         for k in ("l1", "kl", "hsa"):
             assert float(b[k]) == pytest.approx(float(a[k]), rel=tol), (a["step"], k, a[k], b[k])
     assert float(fast[-1]["l1"]) < 0.9 * float(fast[0]["l1"])  # and it learned
