@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses train.threads CPU threads)")
     ap.add_argument("--steps", type=int, default=STUDY_STEPS,
                     help=f"training steps of every run (default {STUDY_STEPS}, as every study in docs/studies.md; "
-                         "params.yaml's demo trains fewer to stay under 10 minutes)")
+                         "params.yaml's demo trains 1,000)")
     ap.add_argument("--preset", action="append", default=[], type=Path,
                     help="an overlay of params for every run, e.g. presets/touch-world/bimanual.yaml")
     ap.add_argument("--set", action="append", default=[], help="override for every run, e.g. world.candidate_order=by_class")

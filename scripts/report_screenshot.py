@@ -14,6 +14,7 @@ Needs Chromium (Debian: `apt-get install chromium`; .ci/run installs it where it
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import re
 import shutil
@@ -67,7 +68,7 @@ def layout(report: Path, width: int = 1280, height: int = 900) -> dict:
     found = re.search(r'<pre id="hsa-layout">(.*?)</pre>', dom, re.S)
     if found is None:
         raise RuntimeError(f"report_screenshot: Chromium rendered {report} but the layout script did not run")
-    return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    return json.loads(html.unescape(found.group(1)))
 
 
 def screenshot(report: Path, out: Path, width: int = 1280) -> dict:

@@ -145,3 +145,13 @@ def pytest_unconfigure(config):
                     if hasattr(attr, "cache_clear"):
                         attr.cache_clear()
     gc.collect()
+
+
+def load_script(name: str):
+    """A module of scripts/ (not a package), imported by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

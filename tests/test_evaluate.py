@@ -8,13 +8,12 @@ import html
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN, tiny_pipeline_params
+from conftest import EVAL, FEATURES, GEOMETRY, PREPARE, TRAIN, load_script, tiny_pipeline_params
 from hsa_pipeline.evaluation.alignment import contact_events, retrieval
 from hsa_pipeline.evaluation.evaluate import run_evaluate
 from hsa_pipeline.evaluation.open_loop import action_errors, baselines, chunk_targets, joint_units, replay
@@ -187,7 +186,7 @@ def test_the_report_reads_well_in_a_real_browser(evaluated, tmp_path):
     px), as a reader meets it: nothing scrolls sideways, every image decodes, the charts
     are shown at their own size (never squeezed below 90%), the rollout animations at
     least 600 px wide and the frames 160 px high; the screenshot is a real PNG of the page."""
-    report_screenshot = _script("report_screenshot")
+    report_screenshot = load_script("report_screenshot")
     if report_screenshot.browser() is None:
         pytest.skip("needs Chromium (Debian: apt-get install chromium; .ci/run installs it where it can)")
     work = evaluated[0]
@@ -206,16 +205,6 @@ def test_the_report_reads_well_in_a_real_browser(evaluated, tmp_path):
     assert max(got["tables"]) <= 1280
     png = Image.open(shot)
     assert png.format == "PNG" and png.size == (1280, got["page_height"])
-
-
-def _script(name: str):
-    """A module of scripts/ (not a package), imported by path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_wilson_interval_matches_known_values():

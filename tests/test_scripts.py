@@ -223,11 +223,9 @@ def test_the_train_checks_compile_figures_are_read_from_torch_logs_and_the_train
     """gpu_check's train check: what torch.compile logged during `hsa train`, counted, and
     the trainer's own steps/s after the compile: train.tsv's samples_per_s is cumulative
     from the start (compile included), so steps 50 -> 150 at batch 16 taking 2 s -> 50 steps/s."""
-    import importlib.util
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "scripts/gpu_summary.py")
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    summary = load_script("gpu_summary")
     log = ("[rank0] Graph break in user code at x.py:3\nRecompiling function forward in y.py\n"
            "skipping cudagraphs due to mutated inputs\nGraph break in user code at z.py:9\n")
     # step 25 at 10 s (the compile), step 50 at 10.5 s, step 150 at 12.5 s: samples/s = step * 16 / seconds

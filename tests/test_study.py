@@ -3,19 +3,14 @@ hand-made runs (the figures are checked against hand computation)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from conftest import REPO
+from conftest import load_script
 from hsa_pipeline.evaluation.rollout import paired_difference, wilson
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("hsa_study", REPO / "scripts" / "hsa_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("hsa_study")
 
 
 def _run(variant, seed, outcomes, decision=None, reliance=None):
