@@ -18,7 +18,7 @@ variant's success MINUS HSA off on the same scenes and seeds (paired, with its i
 
     python scripts/hsa_study.py --out outputs/study [--seeds 0 1 2] [--rollouts 100] \
         [--variants hsa-on hsa-off touch-blind] [--episodes 40 80 160 320] \
-        [--preset presets/touch-world/claw.yaml] [--steps 1500] [--set world.task=match ...]
+        [--preset presets/touch-world/claw.yaml] [--steps N] [--set world.task=match ...]
 
 Every variant runs the real stages (`python -m stages.<name>`) in its own directory under
 --out; each dataset and its caches are built once, in --out/shared-e<N>. Every run's
@@ -57,9 +57,20 @@ VARIANTS = {  # overrides of each variant; TACTILE stands for the list of every 
     "hsa-off": ["hsa.enabled=false"],
     "touch-blind": ["hsa.enabled=false", "act.blind=TACTILE"],
 }
-STUDY_STEPS = 1500  # every run's training steps unless --steps says otherwise: what every study was measured at
+STUDY_STEPS = 1500  # training steps where neither --steps nor a preset says: what the one-arm studies were measured at
 BASELINE = "hsa-off"  # the paired differences are "variant minus this"
 SHARED = ["data", str(PREPARE), str(GEOMETRY), str(FEATURES)]
+
+
+def study_overrides(presets: list[Path], steps: int | None, sets: list[str], rollouts: int) -> list[str]:
+    """The overrides of every run: the presets, the training steps (--steps, else the last
+    preset's train.steps, else STUDY_STEPS), --set, and the rollouts."""
+    from_presets = [o for p in presets for o in preset_overrides(p)]
+    if steps is not None:
+        from_presets.append(f"train.steps={steps}")
+    elif not any(o.startswith("train.steps=") for o in from_presets):
+        from_presets.append(f"train.steps={STUDY_STEPS}")
+    return from_presets + sets + [f"eval.rollouts={rollouts}"]
 
 
 def variant_overrides(variant: str, base: list[str]) -> list[str]:
@@ -122,16 +133,15 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, nargs="+", default=[None],
                     help="dataset sizes (a learning curve); default: params.yaml's synth.episodes")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses train.threads CPU threads)")
-    ap.add_argument("--steps", type=int, default=STUDY_STEPS,
-                    help=f"training steps of every run (default {STUDY_STEPS}, as every study in docs/studies.md; "
-                         "params.yaml's demo trains 1,000)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"training steps of every run (default: the preset's train.steps if it sets one, else "
+                         f"{STUDY_STEPS}, as the one-arm studies in docs/studies.md; params.yaml's demo trains 1,000)")
     ap.add_argument("--preset", action="append", default=[], type=Path,
                     help="an overlay of params for every run, e.g. presets/touch-world/bimanual.yaml")
     ap.add_argument("--set", action="append", default=[], help="override for every run, e.g. world.candidate_order=by_class")
     args = ap.parse_args()
     out = args.out.resolve()
-    base = ([o for p in args.preset for o in preset_overrides(p)] + [f"train.steps={args.steps}"] + args.set
-            + [f"eval.rollouts={args.rollouts}"])
+    base = study_overrides(args.preset, args.steps, args.set, args.rollouts)
     t0 = time.perf_counter()
 
     jobs = []

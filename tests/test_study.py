@@ -4,8 +4,10 @@ hand-made runs (the figures are checked against hand computation)."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from conftest import load_script
+from hsa_pipeline.config import apply_overrides, params_from_dict
 from hsa_pipeline.evaluation.rollout import paired_difference, wilson
 
 
@@ -57,3 +59,23 @@ def test_a_bimanual_study_reports_each_arm_as_the_mean_over_seeds():
     text = study.render(table, runs, args, 1.0)
     assert "| params | hsa-on | left | 75% | 75% | 50% | 25% |" in text
     assert "| params | hsa-on | right | 50% | 50% | 50% | 12% |" in text
+
+
+def test_a_study_trains_as_long_as_its_preset_says_unless_steps_is_given(tmp_path):
+    study = _study()
+    params = yaml.safe_load((study.REPO / "params.yaml").read_text())
+
+    def steps(presets, given):
+        overrides = study.study_overrides(presets, given, [], 50)
+        return params_from_dict(apply_overrides(params, overrides)).train.steps
+
+    preset = tmp_path / "long.yaml"
+    preset.write_text("train.steps: 4321\nworld.task: match\n")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("world.task: match\n")
+    assert steps([preset], None) == 4321  # the preset's own budget
+    assert steps([preset], 99) == 99  # --steps wins
+    assert steps([plain], None) == study.STUDY_STEPS == 1500  # neither says: the studies' 1,500
+    assert steps([], None) == 1500 and params["train"]["steps"] != 1500  # not the demo's 1,000
+    assert study.study_overrides([], 7, ["world.object_classes=3"], 50)[-2:] == ["world.object_classes=3",
+                                                                                "eval.rollouts=50"]
