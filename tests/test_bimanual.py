@@ -77,3 +77,24 @@ def test_the_report_draws_each_sensors_own_box(trained, monkeypatch):
     got = caches.sensor_boxes_px("right_wrist", "tactile_right")
     assert (got == geo.cam["right_wrist"]["box"][:, right]).all()
     assert (got != geo.cam["right_wrist"]["box"][:, 0]).any()
+
+
+def test_each_arms_queries_get_its_columns_from_the_geometry_store(trained, monkeypatch):
+    """act.arm_queries on the real stores: build() reads each arm's action columns from
+    the geometry store's column names (left: qpos 0-6, right: 7-13, as bimanual_params
+    sets robot.arms) and the policy answers a chunk of every column."""
+    import dataclasses
+
+    import torch
+
+    from hsa_pipeline.data.caches import Caches
+    from hsa_pipeline.training.module import build
+
+    monkeypatch.chdir(trained)
+    p = bimanual_params(TINY_TRAIN + ["act.arm_queries=true"])
+    caches = Caches(PREPARE, GEOMETRY, FEATURES, 1.0)
+    module = build(p.act, p.hsa, 10, caches, torch.device("cpu"))
+    assert module.policy.shapes.arm_columns == [list(range(7)), list(range(7, 14))]
+    assert module.policy.queries.shape[0] == 2 * p.act.chunk_size
+    off = build(dataclasses.replace(p.act, arm_queries=False), p.hsa, 10, caches, torch.device("cpu"))
+    assert off.policy.shapes.arm_columns == [] and off.policy.queries.shape[0] == p.act.chunk_size

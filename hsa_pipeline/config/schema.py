@@ -203,6 +203,11 @@ class ActConfig:
                "and which part of a shared camera is its own arm's, reach the decision. For a third-person camera "
                "over several workspaces whose pooled tokens each cover more than one of the things to tell apart "
                "(presets/touch-world/bimanual.yaml)")
+    arm_queries: bool = param(
+        False, "each arm its own chunk_size action queries: an arm's action columns (its joints and claw, by the "
+               "geometry store's column names) are read from the decoder outputs of its own queries, which still "
+               "attend to each other; columns of no arm come from the first arm's. Needs actions in qpos space. "
+               "One arm: no change")
     relative_actions: bool = param(
         False, "predict each chunk relative to the current qpos (needs actions in qpos space); ACT: absolute")
     blind: list[str] = param(doc="streams the policy does not see (their tokens are zeroed), for ablations such as "

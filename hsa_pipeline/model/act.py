@@ -2,7 +2,8 @@
 
   CVAE encoder (training only): [CLS, qpos, a_1..a_k] -> mu, logvar of z (latent_dim)
   encoder:  [z, qpos, tokens of every stream] -> memory
-  decoder:  chunk_size learned queries attend to memory -> k actions
+  decoder:  chunk_size learned queries attend to memory -> k actions (act.arm_queries:
+            chunk_size queries per arm, each arm's columns read from its own)
 Camera and tactile grids enter through trainable per-stream adapters (LayerNorm + Linear
 on the frozen CLIP tokens), plus a learned 2-D position and a stream embedding. The HSA
 loss is computed on the same adapter outputs, so alignment shapes what the policy sees.
@@ -41,6 +42,24 @@ class ActShapes:
     tactile: list[str] = field(default_factory=list)  # which of `streams` are tactile (act.touch_map reads them)
     # sensor -> the cameras its touch map marks: its arm's wrist camera, every third-person camera
     touch_cameras: dict[str, list[str]] = field(default_factory=dict)
+    # act.arm_queries: the action columns of each arm (arm_columns); empty: one set of queries
+    arm_columns: list[list[int]] = field(default_factory=list)
+
+
+def arm_columns(column_names: list[str]) -> list[list[int]]:
+    """The action columns of each arm from the rig's column names ('<arm>.j<k>',
+    '<arm>.gripper'; 'dim<i>' for a column of no arm), arms in order of first column.
+    A column of no arm goes with the first arm. ['l.j1', 'dim1', 'r.j1'] -> [[0, 1], [2]]."""
+    arms: dict[str, list[int]] = {}
+    loose = []
+    for i, name in enumerate(column_names):
+        if "." in name:
+            arms.setdefault(name.rsplit(".", 1)[0], []).append(i)
+        else:
+            loose.append(i)
+    groups = list(arms.values()) or [[]]
+    groups[0] = sorted(groups[0] + loose)
+    return groups
 
 
 def touch_maps(cfg: ActConfig, shapes: ActShapes) -> list[tuple[list[str], list[str]]]:
@@ -129,7 +148,15 @@ class ACTPolicy(nn.Module):
         self.encoder = encoder(cfg.enc_layers)
         dec_layer = nn.TransformerDecoderLayer(H, cfg.heads, cfg.dim_feedforward, cfg.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(dec_layer, cfg.dec_layers)  # output of the LAST layer is used
-        self.queries = nn.Parameter(torch.randn(cfg.chunk_size, H) * 0.02)
+        # act.arm_queries: a set of chunk_size queries per arm; column c of the actions is read
+        # from the queries of arm query_set[c] (one set: every column from the same queries)
+        sets = shapes.arm_columns if cfg.arm_queries and len(shapes.arm_columns) > 1 else []
+        query_set = torch.zeros(shapes.action_dim, dtype=torch.long)
+        for i, cols in enumerate(sets):
+            query_set[cols] = i
+        self.query_sets = max(1, len(sets))
+        self.register_buffer("query_set", query_set, persistent=False)
+        self.queries = nn.Parameter(torch.randn(self.query_sets * cfg.chunk_size, H) * 0.02)
         self.action_out = nn.Linear(H, shapes.action_dim)
 
     def stream_tokens(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -213,11 +240,20 @@ class ACTPolicy(nn.Module):
         queries = self.queries.expand(B, -1, -1)
         if self.cfg.checkpoint_layers and torch.is_grad_enabled():
             memory = recompute_layers(self.encoder.layers, x)
-            h = recompute_layers(self.decoder.layers, queries, memory)  # (B, k, H)
+            h = recompute_layers(self.decoder.layers, queries, memory)  # (B, sets x k, H)
         else:
             memory = self.encoder(x)
-            h = self.decoder(queries, memory)  # (B, k, H)
-        return self.action_out(h), latent, adapted
+            h = self.decoder(queries, memory)  # (B, sets x k, H)
+        return self.read_actions(self.action_out(h)), latent, adapted
+
+    def read_actions(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, sets x k, Da) -> (B, k, Da): each action column from its arm's queries."""
+        if self.query_sets == 1:
+            return out
+        B, _, Da = out.shape
+        out = out.view(B, self.query_sets, -1, Da)  # (B, sets, k, Da)
+        index = self.query_set.view(1, 1, 1, Da).expand(B, 1, out.shape[2], Da)
+        return out.gather(1, index).squeeze(1)  # (B, k, Da)
 
 
 def act_losses(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor, latent,

@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..config import ActConfig, HsaConfig
 from ..data.caches import Batch, Caches, SensorCameras
 from ..errors import ConfigError
-from ..model.act import ACTPolicy, ActShapes, act_losses
+from ..model.act import ACTPolicy, ActShapes, act_losses, arm_columns
 from ..model.hsa import HsaInputs, HSALoss, hsa_loss_for
 
 
@@ -79,7 +79,8 @@ def build(act: ActConfig, hsa: HsaConfig, total_steps: int, caches: Caches, devi
     shapes = ActShapes(qpos_dim=caches.qpos.shape[1], action_dim=caches.action_raw.shape[1],
                        streams=list(caches.streams), grid=caches.grid, token_dim=caches.width,
                        tactile=[s for s, role in caches.streams.items() if role == "tactile"],
-                       touch_cameras={p.sensor: p.cameras for p in caches.sensor_cameras})
+                       touch_cameras={p.sensor: p.cameras for p in caches.sensor_cameras},
+                       arm_columns=action_arm_columns(act, caches))
     if shapes.grid % act.grid_pool:
         raise ConfigError(f"act.grid_pool: {act.grid_pool} does not divide the {shapes.grid}x{shapes.grid} feature grid")
     if hsa.enabled:
@@ -89,6 +90,17 @@ def build(act: ActConfig, hsa: HsaConfig, total_steps: int, caches: Caches, devi
     policy = ACTPolicy(act, shapes)
     loss = hsa_loss_for(policy, hsa, total_steps) if hsa.enabled else None
     return TrainModule(policy, loss, caches.sensor_cameras, act, hsa).to(device)
+
+
+def action_arm_columns(act: ActConfig, caches: Caches) -> list[list[int]]:
+    """act.arm_queries: each arm's action columns, named by the geometry store (qpos space)."""
+    if not act.arm_queries:
+        return []
+    names, action_dim = caches.geometry_info.column_names, caches.action_raw.shape[1]
+    if len(names) != action_dim:
+        raise ConfigError(f"act.arm_queries: the actions have {action_dim} columns but qpos has {len(names)}; "
+                          f"each arm's queries need actions in qpos space (set act.arm_queries: false)")
+    return arm_columns(names)
 
 
 def check_sensor_cameras(caches: Caches) -> None:
