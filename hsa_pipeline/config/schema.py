@@ -251,8 +251,8 @@ class HsaConfig:
 class TrainConfig:
     """The `train` stage: optimisation, devices, logging and checkpoints."""
 
-    steps: int = param(1000, "optimizer steps (the demo's length; the studies train 1,500); raising it on a "
-                             "finished run continues that run", ge=1)
+    steps: int = param(1000, "optimizer steps (the demo's length; the studies train 1,500 unless a preset says, "
+                             "the claw 3,000); raising it on a finished run continues that run", ge=1)
     batch_size: int = param(32, "samples per step (per process)", ge=1)
     lr: float = param(3e-4, "AdamW learning rate (after warm-up; constant, so it does not depend on steps)", gt=0.0)
     weight_decay: float = param(1e-4, "AdamW weight decay", ge=0.0)
