@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import yaml  # noqa: E402
-from hsa_study import SHARED, build_dataset, stage, write_params  # noqa: E402
+from hsa_study import SHARED, StageCost, build_dataset, stage, write_params  # noqa: E402
 
 from hsa_pipeline.config import apply_overrides, params_from_dict, preset_overrides  # noqa: E402
 from hsa_pipeline.evaluation.rollout import wilson  # noqa: E402
@@ -51,24 +51,24 @@ REFERENCES = {
 
 def train_and_evaluate_curve(d: Path, shared: Path, overrides: list[str], steps: list[int]) -> dict:
     """One training seed: train to each step count in turn (continuing the run), evaluate
-    after each; each evaluation's metrics kept in d/at-<steps>/. -> stage times."""
+    after each; each evaluation's metrics kept in d/at-<steps>/. -> each stage's cost."""
     for item in SHARED:  # the one dataset and its caches
         link = d / item
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             link.symlink_to(shared / item)
-    times = {}
+    costs = {}
     for n in steps:
         write_params(d, overrides + [f"train.steps={n}"])
         with open(d / "run.log", "a") as log:
-            times[f"train to {n}"] = stage("train", d, log)
-            times[f"evaluate at {n}"] = stage("evaluate", d, log)
+            costs[f"train to {n}"] = stage("train", d, log)
+            costs[f"evaluate at {n}"] = stage("evaluate", d, log)
         kept = d / f"at-{n}"
         shutil.rmtree(kept, ignore_errors=True)
         kept.mkdir()
         shutil.copy(d / EVAL / "metrics.json", kept / "metrics.json")
         shutil.copytree(d / EVAL / "rollouts", kept / "rollouts")
-    return times
+    return costs
 
 
 def summarise(runs: list[dict], steps: list[int]) -> list[dict]:
@@ -85,7 +85,7 @@ def summarise(runs: list[dict], steps: list[int]) -> list[dict]:
     return rows
 
 
-def render(task: str, rows: list[dict], args, minutes: float, times: dict) -> str:
+def render(task: str, rows: list[dict], args, minutes: float, costs: dict[str, StageCost]) -> str:
     lines = [f"ALOHA study: {task}, training seeds {args.seeds}, {args.rollouts} rollouts per evaluation (the same "
              f"scenes each time), presets {[str(p) for p in args.preset]}, overrides {args.set or 'none'}; "
              f"{minutes:.0f} min", "",
@@ -97,8 +97,9 @@ def render(task: str, rows: list[dict], args, minutes: float, times: dict) -> st
                      + " | ".join(f"{v:.0%}" for v in r["stages"].values()) + " |")
     lines += ["", "Published figures:", "", "| reference | success | training |", "|---|---|---|"]
     lines += [f"| {ref} | {rate} | {budget} |" for ref, rate, budget in REFERENCES[task]]
-    lines += ["", "Wall time of each stage (seconds, this machine, with whatever else ran):", ""]
-    lines += [f"- {k}: {v:.0f}" for k, v in times.items()]
+    lines += ["", "Each stage: wall time (this machine, with whatever else ran) and peak memory of its largest "
+              "process:", ""]
+    lines += [f"- {k}: {c.seconds:.0f} s, {c.peak_rss_gb:.2f} GiB" for k, c in costs.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -119,23 +120,25 @@ def main() -> None:
         raise SystemExit(f"aloha_study: the presets give world.kind {p.world.kind!r}; pass presets/aloha-sim/<task>.yaml")
     task = p.aloha.task
     t0 = time.perf_counter()
-    shared = build_dataset(out / "shared", base)
-    times = {"dataset (synth, prepare, geometry, features)": time.perf_counter() - t0}
+    costs: dict[str, StageCost] = {}
+    shared = build_dataset(out / "shared", base, costs)
     jobs = [(out / f"s{seed}", [*base, f"train.seed={seed}"]) for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for (d, _), t in zip(jobs, pool.map(lambda j: train_and_evaluate_curve(j[0], shared, j[1], steps), jobs), strict=True):
-            times.update({f"{d.name}: {k}": v for k, v in t.items()})
+        for (d, _), c in zip(jobs, pool.map(lambda j: train_and_evaluate_curve(j[0], shared, j[1], steps), jobs), strict=True):
+            costs.update({f"{d.name}: {k}": v for k, v in c.items()})
     runs = [{"seed": s, "at": {n: json.loads((out / f"s{s}" / f"at-{n}" / "metrics.json").read_text()) for n in steps}}
             for s in args.seeds]
     rows = summarise(runs, steps)
     demos = json.loads((shared / "data" / "aloha" / task / "episodes" / "demos.json").read_text()) \
         if (shared / "data" / "aloha" / task / "episodes" / "demos.json").exists() else None
-    text = render(task, rows, args, (time.perf_counter() - t0) / 60, times)
+    text = render(task, rows, args, (time.perf_counter() - t0) / 60, costs)
     if demos:
         text += (f"\nThe scripted expert solved {demos['episodes']} of {demos['tried']} demonstration scenes "
                  f"({demos['expert_success_rate']:.0%}); images {demos['image_size']}, shadows {demos['shadows']}.\n")
     (out / "study.md").write_text(text)
-    (out / "study.json").write_text(json.dumps({"rows": rows, "demos": demos, "times": times,
+    times = {k: c.seconds for k, c in costs.items()}
+    memory_gb = {k: c.peak_rss_gb for k, c in costs.items()}
+    (out / "study.json").write_text(json.dumps({"rows": rows, "demos": demos, "times": times, "peak_rss_gb": memory_gb,
                                                 "runs": [{"seed": r["seed"], "at": {str(n): m for n, m in r["at"].items()}}
                                                          for r in runs]}, indent=1))
     print(text)

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -86,22 +87,45 @@ def write_params(directory: Path, overrides: list[str]) -> None:
     (directory / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def stage(name: str, cwd: Path, log) -> float:
-    """Run `python -m stages.<name>` in `cwd` (output to `log`); -> its wall time in seconds."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+@dataclass(frozen=True)
+class StageCost:
+    """What one stage took: wall time (with whatever else ran beside it) and the peak
+    resident memory of its largest process (the kernel's count, not a sample)."""
+
+    seconds: float
+    peak_rss_gb: float
+
+
+def run_measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[int, StageCost]:
+    """Run `cmd` to its end (output to `log`); -> its exit code and cost. The peak memory
+    is the ru_maxrss that wait4 reports for this child (the largest of it and the
+    children it waited for), so runs side by side do not count each other."""
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "stages." + name], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    print(f"  {cwd.name}: {name} {'ok' if r.returncode == 0 else 'FAILED'} ({time.perf_counter() - t:.0f} s)", flush=True)
-    if r.returncode:
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    return proc.returncode, StageCost(time.perf_counter() - t, usage.ru_maxrss / 2**20)  # KiB -> GiB
+
+
+def stage(name: str, cwd: Path, log) -> StageCost:
+    """Run `python -m stages.<name>` in `cwd` (output to `log`); -> its time and memory."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code, cost = run_measured([sys.executable, "-m", "stages." + name], cwd, env, log)
+    print(f"  {cwd.name}: {name} {'ok' if code == 0 else 'FAILED'} ({cost.seconds:.0f} s, "
+          f"peak {cost.peak_rss_gb:.2f} GiB)", flush=True)
+    if code:
         raise SystemExit(f"{name} failed in {cwd}; see {log.name}")
-    return time.perf_counter() - t
+    return cost
 
 
-def build_dataset(shared: Path, overrides: list[str]) -> Path:
+def build_dataset(shared: Path, overrides: list[str], costs: dict[str, StageCost] | None = None) -> Path:
+    """synth, prepare, geometry and features in `shared`; each stage's cost into `costs`."""
     write_params(shared, overrides)
     with open(shared.parent / f"{shared.name}.log", "a") as log:
         for name in ("synth", "prepare", "geometry", "features"):
-            stage(name, shared, log)
+            cost = stage(name, shared, log)
+            if costs is not None:
+                costs[name] = cost
     return shared
 
 

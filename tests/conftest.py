@@ -4,6 +4,7 @@ written once per test session into a temporary directory."""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -153,5 +154,6 @@ def load_script(name: str):
 
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would: a dataclass of the module looks itself up there
     spec.loader.exec_module(module)
     return module

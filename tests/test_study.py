@@ -79,3 +79,35 @@ def test_a_study_trains_as_long_as_its_preset_says_unless_steps_is_given(tmp_pat
     assert steps([], None) == 1500 and params["train"]["steps"] != 1500  # not the demo's 1,000
     assert study.study_overrides([], 7, ["world.object_classes=3"], 50)[-2:] == ["world.object_classes=3",
                                                                                 "eval.rollouts=50"]
+
+
+def test_a_stages_peak_memory_is_its_own_largest_allocation(tmp_path):
+    """run_measured's peak memory against a known allocation: a child that touches 400 MiB
+    reports at least that much, one that allocates nothing far less; the exit code and the
+    output come back as from subprocess.run."""
+    import os
+    import sys
+
+    study = _study()
+    big = "import numpy as np; a = np.ones(400 * 2**20 // 8); print(a.size)"  # 400 MiB, every page written
+    with open(tmp_path / "log", "w") as log:
+        code, cost = study.run_measured([sys.executable, "-c", big], tmp_path, dict(os.environ), log)
+        small_code, small = study.run_measured([sys.executable, "-c", "import numpy; raise SystemExit(3)"], tmp_path,
+                                               dict(os.environ), log)
+    assert code == 0 and small_code == 3
+    assert (tmp_path / "log").read_text().split()[0] == str(400 * 2**20 // 8)
+    assert cost.peak_rss_gb >= 400 / 1024
+    assert small.peak_rss_gb < 0.2  # an interpreter with numpy: tens of MiB, not the other child's 400
+    assert cost.seconds > 0
+
+
+def test_the_aloha_studys_table_gives_each_stages_time_and_memory():
+    aloha = load_script("aloha_study")
+    study = load_script("hsa_study")
+    row = {"steps": 100, "successes": 1, "rollouts": 4, "success": 0.25, "ci95": list(wilson(1, 4)),
+           "per_seed": [0.25], "stages": {"lifted": 0.5}}
+    args = type("A", (), {"seeds": [0], "rollouts": 4, "set": [], "preset": []})
+    costs = {"synth": study.StageCost(12.4, 1.5), "s0: train to 100": study.StageCost(30.0, 0.75)}
+    text = aloha.render("transfer_cube", [row], args, 1.0, costs)
+    assert "- synth: 12 s, 1.50 GiB" in text and "- s0: train to 100: 30 s, 0.75 GiB" in text
+    assert "| 100 | 1/4 = 25% |" in text
