@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import yaml  # noqa: E402
-from hsa_study import SHARED, StageCost, build_dataset, stage, write_params  # noqa: E402
+from hsa_study import SHARED, StageCost, build_dataset, format_gb, stage, write_params  # noqa: E402
 
 from hsa_pipeline.config import apply_overrides, params_from_dict, preset_overrides  # noqa: E402
 from hsa_pipeline.evaluation.rollout import wilson  # noqa: E402
@@ -97,9 +97,9 @@ def render(task: str, rows: list[dict], args, minutes: float, costs: dict[str, S
                      + " | ".join(f"{v:.0%}" for v in r["stages"].values()) + " |")
     lines += ["", "Published figures:", "", "| reference | success | training |", "|---|---|---|"]
     lines += [f"| {ref} | {rate} | {budget} |" for ref, rate, budget in REFERENCES[task]]
-    lines += ["", "Each stage: wall time (this machine, with whatever else ran) and peak memory of its largest "
-              "process:", ""]
-    lines += [f"- {k}: {c.seconds:.0f} s, {c.peak_rss_gb:.2f} GiB" for k, c in costs.items()]
+    lines += ["", "Each stage: wall time (this machine, with whatever else ran) and the peak resident memory "
+              "of its process:", ""]
+    lines += [f"- {k}: {c.seconds:.0f} s, {format_gb(c.peak_rss_gb)}" for k, c in costs.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,32 +91,60 @@ def write_params(directory: Path, overrides: list[str]) -> None:
 @dataclass(frozen=True)
 class StageCost:
     """What one stage took: wall time (with whatever else ran beside it) and the peak
-    resident memory of its largest process (the kernel's count, not a sample)."""
+    resident memory of the stage's own process (None where /proc is not there)."""
 
     seconds: float
-    peak_rss_gb: float
+    peak_rss_gb: float | None
 
 
-def run_measured(cmd: list[str], cwd: Path, env: dict, log) -> tuple[int, StageCost]:
-    """Run `cmd` to its end (output to `log`); -> its exit code and cost. The peak memory
-    is the ru_maxrss that wait4 reports for this child (the largest of it and the
-    children it waited for), so runs side by side do not count each other."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return proc.returncode, StageCost(time.perf_counter() - t, usage.ru_maxrss / 2**20)  # KiB -> GiB
+# Runs python's `-m module` or `-c code` (argv[2:]) and, at exit, writes the process's own
+# high-water resident memory (VmHWM, kB) to the file argv[1]. Not ru_maxrss: Linux carries
+# the PARENT's high-water mark into a child across fork and exec, so a small stage started
+# from a large process would report the parent's size.
+PEAK_WRAPPER = """
+import atexit, runpy, sys
+def write_peak(path=sys.argv[1]):
+    try:
+        with open('/proc/self/status') as f:
+            kb = next(line.split()[1] for line in f if line.startswith('VmHWM:'))
+    except OSError:
+        return
+    with open(path, 'w') as f:
+        f.write(kb)
+atexit.register(write_peak)
+flag, what, sys.argv = sys.argv[2], sys.argv[3], [sys.argv[3]] + sys.argv[4:]
+if flag == '-m':
+    runpy.run_module(what, run_name='__main__', alter_sys=True)
+else:
+    exec(compile(what, '<string>', 'exec'), {'__name__': '__main__'})
+"""
+
+
+def run_measured(python_args: list[str], cwd: Path, env: dict, log) -> tuple[int, StageCost]:
+    """Run `python <python_args>` (`-m module ...` or `-c code`) to its end in `cwd`, output
+    to `log`; -> its exit code and cost (time, its own peak memory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "peak_kb"
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak), *python_args], cwd=cwd, env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+        gb = int(peak.read_text()) / 2**20 if peak.exists() else None  # kB -> GiB
+        return r.returncode, StageCost(time.perf_counter() - t, gb)
 
 
 def stage(name: str, cwd: Path, log) -> StageCost:
     """Run `python -m stages.<name>` in `cwd` (output to `log`); -> its time and memory."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code, cost = run_measured([sys.executable, "-m", "stages." + name], cwd, env, log)
+    code, cost = run_measured(["-m", "stages." + name], cwd, env, log)
     print(f"  {cwd.name}: {name} {'ok' if code == 0 else 'FAILED'} ({cost.seconds:.0f} s, "
-          f"peak {cost.peak_rss_gb:.2f} GiB)", flush=True)
+          f"peak {format_gb(cost.peak_rss_gb)})", flush=True)
     if code:
         raise SystemExit(f"{name} failed in {cwd}; see {log.name}")
     return cost
+
+
+def format_gb(gb: float | None) -> str:
+    return "not measured" if gb is None else f"{gb:.2f} GiB"
 
 
 def build_dataset(shared: Path, overrides: list[str], costs: dict[str, StageCost] | None = None) -> Path:

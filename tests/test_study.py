@@ -81,23 +81,28 @@ def test_a_study_trains_as_long_as_its_preset_says_unless_steps_is_given(tmp_pat
                                                                                 "eval.rollouts=50"]
 
 
-def test_a_stages_peak_memory_is_its_own_largest_allocation(tmp_path):
-    """run_measured's peak memory against a known allocation: a child that touches 400 MiB
-    reports at least that much, one that allocates nothing far less; the exit code and the
-    output come back as from subprocess.run."""
+def test_a_stages_peak_memory_is_its_own_allocation_not_its_parents(tmp_path):
+    """run_measured's peak memory against known allocations: a child that writes 400 MiB
+    reports at least that, one that allocates nothing far less, even when the parent
+    holds 600 MiB itself (ru_maxrss would report the parent's); the exit code and the
+    output come back as from subprocess.run; `-m` runs a module as python would."""
     import os
-    import sys
+
+    import numpy as np
 
     study = _study()
     big = "import numpy as np; a = np.ones(400 * 2**20 // 8); print(a.size)"  # 400 MiB, every page written
+    held = np.ones(600 * 2**20 // 8)  # the parent's own 600 MiB, resident while the children start
+    (tmp_path / "exits.py").write_text("import sys\nprint(sys.argv[1:])\nraise SystemExit(3)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     with open(tmp_path / "log", "w") as log:
-        code, cost = study.run_measured([sys.executable, "-c", big], tmp_path, dict(os.environ), log)
-        small_code, small = study.run_measured([sys.executable, "-c", "import numpy; raise SystemExit(3)"], tmp_path,
-                                               dict(os.environ), log)
+        code, cost = study.run_measured(["-c", big], tmp_path, env, log)
+        small_code, small = study.run_measured(["-m", "exits", "--flag"], tmp_path, env, log)
+    assert held.sum() == held.size
     assert code == 0 and small_code == 3
-    assert (tmp_path / "log").read_text().split()[0] == str(400 * 2**20 // 8)
+    assert (tmp_path / "log").read_text().split("\n")[:2] == [str(400 * 2**20 // 8), "['--flag']"]
     assert cost.peak_rss_gb >= 400 / 1024
-    assert small.peak_rss_gb < 0.2  # an interpreter with numpy: tens of MiB, not the other child's 400
+    assert small.peak_rss_gb < 0.2  # an interpreter: tens of MiB, neither the other child's 400 nor the parent's
     assert cost.seconds > 0
 
 
