@@ -97,10 +97,10 @@ class StageCost:
     peak_rss_gb: float | None
 
 
-# Runs python's `-m module` or `-c code` (argv[2:]) and, at exit, writes the process's own
-# high-water resident memory (VmHWM, kB) to the file argv[1]. Not ru_maxrss: Linux carries
-# the PARENT's high-water mark into a child across fork and exec, so a small stage started
-# from a large process would report the parent's size.
+# Runs the module argv[2] as `python -m` would (argv[3:] its arguments) and, at exit, writes
+# the process's own high-water resident memory (VmHWM, kB) to the file argv[1]. Not
+# ru_maxrss: Linux carries the PARENT's high-water mark into a child across fork and exec,
+# so a small stage started from a large process would report the parent's size.
 PEAK_WRAPPER = """
 import atexit, runpy, sys
 def write_peak(path=sys.argv[1]):
@@ -112,21 +112,18 @@ def write_peak(path=sys.argv[1]):
     with open(path, 'w') as f:
         f.write(kb)
 atexit.register(write_peak)
-flag, what, sys.argv = sys.argv[2], sys.argv[3], [sys.argv[3]] + sys.argv[4:]
-if flag == '-m':
-    runpy.run_module(what, run_name='__main__', alter_sys=True)
-else:
-    exec(compile(what, '<string>', 'exec'), {'__name__': '__main__'})
+module, sys.argv = sys.argv[2], sys.argv[2:]
+runpy.run_module(module, run_name='__main__', alter_sys=True)
 """
 
 
-def run_measured(python_args: list[str], cwd: Path, env: dict, log) -> tuple[int, StageCost]:
-    """Run `python <python_args>` (`-m module ...` or `-c code`) to its end in `cwd`, output
-    to `log`; -> its exit code and cost (time, its own peak memory)."""
+def run_measured(module: str, args: list[str], cwd: Path, env: dict, log) -> tuple[int, StageCost]:
+    """Run `python -m <module> <args>` to its end in `cwd`, output to `log`; -> its exit
+    code and cost (time, its own peak memory)."""
     with tempfile.TemporaryDirectory() as tmp:
         peak = Path(tmp) / "peak_kb"
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak), *python_args], cwd=cwd, env=env,
+        r = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak), module, *args], cwd=cwd, env=env,
                            stdout=log, stderr=subprocess.STDOUT)
         gb = int(peak.read_text()) / 2**20 if peak.exists() else None  # kB -> GiB
         return r.returncode, StageCost(time.perf_counter() - t, gb)
@@ -135,7 +132,7 @@ def run_measured(python_args: list[str], cwd: Path, env: dict, log) -> tuple[int
 def stage(name: str, cwd: Path, log) -> StageCost:
     """Run `python -m stages.<name>` in `cwd` (output to `log`); -> its time and memory."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code, cost = run_measured(["-m", "stages." + name], cwd, env, log)
+    code, cost = run_measured("stages." + name, [], cwd, env, log)
     print(f"  {cwd.name}: {name} {'ok' if code == 0 else 'FAILED'} ({cost.seconds:.0f} s, "
           f"peak {format_gb(cost.peak_rss_gb)})", flush=True)
     if code:

@@ -85,19 +85,19 @@ def test_a_stages_peak_memory_is_its_own_allocation_not_its_parents(tmp_path):
     """run_measured's peak memory against known allocations: a child that writes 400 MiB
     reports at least that, one that allocates nothing far less, even when the parent
     holds 600 MiB itself (ru_maxrss would report the parent's); the exit code and the
-    output come back as from subprocess.run; `-m` runs a module as python would."""
+    output come back as from subprocess.run; the module runs as `python -m` would run it."""
     import os
 
     import numpy as np
 
     study = _study()
-    big = "import numpy as np; a = np.ones(400 * 2**20 // 8); print(a.size)"  # 400 MiB, every page written
     held = np.ones(600 * 2**20 // 8)  # the parent's own 600 MiB, resident while the children start
+    (tmp_path / "big.py").write_text("import numpy as np\na = np.ones(400 * 2**20 // 8)\nprint(a.size)\n")  # 400 MiB
     (tmp_path / "exits.py").write_text("import sys\nprint(sys.argv[1:])\nraise SystemExit(3)\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     with open(tmp_path / "log", "w") as log:
-        code, cost = study.run_measured(["-c", big], tmp_path, env, log)
-        small_code, small = study.run_measured(["-m", "exits", "--flag"], tmp_path, env, log)
+        code, cost = study.run_measured("big", [], tmp_path, env, log)
+        small_code, small = study.run_measured("exits", ["--flag"], tmp_path, env, log)
     assert held.sum() == held.size
     assert code == 0 and small_code == 3
     assert (tmp_path / "log").read_text().split("\n")[:2] == [str(400 * 2**20 // 8), "['--flag']"]
